@@ -1,0 +1,58 @@
+"""``FilterRenorm``: the paper's filter renormalisation after every optimizer step, with per-epoch counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from zfexp.analysis import conv_layers, renormalize_filter_masks_
+
+
+def network_of(pl_module: L.LightningModule) -> nn.Module:
+    """The wrapped network (``pl_module.net``) whose layers carry the paper's names, else the module itself."""
+    return getattr(pl_module, "net", pl_module)
+
+
+class FilterRenorm(Callback):
+    """After every optimizer step, rescale each conv filter whose RMS exceeds ``radius`` to ``radius``.
+
+    Logs ``renorm/<layer>``: how many distinct filters of the layer were rescaled at least once during the
+    epoch (to every logger, step = epoch end).
+
+    Args:
+        radius: the fixed RMS radius (paper: 0.1).
+        layers: conv layer names (``conv1`` ... ``conv5``); ``None`` for every conv layer.
+    """
+
+    def __init__(self, radius: float = 0.1, layers: Sequence[str] | None = None):
+        if not radius > 0:
+            raise ValueError(f"FilterRenorm: radius={radius!r} must be positive")
+        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+            raise ValueError(f"FilterRenorm: layers={layers!r} must be a list of layer names or null")
+        self.radius = float(radius)
+        self.layers = list(layers) if layers is not None else None
+        self._last_step = -1
+        self._hit: dict[str, torch.Tensor] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        conv_layers(network_of(pl_module), self.layers)  # fail before training on an unknown layer name
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._hit = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        # global_step counts optimizer steps, so gradient accumulation and skipped steps are handled.
+        if trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        masks = renormalize_filter_masks_(network_of(pl_module), self.radius, self.layers)
+        for name, mask in masks.items():
+            self._hit[name] = mask if name not in self._hit else self._hit[name] | mask
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for name, mask in self._hit.items():
+            pl_module.log(f"renorm/{name}", mask.sum().float(), on_step=False, on_epoch=True)

@@ -1,0 +1,48 @@
+"""Shared fixtures: configs composed with Hydra's compose API, small slices of real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("ZFEXP_ROOT", str(ROOT))
+os.environ.setdefault("WANDB_SILENT", "true")
+DATA_DIR = ROOT / "data"  # shared across tests: Fashion-MNIST is extracted and mean images cached once
+
+# Small, fast runs: a slice of the real data, no worker processes, no progress bar.
+TINY = ["data.subset_size=256", "data.num_workers=0", "data.batch_size=64", "trainer.max_epochs=1",
+        "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
+        "model.widths={conv1: 8, conv2: 16, conv3: 16, conv4: 16, conv5: 16, fc6: 32, fc7: 32}"]
+
+
+def compose_train(run_dir: Path, overrides: list[str] = ()) -> DictConfig:
+    """The train config as train.py would see it, its run directory set to ``run_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.data_dir={DATA_DIR}", f"paths.log_dir={run_dir.parent}",
+                                          *overrides], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        del cfg["hydra"]
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "logs" / "train" / "runs" / "run0"
+    path.mkdir(parents=True)
+    return path
+
+
+def train_cmd(*overrides: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), f"paths.data_dir={DATA_DIR}", *overrides]

@@ -1,0 +1,159 @@
+"""Datamodules and the paper's preprocessing, on real Fashion-MNIST and on small generated trees."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+from tests.conftest import DATA_DIR
+from zfexp.data import (FashionMNISTDataModule, ImageFolderDataModule, Preprocessing, compute_mean_image,
+                        paper_transform)
+from zfexp.errors import CorruptImageError, DatasetNotFoundError
+
+
+def test_mean_image_is_the_per_pixel_mean():
+    images = torch.rand(37, 3, 5, 4)
+    mean = compute_mean_image(TensorDataset(images, torch.zeros(37)), batch_size=8)
+    assert torch.allclose(mean, images.mean(0), atol=1e-6)
+
+
+def test_paper_transform_subtracts_mean_scales_and_crops():
+    p = Preprocessing(resize=None, crop=None, input_size=6, mean_image=True, pixel_scale=255.0, ten_crop=False)
+    image = torch.full((1, 8, 8), 200, dtype=torch.uint8)
+    mean = torch.full((1, 8, 8), 0.5)
+    out = paper_transform(p, mean, train=False)(image)
+    assert out.shape == (1, 6, 6)
+    assert torch.allclose(out, torch.full((1, 6, 6), (200 / 255 - 0.5) * 255), atol=1e-4)
+    train_out = paper_transform(p, mean, train=True)(image)
+    assert train_out.shape == (1, 6, 6)
+
+
+def test_ten_crop_gives_corners_centre_and_their_flips():
+    p = Preprocessing(resize=None, crop=None, input_size=2, mean_image=False, ten_crop=True)
+    image = torch.arange(16, dtype=torch.uint8).view(1, 4, 4)
+    crops = paper_transform(p, None, train=False)(image)
+    assert crops.shape == (10, 1, 2, 2)
+    as_int = (crops * 255).round().long()
+    assert as_int[0, 0].tolist() == [[0, 1], [4, 5]]  # top-left corner
+    assert as_int[4, 0].tolist() == [[5, 6], [9, 10]]  # centre
+    assert as_int[3, 0].tolist() == [[10, 11], [14, 15]]  # bottom-right corner
+    # The last five are the crops of the flipped image: its top-left is the mirrored top-right, and so on.
+    for flipped, original in ((5, 1), (6, 0), (7, 3), (8, 2), (9, 4)):
+        assert torch.equal(as_int[flipped], as_int[original].flip(-1))
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"input_size": 40, "crop": 32}, ["input_size=40", "crop=32"]),
+    ({"pixel_scale": 0}, ["pixel_scale=0"]),
+    ({"resize": -1}, ["resize=-1"]),
+])
+def test_bad_preprocessing_names_the_key(options, words):
+    with pytest.raises(ValueError) as err:
+        Preprocessing(**options)
+    assert all(w in str(err.value) for w in words)
+
+
+def fmnist(**kw):
+    kw = {"root": str(DATA_DIR), "num_workers": 0, "batch_size": 32,
+          "preprocess": {"resize": 32, "crop": 32, "input_size": 28}, **kw}
+    return FashionMNISTDataModule(**kw)
+
+
+def test_fashion_mnist_split_is_fixed_disjoint_and_sized():
+    dm = fmnist()
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.data_train) == 55000 and len(dm.data_val) == 5000 and len(dm.data_test) == 10000
+    assert not set(dm.data_train.indices) & set(dm.data_val.indices)
+    again = fmnist()
+    again.prepare_data()
+    again.setup("fit")
+    assert again.data_val.indices == dm.data_val.indices
+    other_seed = fmnist(split_seed=1)
+    other_seed.setup("fit")
+    assert other_seed.data_val.indices != dm.data_val.indices
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 1, 28, 28) and labels.shape == (32,)
+    # The mean image was subtracted: over many training crops the average is near zero.
+    assert abs(images.mean().item()) < 0.1
+    assert dm.mean.shape == (1, 32, 32)
+
+
+def test_fashion_mnist_mean_image_matches_an_independent_computation():
+    dm = fmnist(subset_size=300)
+    dm.prepare_data()
+    dm.setup("fit")
+    raw = dm.data_train.dataset.data[dm.data_train.indices].float() / 255  # [300, 28, 28] uint8 -> [0, 1]
+    resized = torch.nn.functional.interpolate(raw[:, None], size=32, mode="bilinear", antialias=True,
+                                              align_corners=False).mean(0)
+    assert torch.allclose(dm.mean, resized, atol=2e-3)
+
+
+def test_missing_fashion_mnist_says_where_and_how(tmp_path):
+    dm = fmnist(root=str(tmp_path / "nowhere"), download=False, debian_dir=None)
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.prepare_data()
+    msg = str(err.value)
+    assert str(tmp_path / "nowhere") in msg and "train-images-idx3-ubyte" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_corrupt_fashion_mnist_file_is_named(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in FashionMNISTDataModule.RAW_SHAPES:
+        (raw / name).write_bytes((DATA_DIR / "FashionMNIST" / "raw" / name).read_bytes())
+    bad = raw / "t10k-images-idx3-ubyte"
+    bad.write_bytes(bad.read_bytes()[:5000])  # truncated
+    dm = fmnist(root=str(tmp_path), download=False, debian_dir=None)
+    with pytest.raises(DatasetNotFoundError, match="t10k-images-idx3-ubyte is corrupt"):
+        dm.prepare_data()
+
+
+def make_image_tree(root: Path, classes=("cat", "dog", "owl"), n_train=3, n_val=2, size=(70, 60), seed=0):
+    """An ImageFolder tree of small random RGB JPEGs: <root>/{train,val}/<class>/<i>.jpg."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for cls in classes:
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.jpg")
+    return root
+
+
+def folder_dm(root, **kw):
+    return ImageFolderDataModule(root=str(root), num_workers=0, batch_size=4, val_size=0,
+                                 preprocess={"resize": 40, "crop": 40, "input_size": 32, "ten_crop": True}, **kw)
+
+
+def test_image_folder_trains_with_ten_crop_eval(tmp_path):
+    dm = folder_dm(make_image_tree(tmp_path))
+    assert dm.num_classes == 3
+    dm.prepare_data()
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 3, 32, 32)
+    val_images, val_labels = next(iter(dm.val_dataloader()))
+    assert val_images.shape == (4, 10, 3, 32, 32)
+    assert sorted(set(val_labels.tolist())) <= [0, 1, 2]
+    assert len(list(tmp_path.glob("imagenet_mean_r40_c40_*.pt"))) == 1  # cached next to the data
+
+
+def test_image_folder_missing_root_names_layout(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        folder_dm(tmp_path / "imagenet").num_classes
+    assert str(tmp_path / "imagenet" / "train") in str(err.value) and "<class>" in str(err.value)
+
+
+def test_corrupt_image_is_named_before_training(tmp_path):
+    root = make_image_tree(tmp_path)
+    bad = root / "train" / "dog" / "broken.jpg"
+    bad.write_bytes(b"not a jpeg at all")
+    dm = folder_dm(root)
+    with pytest.raises(CorruptImageError, match="broken.jpg"):
+        dm.prepare_data()  # the mean-image pass decodes every training image

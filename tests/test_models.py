@@ -1,0 +1,139 @@
+"""The ZFNet family: Fig. 3's sizes and parameter count, the ablation options, and their errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from zfexp.models import CONV_NAMES, LAYER_NAMES, PRESETS, alexnet, zfnet, zfnet_small, zfnet_v2
+
+
+def conv_params(cin, cout, k):
+    return cout * cin * k * k + cout
+
+
+def fc_params(fin, fout):
+    return fin * fout + fout
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# Fig. 3 by hand: conv1..conv5, then fc6 on 6x6x256, fc7, fc8.
+ZF_CONV = (conv_params(3, 96, 7) + conv_params(96, 256, 5) + conv_params(256, 384, 3) + conv_params(384, 384, 3)
+           + conv_params(384, 256, 3))
+
+
+def test_zfnet_has_the_papers_parameter_count():
+    assert n_params(zfnet(num_classes=1000)) == 62_357_608
+    assert n_params(zfnet(num_classes=1000)) == ZF_CONV + fc_params(9216, 4096) + fc_params(4096, 4096) + fc_params(4096, 1000)
+
+
+def test_zfnet_feature_sizes_match_fig3():
+    shapes = zfnet().feature_shapes()
+    assert shapes["conv1"] == (96, 110, 110) and shapes["pool1"] == (96, 55, 55)
+    assert shapes["conv2"] == (256, 26, 26) and shapes["pool2"] == (256, 13, 13)
+    assert shapes["conv3"] == (384, 13, 13) and shapes["conv4"] == (384, 13, 13)
+    assert shapes["conv5"] == (256, 13, 13) and shapes["pool5"] == (256, 6, 6)
+    assert shapes["flatten"] == (9216,) and shapes["fc8"] == (1000,)
+
+
+def test_zfnet_v2_widths_and_count():
+    model = zfnet_v2()
+    assert [model.get_submodule(n).out_channels for n in ("conv3", "conv4", "conv5")] == [512, 1024, 512]
+    expected = (conv_params(3, 96, 7) + conv_params(96, 256, 5) + conv_params(256, 512, 3) + conv_params(512, 1024, 3)
+                + conv_params(1024, 512, 3) + fc_params(512 * 36, 4096) + fc_params(4096, 4096) + fc_params(4096, 1000))
+    assert n_params(model) == expected
+    assert round(expected / 1e6, 1) == 107.6
+
+
+def test_alexnet_conv1_is_11x11_stride_4_and_reaches_6x6():
+    model = alexnet()
+    conv1 = model.get_submodule("conv1")
+    assert conv1.kernel_size == (11, 11) and conv1.stride == (4, 4)
+    assert model.feature_shapes()["pool5"] == (256, 6, 6)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_layer_name_resolves(preset):
+    kwargs = {"num_classes": 10, "in_channels": 1} if preset == "zfnet_small" else {}
+    model = PRESETS[preset](**kwargs)
+    assert model.layer_names == LAYER_NAMES
+    for name in LAYER_NAMES:
+        module = model.get_submodule(name)
+        assert isinstance(module, nn.Conv2d if name.startswith("conv") else nn.Linear), name
+        if name != "fc8":
+            assert isinstance(model.get_submodule("relu" + name[-1]), nn.ReLU)
+
+
+def test_remove_conv3_conv4_rewires_conv5():
+    model = zfnet(remove=["conv3", "conv4"])
+    assert model.layer_names == ("conv1", "conv2", "conv5", "fc6", "fc7", "fc8")
+    assert model.get_submodule("conv5").in_channels == 256
+    with pytest.raises(AttributeError):
+        model.get_submodule("conv3")
+    expected = (conv_params(3, 96, 7) + conv_params(96, 256, 5) + conv_params(256, 256, 3) + fc_params(9216, 4096)
+                + fc_params(4096, 4096) + fc_params(4096, 1000))
+    assert n_params(model) == expected
+    assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 1000)
+
+
+def test_remove_fc6_fc7_feeds_fc8_from_conv5():
+    model = zfnet(remove=["fc6", "fc7"], num_classes=10)
+    assert model.get_submodule("fc8").in_features == 9216
+    assert n_params(model) == ZF_CONV + fc_params(9216, 10)
+
+
+def test_widths_set_maps_and_units():
+    model = zfnet(widths={"conv3": 512, "fc6": 8192, "fc7": 8192})
+    assert model.get_submodule("conv3").out_channels == 512
+    assert model.get_submodule("conv4").in_channels == 512
+    assert model.get_submodule("fc6").out_features == 8192 and model.get_submodule("fc8").in_features == 8192
+    expected = (conv_params(3, 96, 7) + conv_params(96, 256, 5) + conv_params(256, 512, 3) + conv_params(512, 384, 3)
+                + conv_params(384, 256, 3) + fc_params(9216, 8192) + fc_params(8192, 8192) + fc_params(8192, 1000))
+    assert n_params(model) == expected
+
+
+def test_zfnet_small_fits_28_to_64_px():
+    for size in (28, 32, 64):
+        model = zfnet_small(num_classes=10, in_channels=1 if size == 28 else 3, input_size=size)
+        x = torch.zeros(3, 1 if size == 28 else 3, size, size)
+        assert model(x).shape == (3, 10)
+
+
+def test_paper_init_is_normal_001_with_zero_bias():
+    model = zfnet()
+    w = model.get_submodule("fc6").weight
+    assert abs(w.std().item() - 0.01) < 2e-4 and abs(w.mean().item()) < 1e-4
+    assert all(torch.count_nonzero(model.get_submodule(n).bias) == 0 for n in LAYER_NAMES)
+
+
+def test_norm_options_place_the_right_layer():
+    assert isinstance(zfnet().get_submodule("norm1"), nn.LocalResponseNorm)
+    assert isinstance(zfnet(norm="batchnorm").get_submodule("norm2"), nn.BatchNorm2d)
+    assert not any(n.startswith("norm") for n, _ in zfnet(norm="none").named_children())
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"remove": ["conv9"]}, ["'conv9'", "conv1", "fc7"]),
+    ({"remove": ["fc8"]}, ["'fc8'", "classifier"]),
+    ({"remove": list(CONV_NAMES)}, ["every conv layer"]),
+    ({"widths": {"fc6": 0}}, ["widths.fc6=0", "positive integer"]),
+    ({"widths": {"conv3": -4}}, ["widths.conv3=-4"]),
+    ({"widths": {"conv7": 10}}, ["'conv7'", "conv5"]),
+    ({"norm": "layernorm"}, ["norm='layernorm'", "lrn, batchnorm, none"]),
+    ({"init": "xavier"}, ["init='xavier'", "paper, kaiming"]),
+    ({"dropout": 1.5}, ["dropout=1.5"]),
+])
+def test_bad_options_name_the_value_and_what_is_valid(options, words):
+    with pytest.raises(ValueError) as err:
+        zfnet_small(num_classes=10, in_channels=1, **options)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_built_models_are_in_training_mode_with_untouched_batchnorm():
+    model = zfnet_small(num_classes=10, in_channels=1, norm="batchnorm")
+    assert all(m.training for m in model.modules())
+    bn = model.get_submodule("norm1")
+    assert torch.equal(bn.running_var, torch.ones_like(bn.running_var)) and int(bn.num_batches_tracked) == 0

@@ -1,0 +1,68 @@
+"""The LightningModule: error metrics in %, 10-crop averaging, the NaN-loss stop."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from zfexp.errors import NonFiniteLossError
+from zfexp.module import ImageClassifier, TopKError
+
+SMALL_NET = {"_target_": "zfexp.models.zfnet_small", "widths": {"conv1": 4, "conv2": 4, "conv3": 4, "conv4": 4,
+                                                                  "conv5": 4, "fc6": 8, "fc7": 8}}
+
+
+def test_topk_error_matches_a_hand_count():
+    # 4 samples, 6 classes; true labels 0, 1, 2, 5.
+    scores = torch.tensor([
+        [9., 1, 2, 3, 4, 5],   # label 0 ranked 1st          -> top-1 hit
+        [9., 8, 7, 6, 5, 4],   # label 1 ranked 2nd          -> top-1 miss, top-5 hit
+        [1., 2, 1.5, 3, 4, 5], # label 2 ranked 5th          -> top-5 hit
+        [6., 5, 4, 3, 2, 1],   # label 5 ranked 6th (last)   -> top-5 miss
+    ])
+    labels = torch.tensor([0, 1, 2, 5])
+    top1, top5 = TopKError(6, 1), TopKError(6, 5)
+    top1.update(scores, labels)
+    top5.update(scores, labels)
+    assert top1.compute().item() == pytest.approx(75.0)  # 3 of 4 wrong
+    assert top5.compute().item() == pytest.approx(25.0)  # 1 of 4 outside the top 5
+
+
+def make_module(**kw):
+    return ImageClassifier(net=SMALL_NET, num_classes=10, in_channels=1, input_size=28, **kw)
+
+
+def test_ten_crop_evaluation_averages_the_softmax():
+    torch.manual_seed(0)
+    module = make_module().eval()
+    crops = torch.randn(3, 10, 1, 28, 28)
+    labels = torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        expected = torch.stack([F.softmax(module(c), -1).mean(0) for c in crops])  # one image at a time
+        module._eval_step((crops, labels), module.val_metrics, "val")
+    top1 = module.val_metrics["top1_err"].compute().item()
+    assert top1 == pytest.approx(100.0 * (expected.argmax(-1) != labels).float().mean().item())
+
+
+def test_nan_loss_stops_with_a_clear_message():
+    module = make_module()
+    images = torch.full((2, 1, 28, 28), float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at epoch 0.*ckpt_path=last"):
+        module.training_step((images, torch.tensor([0, 1])), 0)
+
+
+def test_checkpoint_alone_rebuilds_the_network(tmp_path):
+    module = make_module(lr=0.05)
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2.6.0"}, path)
+    loaded = ImageClassifier.load_from_checkpoint(path)
+    assert loaded.hparams.lr == 0.05
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(loaded.eval()(x), module.eval()(x))
+
+
+@pytest.mark.parametrize("kw, words", [({"lr": 0}, "module.lr=0"), ({"momentum": 1.0}, "module.momentum=1.0"),
+                                       ({"weight_decay": -1}, "module.weight_decay=-1")])
+def test_bad_optimiser_settings_are_named(kw, words):
+    with pytest.raises(ValueError, match=words):
+        make_module(**kw)

@@ -1,0 +1,164 @@
+"""train.py end to end on small slices of real Fashion-MNIST: outputs, W&B offline run, resume, bad input."""
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+from tests.conftest import ROOT, TINY, compose_train, train_cmd
+from tests.test_data import make_image_tree
+from tests.wandb_records import config as wandb_config
+from tests.wandb_records import history
+from zfexp.errors import DatasetNotFoundError, NonFiniteLossError
+from zfexp.models import zfnet
+from zfexp.task import train
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_tiny_run_writes_metrics_checkpoints_config_and_a_wandb_run(run_dir):
+    import wandb
+
+    metrics = train(compose_train(run_dir, ["experiment=quickstart", *TINY]))
+    assert wandb.run is None  # finished at job end
+    on_disk = read_metrics(run_dir)
+    assert on_disk["status"] == "completed" and on_disk["epochs"] == 1
+    for key in ("train/top1_err", "train/top5_err", "val/top1_err", "val/top5_err", "test/top1_err", "test/top5_err"):
+        assert 0.0 <= on_disk[key] <= 100.0, key
+    assert on_disk["test/top5_err"] <= on_disk["test/top1_err"]
+    assert on_disk["num_parameters"] == metrics["num_parameters"] > 0 and on_disk["wall_time_s"] > 0
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert Path(on_disk["best_checkpoint"]).exists()
+    resolved = (run_dir / "config.yaml").read_text()
+    assert "${" not in resolved and "subset_size: 256" in resolved
+
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    rows = history(wandb_file)
+    logged = {k: v for row in rows for k, v in row.items()}
+    for key in ("train/loss_step", "train/top1_err", "val/top1_err", "renorm/conv1", "test/top1_err"):
+        assert key in logged, key
+    assert logged["test/top1_err"] == pytest.approx(on_disk["test/top1_err"], abs=1e-3)
+    cfg = wandb_config(wandb_file)
+    assert cfg["model"]["_target_"] == "zfexp.models.zfnet_small" and cfg["num_parameters"] == on_disk["num_parameters"]
+
+
+def test_filter_renorm_runs_every_step_of_a_fit(run_dir):
+    train(compose_train(run_dir, ["experiment=quickstart", *TINY, "logger=csv", "test=false",
+                                  "callbacks.filter_renorm.radius=0.02", "module.lr=0.1"]))
+    from zfexp.module import ImageClassifier
+    from zfexp.analysis import filter_rms
+
+    net = ImageClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt").net
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        assert filter_rms(net.get_submodule(name).weight).max().item() <= 0.02 * (1 + 1e-5), name
+    csv = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "renorm/conv1" in csv
+
+
+@pytest.mark.parametrize("overrides, error, words", [
+    (["model.remove=[conv9]"], ValueError, ["model.remove", "'conv9'", "conv1"]),
+    (["model.widths={fc6: 0}"], ValueError, ["model.widths.fc6=0", "positive integer"]),
+    (["model.remove=[conv1,conv2,conv3,conv4,conv5]"], ValueError, ["every conv layer"]),
+    (["model.norm=group"], ValueError, ["model.norm='group'", "lrn, batchnorm, none"]),
+    (["data=imagenet", "data.root=/nonexistent/imagenet"], DatasetNotFoundError, ["/nonexistent/imagenet/train"]),
+    (["data.root=/nonexistent/fmnist", "data.download=false", "data.debian_dir=null"], DatasetNotFoundError,
+     ["/nonexistent/fmnist", "apt-get install dataset-fashion-mnist"]),
+    (["callbacks.filter_renorm.layers=[conv9]"], ValueError, ["'conv9'", "conv1"]),
+    (["ckpt_path=/no/such.ckpt"], FileNotFoundError, ["/no/such.ckpt", "'last'"]),
+])
+def test_bad_input_stops_before_training_with_a_clear_message(run_dir, overrides, error, words):
+    with pytest.raises(error) as err:
+        train(compose_train(run_dir, ["experiment=quickstart", *TINY, "logger=csv", *overrides]))
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+    assert not list(run_dir.glob("checkpoints/*.ckpt"))  # nothing trained
+    assert read_metrics(run_dir)["status"] == "failed"
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        with pytest.raises(MissingConfigException) as err:
+            compose("train", overrides=["model=zfnet_huge"])
+    assert "zfnet_huge" in str(err.value) and "zfnet_small" in str(err.value)
+
+
+def test_trainer_presets_compose(run_dir):
+    gpu = compose_train(run_dir, ["trainer=gpu"])
+    assert gpu.trainer.precision == "bf16-mixed" and gpu.trainer.accelerator == "gpu" and gpu.module.channels_last
+    ddp = compose_train(run_dir, ["trainer=ddp"])
+    assert ddp.trainer.strategy == "ddp" and ddp.trainer.devices == -1 and ddp.trainer.max_epochs == 70
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    runs = tmp_path / "logs" / "train" / "runs"
+    first, second = runs / "a", runs / "b"
+    train(compose_train(first, ["experiment=quickstart", *TINY, "logger=csv", "test=false"]))
+    good = (first / "checkpoints" / "last.ckpt").read_bytes()
+    time.sleep(0.01)
+    with pytest.raises(NonFiniteLossError, match="train/loss is nan"):
+        train(compose_train(second, ["experiment=quickstart", *TINY, "logger=csv", "ckpt_path=last",
+                                     "data.preprocess.pixel_scale=inf"]))
+    assert (first / "checkpoints" / "last.ckpt").read_bytes() == good
+    assert "NonFiniteLossError" in read_metrics(second)["error"]
+    for ckpt in second.glob("checkpoints/*.ckpt"):  # whatever was saved on the way out is finite
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
+
+
+def test_run_killed_mid_epoch_resumes_with_ckpt_path_last(tmp_path):
+    log_dir = tmp_path / "logs"
+    common = ["experiment=quickstart", f"paths.log_dir={log_dir}", "logger=csv", "data.num_workers=0",
+              "data.subset_size=3000", "data.batch_size=32", "trainer.max_epochs=3",
+              "callbacks.crash_checkpoint.every_n_train_steps=5", "callbacks.rich_progress_bar=null",
+              "trainer.enable_progress_bar=false"]
+    proc = subprocess.Popen(train_cmd(*common), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    last = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(log_dir.glob("train/runs/*/checkpoints/last.ckpt"))
+        if found:
+            last = found[0]
+            break
+        time.sleep(0.1)
+    assert last is not None, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no checkpoint"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (last.parent.parent / "metrics.json").exists()  # killed: it never finished
+    steps_per_epoch = -(-3000 // 32)
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < killed_at < 3 * steps_per_epoch
+
+    done = subprocess.run(train_cmd(*common, "ckpt_path=last"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (resumed,) = [p for p in log_dir.glob("train/runs/*/metrics.json")]
+    metrics = json.loads(resumed.read_text())
+    assert metrics["status"] == "completed" and metrics["resumed_from"] == str(last)
+    assert metrics["epochs"] == 3 and metrics["global_step"] > killed_at
+
+
+def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree(tmp_path):
+    tree = make_image_tree(tmp_path / "imagenet", classes=("n01", "n02"), n_train=4, n_val=2, size=(300, 260))
+    log_dir = tmp_path / "logs"
+    done = subprocess.run(train_cmd("experiment=paper_imagenet", "data=imagenet", f"data.root={tree}",
+                                    f"paths.log_dir={log_dir}", "trainer.max_epochs=1", "data.batch_size=4",
+                                    "data.num_workers=0", "logger=csv", "trainer.accelerator=cpu",
+                                    "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = log_dir.glob("train/runs/*")
+    metrics = read_metrics(run)
+    assert metrics["status"] == "completed" and metrics["epochs"] == 1 and metrics["global_step"] == 2
+    assert metrics["num_parameters"] == sum(p.numel() for p in zfnet(num_classes=2).parameters())
+    (mean_file,) = tree.glob("imagenet_mean_r256_c256_*.pt")
+    assert torch.load(mean_file).shape == (3, 256, 256)
+    resolved = (run / "config.yaml").read_text()
+    assert "ten_crop: true" in resolved and "input_size: 224" in resolved and "pixel_scale: 255.0" in resolved

@@ -1,0 +1,65 @@
+"""Read what an offline W&B run recorded, from its ``run-<id>.wandb`` file.
+
+The file is W&B's transaction log: a 7-byte header (``:W&B``, magic 0xBEE1, version) followed by
+LevelDB-log framed records (32 KiB blocks; each chunk: crc32c, length, type) holding ``Record`` protobufs.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK = 32768
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def records(path: Path):
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    pos, pending = 7, b""
+    while pos + 7 <= len(data):
+        left_in_block = BLOCK - pos % BLOCK
+        if left_in_block < 7:  # block trailer padding
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == FULL:
+            yield _parse(chunk)
+        elif kind == FIRST:
+            pending = chunk
+        elif kind == MIDDLE:
+            pending += chunk
+        elif kind == LAST:
+            yield _parse(pending + chunk)
+            pending = b""
+        else:  # zero padding
+            break
+
+
+def _parse(raw: bytes) -> wandb_internal_pb2.Record:
+    rec = wandb_internal_pb2.Record()
+    rec.ParseFromString(raw)
+    return rec
+
+
+def history(path: Path) -> list[dict]:
+    """Every logged row, as ``{key: value}``."""
+    rows = []
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item})
+    return rows
+
+
+def config(path: Path) -> dict:
+    out = {}
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "config":
+            for item in rec.config.update:
+                out[item.key] = json.loads(item.value_json)
+    return out

@@ -1,0 +1,31 @@
+"""Train a network of the ZFNet family with Hydra configs from conf/.
+
+    python train.py experiment=quickstart                     # the main job (Fashion-MNIST, CPU is fine)
+    python train.py experiment=paper_imagenet data.root=/path/to/imagenet trainer=gpu
+    python train.py ckpt_path=last                            # resume the newest run's last checkpoint
+    python train.py -m model.remove=[],[conv3,conv4]          # a multirun
+
+Writes checkpoints, metrics.json and the resolved config into logs/<task_name>/runs/<time>/.
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("ZFEXP_ROOT", str(Path(__file__).resolve().parent))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from zfexp.task import train  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    # Sweepers (Optuna, Ax, ...) minimise what this returns.
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""What every image-classification datamodule shares: the paper's preprocessing, the per-pixel mean
+image (computed once, cached next to the data), a fixed-seed validation split, subsets for quick runs.
+
+A subclass says where the images come from by implementing ``_train_dataset(transform)``,
+``_test_dataset(transform)`` and, when the dataset ships its own validation set,
+``_val_dataset(transform)``; plus ``num_classes``, ``num_channels`` and ``cache_dir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from zfexp.data.transforms import Preprocessing, base_transform, paper_transform
+
+log = logging.getLogger(__name__)
+
+
+def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
+                       desc: str = "mean image") -> torch.Tensor:
+    """Per-pixel mean ``[C, H, W]`` (float64 accumulation) over a dataset of ``(image [C, H, W], label)``."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    total: torch.Tensor | None = None
+    count = 0
+    for images, _ in tqdm(loader, desc=desc, unit="batch"):
+        batch_sum = images.to(torch.float64).sum(0)
+        total = batch_sum if total is None else total + batch_sum
+        count += images.shape[0]
+    if total is None:
+        raise ValueError("cannot compute a mean image over an empty training set")
+    return (total / count).float()
+
+
+class ImageClassificationDataModule(L.LightningDataModule):
+    """Base of the datamodules: ``preprocess`` holds the :class:`Preprocessing` options.
+
+    Batches are ``(images [B, C, S, S], labels [B])`` for training and, with ``ten_crop``, evaluation
+    batches are ``(images [B, 10, C, S, S], labels [B])``.
+    """
+
+    name = "dataset"
+    has_val_split = False  # True when the dataset ships a validation set
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 128,
+        num_workers: int = 2,
+        preprocess: Mapping[str, Any] | None = None,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        subset_size: int | None = None,
+        pin_memory: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.root = Path(os.path.expanduser(str(root)))
+        self.preprocess = Preprocessing(**dict(preprocess or {}))
+        if batch_size <= 0:
+            raise ValueError(f"data.batch_size={batch_size}: must be a positive integer")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers}: must be >= 0")
+        if subset_size is not None and subset_size <= 0:
+            raise ValueError(f"data.subset_size={subset_size}: must be a positive integer or null (all images)")
+        if not self.has_val_split and val_size <= 0:
+            raise ValueError(f"data.val_size={val_size}: {self.name} has no validation set, so a positive number "
+                             "of training images must be held out for it")
+        self.mean: torch.Tensor | None = None
+        self.data_train: Dataset | None = None
+        self.data_val: Dataset | None = None
+        self.data_test: Dataset | None = None
+
+    # -- what subclasses provide -------------------------------------------------------------------
+    num_classes: int
+    num_channels: int
+
+    def _train_dataset(self, transform) -> Dataset:
+        raise NotImplementedError
+
+    def _val_dataset(self, transform) -> Dataset:
+        raise NotImplementedError
+
+    def _test_dataset(self, transform) -> Dataset:
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.input_size
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the mean image is cached: next to the data, else the user's cache when that is read-only."""
+        return self.root
+
+    # -- splits ----------------------------------------------------------------------------------------
+    def _split_indices(self, n_train_full: int) -> tuple[list[int], list[int]]:
+        """Fixed-seed (train, val) index lists into the full training set; val empty if the dataset has one."""
+        g = torch.Generator().manual_seed(self.hparams.split_seed)
+        order = torch.randperm(n_train_full, generator=g).tolist()
+        if self.has_val_split:
+            train_idx, val_idx = order, []
+        else:
+            if self.hparams.val_size >= n_train_full:
+                raise ValueError(f"data.val_size={self.hparams.val_size} leaves no training images "
+                                 f"({self.name} has {n_train_full}); valid: 1..{n_train_full - 1}")
+            val_idx, train_idx = order[: self.hparams.val_size], order[self.hparams.val_size:]
+        if self.hparams.subset_size:
+            train_idx, val_idx = train_idx[: self.hparams.subset_size], val_idx[: self.hparams.subset_size]
+        return sorted(train_idx), sorted(val_idx)
+
+    def _subset(self, dataset: Dataset, seed_offset: int = 1) -> Dataset:
+        n = self.hparams.subset_size
+        if not n or n >= len(dataset):
+            return dataset
+        g = torch.Generator().manual_seed(self.hparams.split_seed + seed_offset)
+        return Subset(dataset, sorted(torch.randperm(len(dataset), generator=g)[:n].tolist()))
+
+    # -- mean image ------------------------------------------------------------------------------------
+    def _mean_cache_path(self, n_train_full: int) -> Path:
+        p = self.preprocess
+        key = f"{self.name}|{n_train_full}|{p.resize}|{p.crop}|{self.hparams.val_size}|" \
+              f"{self.hparams.split_seed}|{self.hparams.subset_size}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+        name = f"{self.name}_mean_r{p.resize}_c{p.crop}_{digest}.pt"
+        cache = self.cache_dir
+        if not os.access(cache if cache.exists() else cache.parent, os.W_OK):
+            cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zfexp"
+        return cache / name
+
+    def _load_or_compute_mean(self) -> torch.Tensor:
+        train_full = self._train_dataset(base_transform(self.preprocess))
+        path = self._mean_cache_path(len(train_full))
+        if path.exists():
+            try:
+                return torch.load(path, map_location="cpu")
+            except Exception as err:  # a truncated cache file: recompute rather than fail
+                log.warning("mean image cache %s is unreadable (%s); recomputing", path, err)
+        train_idx, _ = self._split_indices(len(train_full))
+        mean = compute_mean_image(Subset(train_full, train_idx), num_workers=self.hparams.num_workers,
+                                  desc=f"{self.name} mean image")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(mean, tmp)
+        os.replace(tmp, path)  # atomic: a concurrent job never reads half a file
+        log.info("mean image %s cached at %s", tuple(mean.shape), path)
+        return mean
+
+    # -- Lightning hooks ---------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Runs on one process per node: fetch files if needed and cache the mean image."""
+        self._ensure_files()
+        if self.preprocess.mean_image:
+            self._load_or_compute_mean()
+
+    def _ensure_files(self) -> None:
+        """Make the raw files available under ``root``; raise with a clear message when they are not."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data_train is not None:
+            return
+        if self.preprocess.mean_image and self.mean is None:
+            self.mean = self._load_or_compute_mean()
+        train_tf = paper_transform(self.preprocess, self.mean, train=True)
+        eval_tf = paper_transform(self.preprocess, self.mean, train=False)
+        train_full = self._train_dataset(train_tf)
+        train_idx, val_idx = self._split_indices(len(train_full))
+        self.data_train = Subset(train_full, train_idx)
+        if self.has_val_split:
+            self.data_val = self._subset(self._val_dataset(eval_tf))
+        else:
+            self.data_val = Subset(self._train_dataset(eval_tf), val_idx)
+        self.data_test = self._subset(self._test_dataset(eval_tf), seed_offset=2)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=workers,
+                          persistent_workers=workers > 0, pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+                          drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data_train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data_val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test, shuffle=False)

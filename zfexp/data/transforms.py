@@ -1,0 +1,103 @@
+"""The paper's preprocessing (Sec. 3) as composable torchvision ``transforms.v2`` pipelines.
+
+ImageNet in the paper: resize the smaller side to 256, centre-crop 256x256, subtract the per-pixel
+mean image, then take 224x224 sub-crops (random crops and horizontal flips for training; centre, or
+4 corners + centre with and without flip = 10 crops for evaluation). ``pixel_scale`` multiplies the
+mean-subtracted [0, 1] pixels, so ``pixel_scale=255`` gives the paper's roughly [-128, 128] range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Options of the paper's pipeline; every datamodule takes these as its ``preprocess`` config."""
+
+    resize: int | None = 256  # smaller side resized to this; None keeps the native size
+    crop: int | None = 256  # centre crop after the resize; None skips it
+    input_size: int = 224  # size of the crops the network sees
+    mean_image: bool = True  # subtract the per-pixel mean image of the training set
+    hflip: bool = True  # random horizontal flips for training
+    ten_crop: bool = False  # evaluate on 10 crops and average the softmax
+    pixel_scale: float = 1.0  # 255 reproduces the paper's [-128, 128] input range
+
+    def __post_init__(self) -> None:
+        for key in ("resize", "crop"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"preprocess.{key}={value}: must be a positive size or null")
+        if self.input_size <= 0:
+            raise ValueError(f"preprocess.input_size={self.input_size}: must be positive")
+        if self.crop is not None and self.input_size > self.crop:
+            raise ValueError(f"preprocess.input_size={self.input_size} is larger than preprocess.crop={self.crop}; "
+                             "the network's crops are cut from the centre-cropped image")
+        if self.pixel_scale <= 0:
+            raise ValueError(f"preprocess.pixel_scale={self.pixel_scale}: must be positive")
+
+
+class SubtractMeanImage(nn.Module):
+    """``x - mean`` for an image ``[C, H, W]`` (or a batch) and a mean image ``[C, H, W]`` of the same size."""
+
+    def __init__(self, mean: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", mean.float())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[-3:] != self.mean.shape:
+            raise ValueError(f"image of shape {tuple(image.shape[-3:])} does not match the mean image "
+                             f"{tuple(self.mean.shape)}; was the mean computed with other resize/crop settings?")
+        return image - self.mean
+
+
+class ScalePixels(nn.Module):
+    """Multiply by a constant: the paper's input range is pixels in [0, 255] minus the mean."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return image * self.scale if self.scale != 1.0 else image
+
+
+class StackCrops(nn.Module):
+    """Turn the tuple of crops from ``TenCrop`` into one tensor ``[10, C, H, W]``."""
+
+    def forward(self, crops: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return torch.stack(list(crops))
+
+
+def base_transform(p: Preprocessing) -> v2.Compose:
+    """PIL image or uint8 tensor -> float tensor ``[C, crop, crop]`` in [0, 1]: the images the mean is taken over."""
+    steps: list[nn.Module] = [v2.ToImage()]
+    if p.resize is not None:
+        steps.append(v2.Resize(p.resize, antialias=True))
+    if p.crop is not None:
+        steps.append(v2.CenterCrop(p.crop))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(steps)
+
+
+def paper_transform(p: Preprocessing, mean: torch.Tensor | None, train: bool) -> v2.Compose:
+    """The full pipeline: ``[C, input_size, input_size]``, or ``[10, C, input_size, input_size]`` with 10-crop eval."""
+    steps: list[nn.Module] = [base_transform(p)]
+    if p.mean_image:
+        if mean is None:
+            raise ValueError("preprocess.mean_image=true but no mean image was computed (call prepare_data first)")
+        steps.append(SubtractMeanImage(mean))
+    steps.append(ScalePixels(p.pixel_scale))
+    if train:
+        steps.append(v2.RandomCrop(p.input_size))
+        if p.hflip:
+            steps.append(v2.RandomHorizontalFlip())
+    elif p.ten_crop:
+        steps += [v2.TenCrop(p.input_size), StackCrops()]
+    else:
+        steps.append(v2.CenterCrop(p.input_size))
+    return v2.Compose(steps)

@@ -1,0 +1,61 @@
+"""Logger factories for the configs: W&B offline unless credentials are found, and the run-finishing rule."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+from collections.abc import Sequence
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import WandbLogger
+
+log = logging.getLogger(__name__)
+
+
+def wandb_credentials_present() -> bool:
+    """True when W&B could log online: ``WANDB_API_KEY`` is set or ``~/.netrc`` has the W&B host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_logger(
+    save_dir: str,
+    project: str = "zfexp",
+    offline: bool | None = None,
+    name: str | None = None,
+    group: str | None = None,
+    tags: Sequence[str] | None = None,
+    job_type: str | None = None,
+    log_model: bool = False,
+    **kwargs,
+) -> WandbLogger:
+    """A ``WandbLogger`` whose run lives under ``save_dir/wandb/``.
+
+    ``offline=None`` (the default) logs online only when credentials are present; otherwise offline, to be
+    uploaded later with ``wandb sync <save_dir>/wandb/offline-run-*``. A ``WANDB_MODE`` set in the environment
+    wins over both.
+    """
+    if offline is None:
+        offline = os.environ.get("WANDB_MODE", "") in ("offline", "dryrun") or (
+            os.environ.get("WANDB_MODE", "") != "online" and not wandb_credentials_present())
+    if offline:
+        log.info("W&B is offline (no credentials, or offline=true); sync later with `wandb sync %s/wandb/offline-run-*`",
+                 save_dir)
+    os.makedirs(save_dir, exist_ok=True)
+    return WandbLogger(save_dir=save_dir, project=project, offline=offline, name=name, group=group,
+                       tags=list(tags) if tags else None, job_type=job_type, log_model=log_model, **kwargs)
+
+
+def finish_wandb() -> None:
+    """Close the active W&B run, if any: without it every job of a multirun would log into one run."""
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()

@@ -1,0 +1,150 @@
+"""The LightningModule: cross-entropy, SGD with momentum, LR annealed on a validation plateau, and the
+paper's metrics (top-1 and top-5 error in %) for train / val / test."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from zfexp.errors import NonFiniteLossError
+
+
+class TopKError(MulticlassAccuracy):
+    """Top-k classification error in percent: ``100 * (1 - top-k accuracy)``, micro-averaged."""
+
+    def __init__(self, num_classes: int, top_k: int):
+        super().__init__(num_classes=num_classes, top_k=top_k, average="micro")
+
+    def compute(self) -> torch.Tensor:
+        return 100.0 * (1.0 - super().compute())
+
+
+class ImageClassifier(L.LightningModule):
+    """Wraps a network built from a config, so a checkpoint alone rebuilds it (``load_from_checkpoint``).
+
+    Args:
+        net: the network's config, a mapping with ``_target_`` (a model builder such as
+            ``zfexp.models.zfnet``) and its options; ``num_classes``, ``in_channels`` and
+            ``input_size`` are passed to the builder from here.
+        lr, momentum, weight_decay: SGD settings (paper: 1e-2, 0.9; weight decay not given).
+        lr_plateau: ``ReduceLROnPlateau`` options, monitoring ``val/top1_err``; ``null`` for a constant LR.
+        channels_last: run convolutions in NHWC memory layout (faster on tensor-core GPUs).
+
+    Batches are ``(images [B, C, S, S], labels [B])``; evaluation images may be ``[B, n_crops, C, S, S]``,
+    in which case the softmax is averaged over the crops (the paper's 10-crop evaluation).
+    """
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        num_classes: int,
+        in_channels: int = 3,
+        input_size: int = 224,
+        lr: float = 1e-2,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        lr_plateau: Mapping[str, Any] | None = None,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        if isinstance(net, DictConfig):
+            net = OmegaConf.to_container(net, resolve=True)
+        if lr <= 0:
+            raise ValueError(f"module.lr={lr}: must be positive")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"module.momentum={momentum}: must be in [0, 1)")
+        if weight_decay < 0:
+            raise ValueError(f"module.weight_decay={weight_decay}: must be >= 0")
+        self.save_hyperparameters({"net": dict(net), "num_classes": num_classes, "in_channels": in_channels,
+                                   "input_size": input_size, "lr": lr, "momentum": momentum,
+                                   "weight_decay": weight_decay,
+                                   "lr_plateau": dict(lr_plateau) if lr_plateau is not None else None,
+                                   "channels_last": channels_last})
+        try:
+            self.net: nn.Module = instantiate(dict(net), num_classes=num_classes, in_channels=in_channels,
+                                              input_size=input_size, _convert_="all")
+        except InstantiationException as err:
+            # The builders' messages start with the option's name; say which config node it belongs to.
+            cause = err.__cause__ if isinstance(err.__cause__, ValueError) else err
+            raise ValueError(f"model.{cause}") from err
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        top5 = min(5, num_classes)
+        metrics = MetricCollection({"top1_err": TopKError(num_classes, 1), "top5_err": TopKError(num_classes, top5)})
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, S, S]`` images -> ``[B, num_classes]`` logits."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        if not torch.isfinite(loss):
+            # Raised before backward and the optimizer step, so the weights (and every checkpoint) stay as
+            # they were; resuming from the last checkpoint with a lower LR is the usual way out.
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else float("nan")
+            raise NonFiniteLossError(
+                f"train/loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
+                f"(lr={lr:g}). Training stopped before this step's update; the last checkpoint is intact. "
+                "Resume with ckpt_path=last and a lower module.lr, or check the inputs (data.preprocess).")
+        self.train_metrics.update(logits.detach(), labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=False)
+        return loss
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
+        images, labels = batch
+        if images.dim() == 5:  # [B, n_crops, C, S, S]: average the softmax over the crops
+            b, n = images.shape[:2]
+            probs = F.softmax(self(images.flatten(0, 1)).float(), dim=-1).view(b, n, -1).mean(1)
+            loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels)
+            scores = probs
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(logits, labels)
+            scores = logits
+        metrics.update(scores, labels)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        if not hp.lr_plateau:
+            return optimizer
+        # The paper anneals "manually when the validation error plateaus": automated here.
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **hp.lr_plateau)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val/top1_err", "interval": "epoch"}}
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+
+def is_finite_model(model: nn.Module) -> bool:
+    """True when every parameter and buffer is finite (a checkpoint of it is worth keeping)."""
+    return all(bool(torch.isfinite(t).all()) for t in [*model.parameters(), *model.buffers()]
+               if t.is_floating_point())

@@ -1,0 +1,124 @@
+"""The training task behind ``train.py``: instantiate from the composed config, fit, test, write metrics.json.
+
+Kept apart from ``train.py`` so tests (and notebooks) call it with a config composed by Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from zfexp.loggers import finish_wandb
+from zfexp.module import ImageClassifier
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("train/top1_err", "train/top5_err", "train/loss", "val/top1_err", "val/top5_err", "val/loss",
+               "test/top1_err", "test/top5_err", "test/loss")
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str, current_run: Path) -> str | None:
+    """``"last"`` -> the newest ``last.ckpt`` among this task's earlier runs; a path must exist."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) == "last":
+        runs = Path(log_dir) / task_name / "runs"
+        candidates = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.parent.parent != current_run]
+        if not candidates:
+            raise FileNotFoundError(f"ckpt_path=last: no earlier run of task {task_name!r} has a last.ckpt "
+                                    f"(looked for {runs}/*/checkpoints/last.ckpt); give a checkpoint path instead")
+        return str(max(candidates, key=lambda p: p.stat().st_mtime))
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file; valid: a .ckpt path, 'last' "
+                                "(newest last.ckpt of this task) or null")
+    return str(ckpt_path)
+
+
+def instantiate_dict(group: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a config group such as ``callbacks`` or ``logger``."""
+    if not group:
+        return []
+    objects = []
+    for key, conf in group.items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info("instantiating %s %s <%s>", what, key, conf._target_)
+            objects.append(instantiate(conf))
+    return objects
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job; return the metrics written to ``<run dir>/metrics.json``."""
+    run_dir = output_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # The resolved config beside Hydra's unresolved .hydra/config.yaml: what this run really used.
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    metrics: dict[str, Any] = {"status": "started"}
+    start = time.time()
+    try:
+        if cfg.get("seed") is not None:
+            L.seed_everything(cfg.seed, workers=True)
+        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, run_dir)
+
+        datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+        module = ImageClassifier(net=cfg.model, num_classes=datamodule.num_classes,
+                                 in_channels=datamodule.num_channels, input_size=datamodule.input_size,
+                                 **OmegaConf.to_container(cfg.module, resolve=True))
+        callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks"), "callback")
+        loggers: list[Logger] = instantiate_dict(cfg.get("logger"), "logger")
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        hparams["num_parameters"] = module.num_parameters
+        for lg in trainer.loggers:
+            lg.log_hyperparams(hparams)
+
+        metrics.update(num_parameters=module.num_parameters, resumed_from=ckpt_path)
+        if cfg.get("train", True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics.update({k: v for k, v in _floats(trainer.callback_metrics).items() if k.startswith("train/")})
+        best = next((c.best_model_path for c in trainer.checkpoint_callbacks
+                     if isinstance(c, ModelCheckpoint) and c.monitor and c.best_model_path), None)
+        if cfg.get("test", True):
+            # Val and test error of the best checkpoint (the current weights when there is none).
+            eval_ckpt = best if best else None
+            val = trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+            test = trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+            metrics.update(_floats(val[0] if val else {}))
+            metrics.update(_floats(test[0] if test else {}))
+        metrics.update(status="completed", epochs=trainer.current_epoch, global_step=trainer.global_step,
+                       best_checkpoint=best)
+        return metrics
+    except BaseException as err:
+        metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        metrics["wall_time_s"] = round(time.time() - start, 2)
+        if _is_global_zero():
+            ordered = {k: metrics[k] for k in METRIC_KEYS if k in metrics}
+            ordered.update({k: v for k, v in metrics.items() if k not in ordered})
+            (run_dir / "metrics.json").write_text(json.dumps(ordered, indent=2) + "\n")
+        finish_wandb()
+
+
+def _is_global_zero() -> bool:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
