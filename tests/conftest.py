@@ -24,10 +24,10 @@ TINY = ["data.subset_size=256", "data.num_workers=0", "data.batch_size=64", "tra
 
 
 def compose_train(run_dir: Path, overrides: list[str] = ()) -> DictConfig:
-    """The train config as train.py would see it, its run directory set to ``run_dir``."""
+    """The train config as train.py would see it; ``run_dir`` is ``<log_dir>/<task>/runs/<name>``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.data_dir={DATA_DIR}", f"paths.log_dir={run_dir.parent}",
+        cfg = compose("train", overrides=[f"paths.data_dir={DATA_DIR}", f"paths.log_dir={run_dir.parents[2]}",
                                           *overrides], return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):

@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from tests.conftest import DATA_DIR
-from zfexp.data import (FashionMNISTDataModule, ImageFolderDataModule, Preprocessing, compute_mean_image,
+from zfexp.data import (CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule, Preprocessing, compute_mean_image,
                         paper_transform)
 from zfexp.errors import CorruptImageError, DatasetNotFoundError
 
@@ -157,3 +157,11 @@ def test_corrupt_image_is_named_before_training(tmp_path):
     dm = folder_dm(root)
     with pytest.raises(CorruptImageError, match="broken.jpg"):
         dm.prepare_data()  # the mean-image pass decodes every training image
+
+
+def test_missing_cifar10_names_the_folder_and_the_download_switch(tmp_path):
+    dm = CIFAR10DataModule(root=str(tmp_path), download=False, num_workers=0)
+    assert (dm.num_classes, dm.num_channels) == (10, 3)
+    with pytest.raises(DatasetNotFoundError) as err:
+        dm.prepare_data()
+    assert str(tmp_path / "cifar-10-batches-py") in str(err.value) and "data.download=true" in str(err.value)

@@ -43,7 +43,7 @@ def test_tiny_run_writes_metrics_checkpoints_config_and_a_wandb_run(run_dir):
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     rows = history(wandb_file)
     logged = {k: v for row in rows for k, v in row.items()}
-    for key in ("train/loss_step", "train/top1_err", "val/top1_err", "renorm/conv1", "test/top1_err"):
+    for key in ("train/loss_epoch", "train/top1_err", "val/top1_err", "renorm/conv1", "test/top1_err"):
         assert key in logged, key
     assert logged["test/top1_err"] == pytest.approx(on_disk["test/top1_err"], abs=1e-3)
     cfg = wandb_config(wandb_file)
@@ -104,7 +104,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     good = (first / "checkpoints" / "last.ckpt").read_bytes()
     time.sleep(0.01)
     with pytest.raises(NonFiniteLossError, match="train/loss is nan"):
-        train(compose_train(second, ["experiment=quickstart", *TINY, "logger=csv", "ckpt_path=last",
+        train(compose_train(second, ["experiment=quickstart", *TINY, "logger=csv", "ckpt_path=last", "trainer.max_epochs=2",
                                      "data.preprocess.pixel_scale=inf"]))
     assert (first / "checkpoints" / "last.ckpt").read_bytes() == good
     assert "NonFiniteLossError" in read_metrics(second)["error"]

@@ -63,13 +63,8 @@ ZFNET_V2 = {**ZFNET, "conv3": replace(ZFNET["conv3"], out_channels=512),
             "conv5": replace(ZFNET["conv5"], out_channels=512)}
 
 # The paper's AlexNet replication: dense (not split over two GPUs), conv1 11x11 stride 4.
-ALEXNET = {
-    "conv1": ConvSpec(96, 11, 4, 2, pool=True, norm=True),
-    "conv2": ConvSpec(256, 5, 1, 2, pool=True, norm=True),
-    "conv3": ConvSpec(384, 3, 1, 1),
-    "conv4": ConvSpec(384, 3, 1, 1),
-    "conv5": ConvSpec(256, 3, 1, 1, pool=True),
-}
+ALEXNET = {**ZFNET, "conv1": ConvSpec(96, 11, 4, 2, pool=True, norm=True),
+           "conv2": ConvSpec(256, 5, 1, 2, pool=True, norm=True)}
 
 # Same 5 conv + 3 fc structure and names for 28-64 px inputs (Fashion-MNIST, CIFAR-10), widths about a
 # quarter of ZFNet's (96:256:384:384:256 -> 32:64:96:96:64). conv1 keeps full resolution (a stride-2 7x7 on
