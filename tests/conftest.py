@@ -37,6 +37,16 @@ def compose_train(run_dir: Path, overrides: list[str] = ()) -> DictConfig:
     return cfg
 
 
+@pytest.fixture(scope="session")
+def fashion_mnist_raw() -> Path:
+    """The raw Fashion-MNIST files under DATA_DIR (extracted from the Debian package on first use)."""
+    from zfexp.data import FashionMNISTDataModule
+
+    dm = FashionMNISTDataModule(root=str(DATA_DIR))
+    dm._ensure_files()
+    return dm.raw_dir
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     path = tmp_path / "logs" / "train" / "runs" / "run0"

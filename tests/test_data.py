@@ -101,11 +101,11 @@ def test_missing_fashion_mnist_says_where_and_how(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in msg
 
 
-def test_corrupt_fashion_mnist_file_is_named(tmp_path):
+def test_corrupt_fashion_mnist_file_is_named(tmp_path, fashion_mnist_raw):
     raw = tmp_path / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
     for name in FashionMNISTDataModule.RAW_SHAPES:
-        (raw / name).write_bytes((DATA_DIR / "FashionMNIST" / "raw" / name).read_bytes())
+        (raw / name).write_bytes((fashion_mnist_raw / name).read_bytes())
     bad = raw / "t10k-images-idx3-ubyte"
     bad.write_bytes(bad.read_bytes()[:5000])  # truncated
     dm = fmnist(root=str(tmp_path), download=False, debian_dir=None)

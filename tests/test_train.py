@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
+from omegaconf.errors import MissingMandatoryValue
 
 from tests.conftest import ROOT, TINY, compose_train, train_cmd
 from tests.test_data import make_image_tree
@@ -73,6 +74,7 @@ def test_filter_renorm_runs_every_step_of_a_fit(run_dir):
      ["/nonexistent/fmnist", "apt-get install dataset-fashion-mnist"]),
     (["callbacks.filter_renorm.layers=[conv9]"], ValueError, ["'conv9'", "conv1"]),
     (["ckpt_path=/no/such.ckpt"], FileNotFoundError, ["/no/such.ckpt", "'last'"]),
+    (["data=imagenet"], MissingMandatoryValue, ["data.root"]),  # mandatory, no default
 ])
 def test_bad_input_stops_before_training_with_a_clear_message(run_dir, overrides, error, words):
     with pytest.raises(error) as err:

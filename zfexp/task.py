@@ -68,11 +68,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job; return the metrics written to ``<run dir>/metrics.json``."""
     run_dir = output_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # The resolved config beside Hydra's unresolved .hydra/config.yaml: what this run really used.
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     metrics: dict[str, Any] = {"status": "started"}
     start = time.time()
     try:
+        # The resolved config beside Hydra's unresolved .hydra/config.yaml: what this run really used.
+        # Resolving first also stops a run with a missing mandatory value (e.g. data.root) before anything else.
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         if cfg.get("seed") is not None:
             L.seed_everything(cfg.seed, workers=True)
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, run_dir)
