@@ -1,0 +1,159 @@
+"""The deconvnet engine against an independent gradient formulation, a hand-computed case, and geometry."""
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import alexnet as tv_alexnet
+from torchvision.models import vgg16 as tv_vgg16
+
+from zfexp.analysis import DeconvNet, forward_prefix, receptive_field
+from zfexp.models import zfnet
+
+
+def deconv_by_autograd(model: nn.Module, images: torch.Tensor, layer: str, channels, mode: str) -> torch.Tensor:
+    """Independent formulation: the gradient of the chosen activations (seeded with their own values) with
+    every ReLU's backward replaced by a ReLU of the incoming signal and normalisation backward by identity;
+    max-pool keeps its own backward, which routes to the switches and adds where windows overlap."""
+    model = model.eval()
+    prefix = forward_prefix(model, layer)
+    handles = []
+    for _, m in prefix:
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+            handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (torch.relu(gout[0]),)))
+        elif isinstance(m, (nn.LocalResponseNorm, nn.BatchNorm2d, nn.Dropout)):
+            handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (gout[0],)))
+    try:
+        n, k = images.shape[0], len(channels)
+        x = images.repeat_interleave(k, 0).clone().requires_grad_(True)  # image i, channel j at i * k + j
+        out = x
+        for _, m in prefix:
+            out = m(out)
+        seed = torch.zeros_like(out)
+        for row in range(n * k):
+            c = channels[row % k]
+            act = out[row, c].detach()
+            if mode == "max":
+                pos = act.flatten().argmax()
+                seed[row, c].view(-1)[pos] = act.flatten()[pos]
+            else:
+                seed[row, c] = act
+        (grad,) = torch.autograd.grad(out, x, seed)
+        return grad.view(n, k, *images.shape[1:])
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("layer", ["conv2", "conv5"])
+@pytest.mark.parametrize("mode", ["max", "map"])
+def test_zfnet_matches_the_gradient_formulation(layer, mode):
+    torch.manual_seed(0)
+    model = zfnet(num_classes=10, init="kaiming")  # overlapping 3x3/2 pools, LRN
+    images = torch.randn(2, 3, 224, 224)
+    channels = [0, 7, 31]
+    ours = DeconvNet(model).project(images, layer, channels, mode=mode)
+    ref = deconv_by_autograd(model, images, layer, channels, mode)
+    assert ours.shape == (2, 3, 3, 224, 224)
+    assert ref.norm() > 0 and rel_err(ours, ref) < 1e-5
+
+
+def test_zfnet_with_layers_removed_matches():
+    torch.manual_seed(1)
+    model = zfnet(num_classes=10, init="kaiming", remove=["conv3", "conv4"])
+    images = torch.randn(2, 3, 224, 224)
+    ours = DeconvNet(model).project(images, "conv5", [3, 100], mode="max")
+    assert rel_err(ours, deconv_by_autograd(model, images, "conv5", [3, 100], "max")) < 1e-5
+
+
+@pytest.mark.parametrize("builder, layer, size", [(tv_alexnet, "features.8", 127), (tv_vgg16, "features.14", 64)])
+def test_torchvision_networks_match(builder, layer, size):
+    torch.manual_seed(2)
+    model = builder(weights=None)
+    images = torch.randn(2, 3, size, size)
+    ours = DeconvNet(model).project(images, layer, [1, 5], mode="max")
+    ref = deconv_by_autograd(model, images, layer, [1, 5], "max")
+    assert ref.norm() > 0 and rel_err(ours, ref) < 1e-5
+
+
+def test_chunking_over_channels_changes_nothing():
+    torch.manual_seed(3)
+    model = zfnet(num_classes=10, init="kaiming")
+    images = torch.randn(1, 3, 224, 224)
+    whole = DeconvNet(model).project(images, "conv3", list(range(6)))
+    chunked = DeconvNet(model, max_elements=1).project(images, "conv3", list(range(6)))
+    assert torch.allclose(whole, chunked, rtol=1e-5, atol=1e-7)
+
+
+def tiny(pool: nn.Module | None = None, weight=((1.0, 2.0), (3.0, 4.0))):
+    model = nn.Sequential()
+    w = torch.tensor(weight)
+    model.add_module("conv1", nn.Conv2d(1, 1, w.shape, bias=False))
+    model.add_module("relu1", nn.ReLU())
+    if pool is not None:
+        model.add_module("pool1", pool)
+    with torch.no_grad():
+        model.conv1.weight.copy_(w.view(1, 1, *w.shape))
+    return model
+
+
+def test_hand_computed_single_unit():
+    # conv 2x2 [[1,2],[3,4]] on [[1,0,0],[0,0,0],[0,0,1]] -> [[1,0],[0,4]]; the max unit is 4 at (1,1), and its
+    # projection is 4 * the filter placed under that unit.
+    image = torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 0, 1]]).view(1, 1, 3, 3)
+    out = DeconvNet(tiny()).project(image, "conv1", [0], mode="max")
+    assert out[0, 0, 0].tolist() == [[0, 0, 0], [0, 4, 8], [0, 12, 16]]
+
+
+def test_hand_computed_overlapping_pools_add_up():
+    # identity 1x1 conv on [1, 5, 2, 0]; 1x2 max-pool with stride 1 picks 5, 5, 2: two windows share the switch
+    # at position 1, so unpooling the whole map gives [0, 5 + 5, 2, 0].
+    model = tiny(nn.MaxPool2d((1, 2), stride=1), weight=((1.0,),))
+    image = torch.tensor([1.0, 5, 2, 0]).view(1, 1, 1, 4)
+    deconv = DeconvNet(model)
+    conv_only = deconv.project(image, "conv1", [0], mode="map")
+    assert conv_only[0, 0, 0, 0].tolist() == [1, 5, 2, 0]
+    # Project from above the pool: a conv after it makes the pool part of the way down.
+    model.add_module("conv2", nn.Conv2d(1, 1, 1, bias=False))
+    with torch.no_grad():
+        model.conv2.weight.fill_(1.0)
+    through_pool = deconv.project(image, "conv2", [0], mode="map")
+    assert through_pool[0, 0, 0, 0].tolist() == [0, 10, 2, 0]
+
+
+def test_max_mode_is_zero_outside_the_receptive_field():
+    torch.manual_seed(4)
+    model = zfnet(num_classes=10, init="kaiming")
+    images = torch.randn(1, 3, 224, 224)
+    deconv = DeconvNet(model)
+    acts = deconv.features(images, "conv3")[0, 12]
+    row, col = divmod(int(acts.flatten().argmax()), acts.shape[-1])
+    top, left, bottom, right = receptive_field(model, "conv3", (row, col), 224)
+    assert 0 < bottom - top < 223  # a real box, not the whole image
+    proj = deconv.project(images, "conv3", [12], mode="max")[0, 0]
+    inside = torch.zeros_like(proj, dtype=torch.bool)
+    inside[:, top:bottom + 1, left:right + 1] = True
+    assert proj[inside].abs().sum() > 0 and proj[~inside].abs().sum() == 0
+
+
+def test_receptive_field_by_hand():
+    # conv1 7x7/2 pad 1: unit (0, 0) sees rows -1..5 -> clipped 0..5; unit (10, 20) sees 19..25 x 39..45.
+    model = zfnet()
+    assert receptive_field(model, "conv1", (0, 0), 224) == (0, 0, 5, 5)
+    assert receptive_field(model, "conv1", (10, 20), 224) == (19, 39, 25, 45)
+    # conv2 5x5/2 after pool1 3x3/2: conv2 unit 0 spans pool rows 0..4 -> conv1 rows 0..10 -> pixels -1..25.
+    assert receptive_field(model, "conv2", (0, 0), 224) == (0, 0, 25, 25)
+
+
+def test_bad_layer_and_channel_are_named():
+    model = zfnet(num_classes=10)
+    with pytest.raises(ValueError, match=r"layer='fc6' is not a conv layer.*conv1, conv2"):
+        DeconvNet(model).project(torch.zeros(1, 3, 224, 224), "fc6")
+    with pytest.raises(ValueError, match=r"channels must lie in 0..95"):
+        DeconvNet(model).project(torch.zeros(1, 3, 224, 224), "conv1", [96])
+    with pytest.raises(ValueError, match="mode='mean'"):
+        DeconvNet(model).project(torch.zeros(1, 3, 224, 224), "conv1", [0], mode="mean")
