@@ -1,6 +1,9 @@
 """Lightning callbacks: thin glue that schedules an analysis from ``zfexp`` and logs its result."""
 
 from callbacks.checkpoint import CrashSafeCheckpoint
+from callbacks.deconv_snapshots import DeconvSnapshots
+from callbacks.filter_diagnostics import FilterDiagnostics
 from callbacks.filter_renorm import FilterRenorm
+from callbacks.top_activations import TopActivations
 
-__all__ = ["CrashSafeCheckpoint", "FilterRenorm"]
+__all__ = ["CrashSafeCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "TopActivations"]

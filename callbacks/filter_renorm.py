@@ -7,14 +7,9 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
 
+from callbacks.common import network_of
 from zfexp.analysis import conv_layers, renormalize_filter_masks_
-
-
-def network_of(pl_module: L.LightningModule) -> nn.Module:
-    """The wrapped network (``pl_module.net``) whose layers carry the paper's names, else the module itself."""
-    return getattr(pl_module, "net", pl_module)
 
 
 class FilterRenorm(Callback):

@@ -20,7 +20,10 @@ DATA_DIR = ROOT / "data"  # shared across tests: Fashion-MNIST is extracted and 
 # Small, fast runs: a slice of the real data, no worker processes, no progress bar.
 TINY = ["data.subset_size=256", "data.num_workers=0", "data.batch_size=64", "trainer.max_epochs=1",
         "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
-        "model.widths={conv1: 8, conv2: 16, conv3: 16, conv4: 16, conv5: 16, fc6: 32, fc7: 32}"]
+        "model.widths={conv1: 8, conv2: 16, conv3: 16, conv4: 16, conv5: 16, fc6: 32, fc7: 32}",
+        # the quickstart's visualisation callbacks, at the first epoch and on a few images
+        "callbacks.deconv_snapshots.epochs=[1]", "callbacks.deconv_snapshots.probe_size=64",
+        "callbacks.top_activations.max_images=64", "callbacks.filter_diagnostics.probe_size=64"]
 
 
 def compose_train(run_dir: Path, overrides: list[str] = ()) -> DictConfig:

@@ -157,3 +157,62 @@ def test_bad_layer_and_channel_are_named():
         DeconvNet(model).project(torch.zeros(1, 3, 224, 224), "conv1", [96])
     with pytest.raises(ValueError, match="mode='mean'"):
         DeconvNet(model).project(torch.zeros(1, 3, 224, 224), "conv1", [0], mode="mean")
+
+
+def test_top_activations_equal_a_brute_force_search():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from zfexp.analysis import top_activations
+    from zfexp.models import zfnet_small
+
+    torch.manual_seed(5)
+    model = zfnet_small(num_classes=10, in_channels=1, init="kaiming").eval()
+    images = torch.randn(23, 1, 28, 28)
+    loader = DataLoader(TensorDataset(images, torch.zeros(23)), batch_size=5)
+    channels = [0, 3, 30]
+    top = top_activations(model, loader, "conv4", channels, k=4, progress=False)
+    acts = DeconvNet(model).features(images, "conv4")[:, channels].flatten(2)  # [23, 3, H*W]
+    per_image, where = acts.max(2)
+    for j in range(len(channels)):
+        order = per_image[:, j].argsort(descending=True)[:4]
+        assert top.indices[j].tolist() == order.tolist()
+        assert torch.allclose(top.values[j], per_image[order, j])
+        w = 7
+        assert top.positions[j].tolist() == [[int(p) // w, int(p) % w] for p in where[order, j]]
+    with pytest.raises(ValueError, match="shuffle=False"):
+        top_activations(model, DataLoader(TensorDataset(images, torch.zeros(23)), shuffle=True), "conv4")
+
+
+def test_project_units_equals_the_matching_slices_of_project():
+    torch.manual_seed(6)
+    model = zfnet(num_classes=10, init="kaiming")
+    images = torch.randn(3, 3, 224, 224)
+    channels = [4, 9, 4]
+    deconv = DeconvNet(model)
+    pairs = deconv.project_units(images, "conv4", channels)
+    full = deconv.project(images, "conv4", [4, 9])
+    expected = torch.stack([full[0, 0], full[1, 1], full[2, 0]])
+    assert pairs.shape == (3, 3, 224, 224) and rel_err(pairs, expected) < 1e-6
+
+
+def test_receptive_field_size_matches_the_unclipped_box():
+    from zfexp.analysis import receptive_field_size
+
+    model = zfnet()
+    for layer in ("conv1", "conv2", "conv3", "conv5"):
+        top, left, bottom, right = receptive_field(model, layer, (6, 6), 100000)  # far from every border
+        assert receptive_field_size(model, layer) == bottom - top + 1 == right - left + 1
+    assert receptive_field_size(model, "conv1") == 7
+
+
+def test_grid_layout_and_per_tile_normalisation():
+    from zfexp.render import image_grid
+
+    tiles = torch.zeros(2, 3, 1, 4, 4)
+    tiles[0, 0] = 5.0  # positive everywhere -> white
+    tiles[1, 2, 0, 0, 0] = -2.0  # one negative pixel -> black there, the rest mid-grey
+    grid = image_grid(tiles, normalise="symmetric", pad=1, min_tile=8)  # 4 px tiles drawn at 8 px
+    assert grid.shape == (3, 2 * 9 + 1, 3 * 9 + 1)
+    assert torch.all(grid[:, 1:9, 1:9] == 1.0)
+    assert torch.all(grid[:, 10:12, 19:21] == 0.0) and torch.allclose(grid[:, 15, 25], torch.full((3,), 0.5))
+    assert torch.all(grid[:, 0, :] == 1.0)  # padding

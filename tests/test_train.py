@@ -120,6 +120,7 @@ def test_run_killed_mid_epoch_resumes_with_ckpt_path_last(tmp_path):
     common = ["experiment=quickstart", f"paths.log_dir={log_dir}", "logger=csv", "data.num_workers=0",
               "data.subset_size=3000", "data.batch_size=32", "trainer.max_epochs=3",
               "callbacks.crash_checkpoint.every_n_train_steps=5", "callbacks.rich_progress_bar=null",
+              "callbacks.deconv_snapshots.epochs=[1]", "callbacks.top_activations.max_images=64",
               "trainer.enable_progress_bar=false"]
     proc = subprocess.Popen(train_cmd(*common), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180

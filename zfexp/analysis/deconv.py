@@ -112,9 +112,7 @@ class DeconvNet:
         chan = chan.to(acts.device)
         selected = acts[:, chan]  # [N, K, H_l, W_l]
         if mode == "max":
-            flat = selected.flatten(2)
-            keep = torch.zeros_like(flat).scatter_(2, flat.argmax(2, keepdim=True), 1.0)
-            selected = (flat * keep).view_as(selected)
+            selected = _keep_max(selected)
         k = chan.numel()
         out = images.new_zeros((n, k, *images.shape[1:]))
         chunk = max(1, self.max_elements // max(1, n * self._largest_per_map(steps)))
@@ -123,13 +121,34 @@ class DeconvNet:
             out[:, idx] = self._down(selected[:, idx], chan[idx], steps)
         return out
 
+    @torch.no_grad()
+    def project_units(self, images: torch.Tensor, layer: str, channels: list[int] | torch.Tensor,
+                      mode: str = "max") -> torch.Tensor:
+        """Pairwise projections: channel ``channels[i]`` of image ``i``, ``[N, C, H, W]``. This is what a
+        top-k search needs (each map's strongest units sit in different images)."""
+        if mode not in ("max", "map"):
+            raise ValueError(f"mode={mode!r}: valid values are 'max' and 'map'")
+        acts, steps = self.forward_record(images, layer)
+        chan = torch.as_tensor(channels, dtype=torch.long, device=acts.device).flatten()
+        if chan.numel() != acts.shape[0]:
+            raise ValueError(f"project_units needs one channel per image: {acts.shape[0]} images, {chan.numel()} channels")
+        if chan.numel() and (chan.min() < 0 or chan.max() >= acts.shape[1]):
+            raise ValueError(f"channels must lie in 0..{acts.shape[1] - 1} for layer {layer!r}; got {chan.tolist()}")
+        selected = acts[torch.arange(acts.shape[0], device=acts.device), chan].unsqueeze(0)  # [1, N, H, W]
+        if mode == "max":
+            selected = _keep_max(selected)
+        # Carry the N pairs as N groups of one image: the same grouped transposed conv as in project().
+        return self._down(selected, chan, steps, paired=True)[0]
+
     @staticmethod
     def _largest_per_map(steps: list[_Step]) -> int:
         sizes = [torch.Size(s.in_shape[1:]).numel() for s in steps]
         return max(sizes) if sizes else 1
 
-    def _down(self, selected: torch.Tensor, chan: torch.Tensor, steps: list[_Step]) -> torch.Tensor:
-        """``selected [N, K, H_l, W_l]`` (the kept activations) -> pixels ``[N, K, C, H, W]``."""
+    def _down(self, selected: torch.Tensor, chan: torch.Tensor, steps: list[_Step], paired: bool = False,
+              ) -> torch.Tensor:
+        """``selected [N, K, H_l, W_l]`` (the kept activations) -> pixels ``[N, K, C, H, W]``. ``paired``: the
+        input is ``[1, N, H_l, W_l]``, map ``i`` belonging to image ``i``; the result is ``[1, N, C, H, W]``."""
         n, k = selected.shape[:2]
         top = next(i for i in range(len(steps) - 1, -1, -1) if isinstance(steps[i].module, nn.Conv2d))
         conv_step = steps[top]
@@ -138,9 +157,11 @@ class DeconvNet:
         weight = conv_step.module.weight[chan]  # [K, C_in, kh, kw]
         x = self._conv_transpose(selected, weight, conv_step, groups=k)  # [N, K * C_in, H, W]
         x = x.view(n * k, -1, *x.shape[2:])
+        if paired:  # from here on the pairs are a batch of k images with one map each
+            n, k = k, 1
         for step in reversed(steps[:top]):
             x = self._invert(step, x, n, k)
-        return x.view(n, k, *x.shape[1:])
+        return x.view(1, n, *x.shape[1:]) if paired else x.view(n, k, *x.shape[1:])
 
     @staticmethod
     def _conv_transpose(x: torch.Tensor, weight: torch.Tensor, step: _Step, groups: int = 1) -> torch.Tensor:
@@ -176,6 +197,13 @@ class DeconvNet:
         return x  # normalisation and dropout are passed through, as in the paper
 
 
+def _keep_max(selected: torch.Tensor) -> torch.Tensor:
+    """Zero all but the largest value of each map of ``[N, K, H, W]``."""
+    flat = selected.flatten(2)
+    keep = torch.zeros_like(flat).scatter_(2, flat.argmax(2, keepdim=True), 1.0)
+    return (flat * keep).view_as(selected)
+
+
 def receptive_field(model: nn.Module, layer: str, position: tuple[int, int], image_size: tuple[int, int] | int,
                     ) -> tuple[int, int, int, int]:
     """Input-pixel box ``(top, left, bottom, right)`` (inclusive, clipped to the image) seen by the unit at
@@ -190,3 +218,14 @@ def receptive_field(model: nn.Module, layer: str, position: tuple[int, int], ima
                 lo[d] = lo[d] * stride[d] - padding[d]
                 hi[d] = hi[d] * stride[d] - padding[d] + dilation[d] * (kernel[d] - 1)
     return max(lo[0], 0), max(lo[1], 0), min(hi[0], height - 1), min(hi[1], width - 1)
+
+
+def receptive_field_size(model: nn.Module, layer: str) -> int:
+    """Side of the (unclipped) input box one unit of ``layer`` sees: ``1 + sum (k - 1) * dilation * jump``."""
+    size, jump = 1, 1
+    for _name, module in forward_prefix(model, layer):
+        if isinstance(module, (nn.Conv2d, nn.MaxPool2d)):
+            kernel, stride = _pair(module.kernel_size)[0], _pair(module.stride or module.kernel_size)[0]
+            size += (kernel - 1) * _pair(module.dilation)[0] * jump
+            jump *= stride
+    return size

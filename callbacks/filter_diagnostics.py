@@ -1,0 +1,66 @@
+"""``FilterDiagnostics`` (Fig. 6): the layer-1 filters as an image, the fraction of dead filters per conv
+layer (never active on the probe set) and filter RMS statistics, as scalars."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from callbacks.common import (check_epochs, check_epochs_fit, eval_dataset, evaluating, is_quiet, log_image,
+                              network_of, probe_indices, stack_dataset)
+from zfexp.analysis import DeconvNet, conv_layers, filter_rms
+from zfexp.render import image_grid
+
+
+class FilterDiagnostics(Callback):
+    """Args:
+        epochs: when to run (1 = after the first epoch); the end of fit always runs.
+        first_layer: the conv layer whose filters are drawn (paper: conv1).
+        probe_size: validation images on which a filter must fire at least once not to count as dead.
+    """
+
+    def __init__(self, epochs: Sequence[int] = (), first_layer: str = "conv1", probe_size: int = 256, seed: int = 0):
+        self.epochs = check_epochs("FilterDiagnostics", epochs)
+        self.first_layer, self.probe_size, self.seed = first_layer, probe_size, seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        conv_layers(network_of(pl_module), [self.first_layer])  # names a bad layer before training
+        if stage == "fit":
+            check_epochs_fit("FilterDiagnostics", self.epochs, trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if epoch in self.epochs and epoch != trainer.max_epochs:
+            self._run(trainer, pl_module, f"epoch{epoch:03d}")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._run(trainer, pl_module, "final")
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
+        if is_quiet(trainer) or not trainer.is_global_zero:
+            return
+        net = network_of(pl_module)
+        weight = net.get_submodule(self.first_layer).weight.detach().cpu()  # [O, C, kh, kw]
+        cols = int(torch.ceil(torch.sqrt(torch.tensor(float(weight.shape[0])))))
+        rows = -(-weight.shape[0] // cols)
+        tiles = torch.zeros(rows * cols, *weight.shape[1:])
+        tiles[: weight.shape[0]] = weight
+        log_image(trainer, f"filters/{self.first_layer}_{tag}",
+                  image_grid(tiles.view(rows, cols, *weight.shape[1:]), normalise="symmetric", pad=1),
+                  caption=f"{self.first_layer} filters ({tag})")
+        dataset = eval_dataset(trainer)
+        images, _ = stack_dataset(dataset, probe_indices(len(dataset), self.probe_size, self.seed))
+        stats = {}
+        with evaluating(net):
+            deconv = DeconvNet(net)
+            for name, conv in conv_layers(net).items():
+                acts = deconv.features(images.to(pl_module.device), name)  # [N, C, H, W], post-ReLU
+                dead = (acts.amax(dim=(0, 2, 3)) <= 0).float().mean()
+                rms = filter_rms(conv.weight)
+                stats.update({f"filters/dead_frac/{name}": dead.item(), f"filters/rms_mean/{name}": rms.mean().item(),
+                              f"filters/rms_max/{name}": rms.max().item()})
+        for logger in trainer.loggers:
+            logger.log_metrics(stats, step=trainer.global_step)

@@ -1,0 +1,90 @@
+"""``TopActivations`` (Fig. 2): per layer and chosen map, the top-k validation activations projected to
+pixels (3x3) beside the image patches they see (3x3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from callbacks.common import (check_layers, eval_dataset, evaluating, is_quiet, log_image, network_of,
+                              stack_dataset)
+from callbacks.deconv_snapshots import PAPER_LAYERS, tile_size
+from zfexp.analysis import DeconvNet, receptive_field, top_activations
+from zfexp.render import crop_tiles, image_grid, side_by_side
+
+
+class TopActivations(Callback):
+    """Args:
+        layers: conv layers; maps_per_layer: maps per layer, chosen at random once (seeded);
+        k: activations per map (9 in the paper, shown 3x3);
+        every_n_epochs: also run every n epochs (``None``: only at the end of fit);
+        max_images: cap on the validation images searched (``None``: all).
+    """
+
+    def __init__(self, layers: Sequence[str] = PAPER_LAYERS, maps_per_layer: int = 4, k: int = 9,
+                 every_n_epochs: int | None = None, max_images: int | None = None, batch_size: int = 256,
+                 seed: int = 0):
+        if k < 1 or maps_per_layer < 1:
+            raise ValueError(f"TopActivations: k={k} and maps_per_layer={maps_per_layer} must be positive")
+        if every_n_epochs is not None and every_n_epochs < 1:
+            raise ValueError(f"TopActivations: every_n_epochs={every_n_epochs} must be >= 1 or null")
+        self.layers, self.maps_per_layer, self.k = list(layers), maps_per_layer, k
+        self.every_n_epochs, self.max_images, self.batch_size, self.seed = every_n_epochs, max_images, batch_size, seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        check_layers("TopActivations", network_of(pl_module), self.layers)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and epoch != trainer.max_epochs:
+            self._run(trainer, pl_module, f"epoch{epoch:03d}")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._run(trainer, pl_module, "final")
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
+        if is_quiet(trainer) or not trainer.is_global_zero:
+            return
+        net = network_of(pl_module)
+        dataset = eval_dataset(trainer)
+        if self.max_images is not None:
+            dataset = torch.utils.data.Subset(dataset, range(min(self.max_images, len(dataset))))
+        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
+        with evaluating(net):
+            for i, layer in enumerate(self.layers):
+                g = torch.Generator().manual_seed(self.seed + 1 + i)
+                maps = torch.randperm(net.get_submodule(layer).out_channels, generator=g)[: self.maps_per_layer]
+                maps = maps.sort().values.tolist()
+                top = top_activations(net, loader, layer, maps, k=self.k, device=pl_module.device)
+                sheet = self._sheet(net, dataset, layer, top, pl_module.device)
+                log_image(trainer, f"top{self.k}/{layer}_{tag}", sheet,
+                          caption=f"{layer} maps {maps}: top-{self.k} projections (left) and patches (right)")
+
+    def _sheet(self, net, dataset, layer: str, top, device) -> torch.Tensor:
+        """Rows of ``side x side`` blocks, one block per map: projections on the left, patches on the right."""
+        side = math.ceil(math.sqrt(self.k))
+        projections, patches = [], []
+        for j, channel in enumerate(top.channels.tolist()):
+            images, _ = stack_dataset(dataset, top.indices[j])
+            proj = DeconvNet(net).project_units(images.to(device), layer, [channel] * len(images)).cpu()
+            boxes = [receptive_field(net, layer, tuple(p), tuple(images.shape[-2:])) for p in top.positions[j].tolist()]
+            size = tile_size(net, layer, images)
+            projections.append(_block(crop_tiles(proj, boxes, size), side))
+            patches.append(_block(crop_tiles(images, boxes, size), side))
+        left = image_grid(torch.cat(projections), normalise="symmetric")
+        right = image_grid(torch.cat(patches), normalise="minmax")
+        return side_by_side(left, right)
+
+
+def _block(tiles: torch.Tensor, side: int) -> torch.Tensor:
+    """``[k, C, s, s]`` -> ``[side, side, C, s, s]``, empty slots filled with zeros."""
+    k, c, s, _ = tiles.shape
+    full = tiles.new_zeros((side * side, c, s, s))
+    full[:k] = tiles
+    return full.view(side, side, c, s, s)
+

@@ -1,0 +1,73 @@
+"""The visualisation callbacks in a short fit: their PNGs in the run dir and the W&B run, their state in
+the checkpoint, and their argument checks."""
+
+import pytest
+import torch
+
+from callbacks import DeconvSnapshots, FilterDiagnostics, TopActivations
+from tests.conftest import TINY, compose_train
+from zfexp.task import train
+
+LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+
+
+def test_quickstart_callbacks_write_fig2_fig4_fig6_to_run_dir_and_wandb(run_dir):
+    train(compose_train(run_dir, ["experiment=quickstart", *TINY, "trainer.max_epochs=2",
+                                  "callbacks.deconv_snapshots.epochs=[1,2]", "callbacks.filter_diagnostics.epochs=[1]",
+                                  "test=false"]))
+    images = {p.name for p in (run_dir / "images").glob("*.png")}
+    expected = ({f"deconv_{l}_epoch00{e}.png" for l in LAYERS for e in (1, 2)}
+                | {f"deconv_{l}_evolution.png" for l in LAYERS} | {f"top9_{l}_final.png" for l in LAYERS}
+                | {"filters_conv1_epoch001.png", "filters_conv1_final.png"})
+    assert images == expected
+    media = list(run_dir.glob("wandb/offline-run-*/files/media/images/**/*.png"))
+    assert len(media) == len(expected)
+    csv = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "filters/dead_frac/conv1" in csv and "filters/rms_max/conv5" in csv
+
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("DeconvSnapshots")]
+    assert sorted(state["snapshots"]["conv3"]) == [1, 2] and len(state["maps"]["conv3"]) == 8
+    restored = DeconvSnapshots()
+    restored.load_state_dict(state)
+    assert torch.equal(restored.probe, state["probe"])
+
+
+def test_evolution_grid_is_maps_by_epochs(run_dir):
+    from PIL import Image
+
+    train(compose_train(run_dir, ["experiment=quickstart", *TINY, "trainer.max_epochs=2", "logger=csv",
+                                  "callbacks.deconv_snapshots.epochs=[1,2]", "callbacks.deconv_snapshots.maps_per_layer=3",
+                                  "callbacks.top_activations=null", "callbacks.filter_diagnostics=null", "test=false"]))
+    one = Image.open(run_dir / "images" / "deconv_conv1_epoch001.png")
+    grid = Image.open(run_dir / "images" / "deconv_conv1_evolution.png")
+    tile = one.size[1] - 2  # one row of 3 tiles, 1 px padding around
+    assert tile >= 32  # small receptive fields are enlarged
+    assert one.size == (3 * (tile + 1) + 1, tile + 2)
+    assert grid.size == (2 * (tile + 1) + 1, 3 * (tile + 1) + 1)  # columns = 2 epochs, rows = 3 maps
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: DeconvSnapshots(epochs=[0, 2]), ["epochs=[0, 2]", ">= 1"]),
+    (lambda: DeconvSnapshots(maps_per_layer=0), ["maps_per_layer=0"]),
+    (lambda: TopActivations(k=0), ["k=0"]),
+    (lambda: FilterDiagnostics(epochs=[-1]), ["epochs=[-1]"]),
+])
+def test_bad_arguments_are_named_at_construction(make, words):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert all(w in str(err.value) for w in words)
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["callbacks.deconv_snapshots.epochs=[1,5]"], ["DeconvSnapshots", "[5]", "trainer.max_epochs=2"]),
+    (["callbacks.deconv_snapshots.layers=[conv9]"], ["DeconvSnapshots", "'conv9'", "conv1"]),
+    (["callbacks.top_activations.layers=[fc6]"], ["TopActivations", "'fc6'"]),
+    (["callbacks.filter_diagnostics.first_layer=conv7"], ["'conv7'"]),
+])
+def test_bad_layers_and_epochs_stop_before_training(run_dir, overrides, words):
+    with pytest.raises(ValueError) as err:
+        train(compose_train(run_dir, ["experiment=quickstart", *TINY, "trainer.max_epochs=2", "logger=csv",
+                                      "callbacks.deconv_snapshots.epochs=[1]", *overrides]))
+    assert all(w in str(err.value) for w in words), str(err.value)
+    assert not list(run_dir.glob("checkpoints/*.ckpt"))
