@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
@@ -97,3 +98,37 @@ def log_image(trainer: L.Trainer, key: str, image: torch.Tensor, caption: str | 
             logger.log_image(key=key, images=[image.permute(1, 2, 0).cpu().numpy()], step=trainer.global_step,
                              caption=[caption or key])
     return path
+
+
+class ScheduledAnalysis(Callback):
+    """Base of the analysis callbacks: runs ``analyse(trainer, pl_module, epoch)`` on rank zero, never during
+    sanity checks or fast_dev_run, after each train epoch for which ``due(epoch, trainer)`` holds (epochs count
+    from 1) and, when ``run_at_fit_end``, once more at the end of fit with ``epoch=None``."""
+
+    run_at_fit_end = True
+
+    def due(self, epoch: int, trainer: L.Trainer) -> bool:
+        return False
+
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
+        raise NotImplementedError
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        last = self.run_at_fit_end and epoch == trainer.max_epochs  # the end-of-fit run covers it
+        if self.due(epoch, trainer) and not last:
+            self._run(trainer, pl_module, epoch)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.run_at_fit_end:
+            self._run(trainer, pl_module, None)
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
+        if is_quiet(trainer) or not trainer.is_global_zero:
+            return
+        self.analyse(trainer, pl_module, epoch)
+
+
+def tag(epoch: int | None) -> str:
+    """``epoch003`` for a scheduled run, ``final`` for the end of fit: the suffix of image keys."""
+    return "final" if epoch is None else f"epoch{epoch:03d}"

@@ -7,10 +7,8 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
-
-from callbacks.common import (check_epochs, check_epochs_fit, check_layers, eval_dataset, evaluating, is_quiet,
-                              log_image, network_of, probe_indices, stack_dataset)
+from callbacks.common import (ScheduledAnalysis, check_epochs, check_epochs_fit, check_layers, eval_dataset,
+                              evaluating, is_quiet, log_image, network_of, probe_indices, stack_dataset)
 from zfexp.analysis import DeconvNet, receptive_field, receptive_field_size
 from zfexp.render import crop_tiles, image_grid
 
@@ -23,7 +21,7 @@ def tile_size(net, layer: str, images: torch.Tensor) -> int:
     return min(receptive_field_size(net, layer), max(images.shape[-2:]))
 
 
-class DeconvSnapshots(Callback):
+class DeconvSnapshots(ScheduledAnalysis):
     """Args:
         epochs: when to project (1 = after the first epoch); paper: 1, 2, 5, 10, 20, 30, 40, 64.
         layers: conv layers to project.
@@ -58,10 +56,12 @@ class DeconvSnapshots(Callback):
                 g = torch.Generator().manual_seed(self.seed + 1 + i)
                 self.maps[layer] = torch.randperm(n_maps, generator=g)[: self.maps_per_layer].sort().values.tolist()
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if is_quiet(trainer) or epoch not in self.epochs or not trainer.is_global_zero:
-            return
+    run_at_fit_end = False  # the end of fit draws the evolution grid instead (on_fit_end)
+
+    def due(self, epoch: int, trainer: L.Trainer) -> bool:
+        return epoch in self.epochs
+
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
         self._choose(trainer, net)
         images, _ = stack_dataset(eval_dataset(trainer), self.probe)

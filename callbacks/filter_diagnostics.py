@@ -7,15 +7,13 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
-
-from callbacks.common import (check_epochs, check_epochs_fit, eval_dataset, evaluating, is_quiet, log_image,
-                              network_of, probe_indices, stack_dataset)
+from callbacks.common import (ScheduledAnalysis, check_epochs, check_epochs_fit, eval_dataset, evaluating,
+                              log_image, network_of, probe_indices, stack_dataset, tag)
 from zfexp.analysis import DeconvNet, conv_layers, filter_rms
 from zfexp.render import image_grid
 
 
-class FilterDiagnostics(Callback):
+class FilterDiagnostics(ScheduledAnalysis):
     """Args:
         epochs: when to run (1 = after the first epoch); the end of fit always runs.
         first_layer: the conv layer whose filters are drawn (paper: conv1).
@@ -31,26 +29,19 @@ class FilterDiagnostics(Callback):
         if stage == "fit":
             check_epochs_fit("FilterDiagnostics", self.epochs, trainer)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if epoch in self.epochs and epoch != trainer.max_epochs:
-            self._run(trainer, pl_module, f"epoch{epoch:03d}")
+    def due(self, epoch: int, trainer: L.Trainer) -> bool:
+        return epoch in self.epochs
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._run(trainer, pl_module, "final")
-
-    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
-        if is_quiet(trainer) or not trainer.is_global_zero:
-            return
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
         weight = net.get_submodule(self.first_layer).weight.detach().cpu()  # [O, C, kh, kw]
         cols = int(torch.ceil(torch.sqrt(torch.tensor(float(weight.shape[0])))))
         rows = -(-weight.shape[0] // cols)
         tiles = torch.zeros(rows * cols, *weight.shape[1:])
         tiles[: weight.shape[0]] = weight
-        log_image(trainer, f"filters/{self.first_layer}_{tag}",
+        log_image(trainer, f"filters/{self.first_layer}_{tag(epoch)}",
                   image_grid(tiles.view(rows, cols, *weight.shape[1:]), normalise="symmetric", pad=1),
-                  caption=f"{self.first_layer} filters ({tag})")
+                  caption=f"{self.first_layer} filters ({tag(epoch)})")
         dataset = eval_dataset(trainer)
         images, _ = stack_dataset(dataset, probe_indices(len(dataset), self.probe_size, self.seed))
         stats = {}

@@ -8,17 +8,16 @@ from collections.abc import Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
-from callbacks.common import (check_layers, eval_dataset, evaluating, is_quiet, log_image, network_of,
-                              stack_dataset)
+from callbacks.common import (ScheduledAnalysis, check_layers, eval_dataset, evaluating, log_image, network_of,
+                              stack_dataset, tag)
 from callbacks.deconv_snapshots import PAPER_LAYERS, tile_size
 from zfexp.analysis import DeconvNet, receptive_field, top_activations
 from zfexp.render import crop_tiles, image_grid, side_by_side
 
 
-class TopActivations(Callback):
+class TopActivations(ScheduledAnalysis):
     """Args:
         layers: conv layers; maps_per_layer: maps per layer, chosen at random once (seeded);
         k: activations per map (9 in the paper, shown 3x3);
@@ -39,17 +38,10 @@ class TopActivations(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         check_layers("TopActivations", network_of(pl_module), self.layers)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if self.every_n_epochs and epoch % self.every_n_epochs == 0 and epoch != trainer.max_epochs:
-            self._run(trainer, pl_module, f"epoch{epoch:03d}")
+    def due(self, epoch: int, trainer: L.Trainer) -> bool:
+        return bool(self.every_n_epochs) and epoch % self.every_n_epochs == 0
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._run(trainer, pl_module, "final")
-
-    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str) -> None:
-        if is_quiet(trainer) or not trainer.is_global_zero:
-            return
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
         dataset = eval_dataset(trainer)
         if self.max_images is not None:
@@ -62,7 +54,7 @@ class TopActivations(Callback):
                 maps = maps.sort().values.tolist()
                 top = top_activations(net, loader, layer, maps, k=self.k, device=pl_module.device)
                 sheet = self._sheet(net, dataset, layer, top, pl_module.device)
-                log_image(trainer, f"top{self.k}/{layer}_{tag}", sheet,
+                log_image(trainer, f"top{self.k}/{layer}_{tag(epoch)}", sheet,
                           caption=f"{layer} maps {maps}: top-{self.k} projections (left) and patches (right)")
 
     def _sheet(self, net, dataset, layer: str, top, device) -> torch.Tensor:
