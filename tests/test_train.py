@@ -165,3 +165,9 @@ def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree(tmp_path):
     assert torch.load(mean_file).shape == (3, 256, 256)
     resolved = (run / "config.yaml").read_text()
     assert "ten_crop: true" in resolved and "input_size: 224" in resolved and "pixel_scale: 255.0" in resolved
+
+
+def test_debug_fdr_runs_one_batch_and_keeps_the_analysis_callbacks_quiet(run_dir):
+    metrics = train(compose_train(run_dir, ["experiment=quickstart", *TINY, "debug=fdr", "logger=csv"]))
+    assert metrics["status"] == "completed" and metrics["global_step"] == 1
+    assert not (run_dir / "images").exists()  # sanity/fast_dev_run: no figures
