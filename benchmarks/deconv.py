@@ -41,15 +41,14 @@ class HandMirroredDeconv:
     @torch.no_grad()
     def forward(self, x):
         c, rec = self.c, {}
-        rec["in1"] = x.shape
-        x = F.relu(c["conv1"](x)); rec["p1in"] = x.shape
-        x, rec["s1"] = F.max_pool2d(x, 3, 2, ceil_mode=True, return_indices=True); rec["in2"] = x.shape
-        x = F.relu(c["conv2"](x)); rec["p2in"] = x.shape
-        x, rec["s2"] = F.max_pool2d(x, 3, 2, ceil_mode=True, return_indices=True); rec["in3"] = x.shape
-        x = F.relu(c["conv3"](x)); rec["in4"] = x.shape
-        x = F.relu(c["conv4"](x)); rec["in5"] = x.shape
-        x5 = F.relu(c["conv5"](x))
-        return rec, x5
+        x = F.relu(c["conv1"](x))
+        rec["p1in"] = x.shape
+        x, rec["s1"] = F.max_pool2d(x, 3, 2, ceil_mode=True, return_indices=True)
+        x = F.relu(c["conv2"](x))
+        rec["p2in"] = x.shape
+        x, rec["s2"] = F.max_pool2d(x, 3, 2, ceil_mode=True, return_indices=True)
+        x = F.relu(c["conv4"](F.relu(c["conv3"](x))))
+        return rec, F.relu(c["conv5"](x))
 
     @torch.no_grad()
     def project_one(self, rec, acts, channel: int, top: str) -> torch.Tensor:

@@ -64,7 +64,7 @@ class DeconvNet:
     The model is used in eval mode and not modified.
     """
 
-    def __init__(self, model: nn.Module, max_elements: int = 2**26):
+    def __init__(self, model: nn.Module, max_elements: int = 2**24):
         self.model = model
         self.max_elements = int(max_elements)
 
