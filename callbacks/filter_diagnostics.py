@@ -45,10 +45,11 @@ class FilterDiagnostics(ScheduledAnalysis):
         dataset = eval_dataset(trainer)
         images, _ = stack_dataset(dataset, probe_indices(len(dataset), self.probe_size, self.seed))
         stats = {}
+        convs = conv_layers(net)
         with evaluating(net):
-            deconv = DeconvNet(net)
-            for name, conv in conv_layers(net).items():
-                acts = deconv.features(images.to(pl_module.device), name)  # [N, C, H, W], post-ReLU
+            all_acts = DeconvNet(net).features_of(images.to(pl_module.device), list(convs))  # one pass
+            for name, conv in convs.items():
+                acts = all_acts[name]  # [N, C, H, W], post-ReLU
                 dead = (acts.amax(dim=(0, 2, 3)) <= 0).float().mean()
                 rms = filter_rms(conv.weight)
                 stats.update({f"filters/dead_frac/{name}": dead.item(), f"filters/rms_mean/{name}": rms.mean().item(),

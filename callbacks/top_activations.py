@@ -61,9 +61,10 @@ class TopActivations(ScheduledAnalysis):
         """Rows of ``side x side`` blocks, one block per map: projections on the left, patches on the right."""
         side = math.ceil(math.sqrt(self.k))
         projections, patches = [], []
+        deconv = DeconvNet(net)
         for j, channel in enumerate(top.channels.tolist()):
             images, _ = stack_dataset(dataset, top.indices[j])
-            proj = DeconvNet(net).project_units(images.to(device), layer, [channel] * len(images)).cpu()
+            proj = deconv.project_units(images.to(device), layer, [channel] * len(images)).cpu()
             boxes = [receptive_field(net, layer, tuple(p), tuple(images.shape[-2:])) for p in top.positions[j].tolist()]
             size = tile_size(net, layer, images)
             projections.append(_block(crop_tiles(proj, boxes, size), side))

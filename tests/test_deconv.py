@@ -216,3 +216,13 @@ def test_grid_layout_and_per_tile_normalisation():
     assert torch.all(grid[:, 1:9, 1:9] == 1.0)
     assert torch.all(grid[:, 10:12, 19:21] == 0.0) and torch.allclose(grid[:, 15, 25], torch.full((3,), 0.5))
     assert torch.all(grid[:, 0, :] == 1.0)  # padding
+
+
+def test_features_of_several_layers_in_one_pass_equal_one_at_a_time():
+    torch.manual_seed(7)
+    model = zfnet(num_classes=10, init="kaiming")
+    images = torch.randn(2, 3, 224, 224)
+    deconv = DeconvNet(model)
+    together = deconv.features_of(images, ["conv1", "conv3", "conv5"])
+    for layer in ("conv1", "conv3", "conv5"):
+        assert torch.equal(together[layer], deconv.features(images, layer)), layer

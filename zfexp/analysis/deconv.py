@@ -95,6 +95,24 @@ class DeconvNet:
         return self.forward_record(images, layer)[0]
 
     @torch.no_grad()
+    def features_of(self, images: torch.Tensor, layers: list[str]) -> dict[str, torch.Tensor]:
+        """Post-ReLU activations of several conv layers from one forward pass: ``{layer: [N, C_l, H_l, W_l]}``."""
+        prefixes = {layer: forward_prefix(self.model, layer) for layer in layers}
+        deepest = max(prefixes.values(), key=len)
+        ends = {len(prefix) - 1: layer for layer, prefix in prefixes.items()}  # last module of each prefix
+        out, x = {}, images
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for i, (_name, module) in enumerate(deepest):
+                x = F.relu(x) if isinstance(module, nn.ReLU) else module(x)
+                if i in ends:
+                    out[ends[i]] = x
+        finally:
+            self.model.train(was_training)
+        return out
+
+    @torch.no_grad()
     def project(self, images: torch.Tensor, layer: str, channels: list[int] | torch.Tensor | None = None,
                 mode: str = "max") -> torch.Tensor:
         """Deconvnet projections of ``channels`` of ``layer`` for each image: ``[N, K, C, H, W]``.
