@@ -1,5 +1,7 @@
 """The deconvnet engine against an independent gradient formulation, a hand-computed case, and geometry."""
 
+from collections import OrderedDict
+
 import pytest
 import torch
 from torch import nn
@@ -49,44 +51,76 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+# "max" runs on receptive-field windows by default at 224 px; whole maps must give the same answers.
+MODES = [("max", None), ("max", False), ("map", None)]
+
+
 @pytest.mark.parametrize("layer", ["conv2", "conv5"])
-@pytest.mark.parametrize("mode", ["max", "map"])
-def test_zfnet_matches_the_gradient_formulation(layer, mode):
+@pytest.mark.parametrize("mode, windowed", MODES)
+def test_zfnet_matches_the_gradient_formulation(layer, mode, windowed):
     torch.manual_seed(0)
     model = zfnet(num_classes=10, init="kaiming")  # overlapping 3x3/2 pools, LRN
     images = torch.randn(2, 3, 224, 224)
     channels = [0, 7, 31]
-    ours = DeconvNet(model).project(images, layer, channels, mode=mode)
+    ours = DeconvNet(model, windowed=windowed).project(images, layer, channels, mode=mode)
     ref = deconv_by_autograd(model, images, layer, channels, mode)
     assert ours.shape == (2, 3, 3, 224, 224)
     assert ref.norm() > 0 and rel_err(ours, ref) < 1e-5
 
 
-def test_zfnet_with_layers_removed_matches():
+@pytest.mark.parametrize("windowed", [True, False])
+def test_zfnet_with_layers_removed_matches(windowed):
     torch.manual_seed(1)
     model = zfnet(num_classes=10, init="kaiming", remove=["conv3", "conv4"])
     images = torch.randn(2, 3, 224, 224)
-    ours = DeconvNet(model).project(images, "conv5", [3, 100], mode="max")
+    ours = DeconvNet(model, windowed=windowed).project(images, "conv5", [3, 100], mode="max")
     assert rel_err(ours, deconv_by_autograd(model, images, "conv5", [3, 100], "max")) < 1e-5
 
 
+@pytest.mark.parametrize("windowed", [True, False])
 @pytest.mark.parametrize("builder, layer, size", [(tv_alexnet, "features.8", 127), (tv_vgg16, "features.14", 64)])
-def test_torchvision_networks_match(builder, layer, size):
+def test_torchvision_networks_match(builder, layer, size, windowed):
     torch.manual_seed(2)
     model = builder(weights=None)
     images = torch.randn(2, 3, size, size)
-    ours = DeconvNet(model).project(images, layer, [1, 5], mode="max")
+    ours = DeconvNet(model, windowed=windowed).project(images, layer, [1, 5], mode="max")
     ref = deconv_by_autograd(model, images, layer, [1, 5], "max")
     assert ref.norm() > 0 and rel_err(ours, ref) < 1e-5
+
+
+def odd_geometry_net() -> nn.Sequential:
+    """Strides that do not divide the kernels, a dilated conv, a padded pool, a dilated ceil-mode pool, a
+    non-square kernel and stride: every case the window arithmetic has to get right."""
+    return nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(3, 8, 5, stride=3, padding=2), relu1=nn.ReLU(),
+        pool1=nn.MaxPool2d(3, stride=2, padding=1),
+        conv2=nn.Conv2d(8, 16, 3, padding=2, dilation=2), relu2=nn.ReLU(),
+        pool2=nn.MaxPool2d(2, stride=2, dilation=2, ceil_mode=True),
+        conv3=nn.Conv2d(16, 8, (3, 5), stride=(1, 2), padding=(1, 0)), relu3=nn.ReLU(),
+    ))
+
+
+@pytest.mark.parametrize("layer", ["conv1", "conv2", "conv3"])
+def test_windows_match_the_gradient_formulation_on_odd_geometry(layer):
+    torch.manual_seed(8)
+    model = odd_geometry_net()
+    images = torch.randn(3, 3, 71, 90)  # odd, non-square
+    channels = [0, 3, 7]
+    ref = deconv_by_autograd(model, images, layer, channels, "max")
+    windows = DeconvNet(model, windowed=True, max_elements=5000).project(images, layer, channels)  # chunked
+    assert ref.norm() > 0 and rel_err(windows, ref) < 1e-5
+    units = DeconvNet(model, windowed=True).project_units(images, layer, channels)
+    assert rel_err(units, ref[torch.arange(3), torch.arange(3)]) < 1e-5
 
 
 def test_chunking_over_channels_changes_nothing():
     torch.manual_seed(3)
     model = zfnet(num_classes=10, init="kaiming")
     images = torch.randn(1, 3, 224, 224)
-    whole = DeconvNet(model).project(images, "conv3", list(range(6)))
-    chunked = DeconvNet(model, max_elements=1).project(images, "conv3", list(range(6)))
-    assert torch.allclose(whole, chunked, rtol=1e-5, atol=1e-7)
+    for windowed in (True, False):
+        whole = DeconvNet(model, windowed=windowed).project(images, "conv3", list(range(6)))
+        chunked = DeconvNet(model, max_elements=1, windowed=windowed).project(images, "conv3", list(range(6)))
+        assert torch.allclose(whole, chunked, rtol=1e-5, atol=1e-7)
 
 
 def tiny(pool: nn.Module | None = None, weight=((1.0, 2.0), (3.0, 4.0))):
