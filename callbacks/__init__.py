@@ -4,6 +4,9 @@ from callbacks.checkpoint import CrashSafeCheckpoint
 from callbacks.deconv_snapshots import DeconvSnapshots
 from callbacks.filter_diagnostics import FilterDiagnostics
 from callbacks.filter_renorm import FilterRenorm
+from callbacks.invariance_curves import InvarianceCurves
+from callbacks.occlusion_maps import OcclusionMaps
 from callbacks.top_activations import TopActivations
 
-__all__ = ["CrashSafeCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "TopActivations"]
+__all__ = ["CrashSafeCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "InvarianceCurves",
+           "OcclusionMaps", "TopActivations"]

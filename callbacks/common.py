@@ -4,7 +4,6 @@ eval/no-grad context, and "log this image to every logger and save it under the 
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -15,7 +14,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from zfexp.analysis import forward_prefix
-from zfexp.render import save_png
+from zfexp.data.transforms import displayable
+from zfexp.data.sampling import probe_indices, stack_dataset  # noqa: F401  (re-exported for callbacks)
+from zfexp.outputs import write_figure, write_image, write_table
 
 
 def network_of(pl_module: L.LightningModule) -> nn.Module:
@@ -63,21 +64,11 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def probe_indices(n_available: int, size: int, seed: int) -> torch.Tensor:
-    """A fixed, seeded choice of ``size`` dataset indices (sorted)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_available, generator=g)[: min(size, n_available)].sort().values
-
-
-def stack_dataset(dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images [N, C, H, W], labels [N])`` of ``dataset`` at ``indices``."""
-    items = [dataset[int(i)] for i in indices]
-    return torch.stack([x for x, _ in items]), torch.as_tensor([int(y) for _, y in items])
-
-
 def eval_dataset(trainer: L.Trainer):
     """The validation set of the trainer's datamodule (its images with the evaluation transform)."""
     dm = trainer.datamodule
+    if hasattr(dm, "analysis_dataset"):  # one centre crop per image even with 10-crop evaluation
+        return dm.analysis_dataset("val")
     dataset = getattr(dm, "data_val", None) if dm is not None else None
     if dataset is None:
         raise RuntimeError("analysis callbacks need a datamodule with a data_val dataset (call setup first)")
@@ -92,12 +83,19 @@ def run_dir(trainer: L.Trainer) -> Path:
 def log_image(trainer: L.Trainer, key: str, image: torch.Tensor, caption: str | None = None) -> Path:
     """Save ``image [C, H, W]`` in [0, 1] as ``<run dir>/images/<key>.png`` and log it to every logger that
     takes images (step = the trainer's global step; the caption says which epoch)."""
-    path = save_png(image, run_dir(trainer) / "images" / (re.sub(r"[^\w.-]+", "_", key) + ".png"))
-    for logger in trainer.loggers:
-        if hasattr(logger, "log_image"):
-            logger.log_image(key=key, images=[image.permute(1, 2, 0).cpu().numpy()], step=trainer.global_step,
-                             caption=[caption or key])
-    return path
+    return write_image(run_dir(trainer), trainer.loggers, key, image, trainer.global_step, caption)
+
+
+@rank_zero_only
+def log_figure(trainer: L.Trainer, key: str, fig, caption: str | None = None) -> Path:
+    """A matplotlib figure, as ``log_image`` does with an image (the figure is closed)."""
+    return write_figure(run_dir(trainer), trainer.loggers, key, fig, trainer.global_step, caption)
+
+
+@rank_zero_only
+def log_table(trainer: L.Trainer, key: str, rows: list[dict]) -> Path:
+    """Rows of numbers as ``<run dir>/tables/<key>.csv`` and a table in every logger that takes tables (W&B)."""
+    return write_table(run_dir(trainer), trainer.loggers, key, rows, trainer.global_step)
 
 
 class ScheduledAnalysis(Callback):
@@ -132,3 +130,61 @@ class ScheduledAnalysis(Callback):
 def tag(epoch: int | None) -> str:
     """``epoch003`` for a scheduled run, ``final`` for the end of fit: the suffix of image keys."""
     return "final" if epoch is None else f"epoch{epoch:03d}"
+
+
+def class_names(trainer: L.Trainer) -> list[str] | None:
+    """The datamodule's class names (index = label), if it has them."""
+    return getattr(trainer.datamodule, "classes", None)
+
+
+def occluder_fill(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor | None:
+    """The paper's grey: the dataset mean. Inputs with the mean image subtracted have it at 0 (``None``);
+    otherwise the per-channel mean of ``images [N, C, H, W]`` stands in for it."""
+    preprocess = getattr(trainer.datamodule, "preprocess", None)
+    if preprocess is None or getattr(preprocess, "mean_image", False):
+        return None
+    return images.mean(dim=(0, 2, 3))
+
+
+class ProbedAnalysis(ScheduledAnalysis):
+    """A scheduled analysis of a fixed probe set: ``probe_size`` validation images chosen once (seeded) and
+    kept in the checkpoint, so a resumed run analyses the same images. Runs at ``epochs`` and at the end of
+    fit."""
+
+    def __init__(self, epochs: Sequence[int] = (), probe_size: int = 4, seed: int = 0):
+        name = type(self).__name__
+        if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
+            raise ValueError(f"{name}: probe_size={probe_size!r} must be a positive integer")
+        self.epochs = check_epochs(name, epochs)
+        self.probe_size, self.seed = probe_size, seed
+        self.probe: torch.Tensor | None = None  # dataset indices
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_epochs_fit(type(self).__name__, self.epochs, trainer)
+
+    def due(self, epoch: int, trainer: L.Trainer) -> bool:
+        return epoch in self.epochs
+
+    def probe_batch(self, trainer: L.Trainer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [N, C, H, W], labels [N])`` of the probe set, on ``device``."""
+        dataset = eval_dataset(trainer)
+        if self.probe is None:
+            self.probe = probe_indices(len(dataset), self.probe_size, self.seed)
+        images, labels = stack_dataset(dataset, self.probe)
+        return images.to(device), labels.to(device)
+
+    def state_dict(self) -> dict:
+        return {"probe": self.probe}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.probe = state.get("probe")
+
+
+def for_display(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor:
+    """Undo the datamodule's normalisation of ``images [N, C, H, W]`` (pixel scale, mean image) so that a
+    figure shows the photographs rather than what is left after subtracting the mean."""
+    preprocess = getattr(trainer.datamodule, "preprocess", None)
+    if preprocess is None:
+        return images
+    return displayable(images, preprocess, getattr(trainer.datamodule, "mean", None))

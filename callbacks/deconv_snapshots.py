@@ -9,16 +9,11 @@ import lightning as L
 import torch
 from callbacks.common import (ScheduledAnalysis, check_epochs, check_epochs_fit, check_layers, eval_dataset,
                               evaluating, is_quiet, log_image, network_of, probe_indices, stack_dataset)
-from zfexp.analysis import DeconvNet, receptive_field, receptive_field_size
-from zfexp.render import crop_tiles, image_grid
+from zfexp.pictures import random_maps, strongest_unit_tiles
+from zfexp.render import image_grid
 
 PAPER_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
-
-
-def tile_size(net, layer: str, images: torch.Tensor) -> int:
-    """Every crop of a layer is drawn at the size of its units' receptive field (at most the image)."""
-    return min(receptive_field_size(net, layer), max(images.shape[-2:]))
 
 
 class DeconvSnapshots(ScheduledAnalysis):
@@ -52,9 +47,7 @@ class DeconvSnapshots(ScheduledAnalysis):
             self.probe = probe_indices(len(eval_dataset(trainer)), self.probe_size, self.seed)
         for i, layer in enumerate(self.layers):
             if layer not in self.maps:
-                n_maps = net.get_submodule(layer).out_channels
-                g = torch.Generator().manual_seed(self.seed + 1 + i)
-                self.maps[layer] = torch.randperm(n_maps, generator=g)[: self.maps_per_layer].sort().values.tolist()
+                self.maps[layer] = random_maps(net, layer, self.maps_per_layer, self.seed + 1 + i)
 
     run_at_fit_end = False  # the end of fit draws the evolution grid instead (on_fit_end)
 
@@ -67,26 +60,10 @@ class DeconvSnapshots(ScheduledAnalysis):
         images, _ = stack_dataset(eval_dataset(trainer), self.probe)
         with evaluating(net):
             for layer in self.layers:
-                tiles = self._snapshot(net, images.to(pl_module.device), layer)
+                tiles = strongest_unit_tiles(net, images.to(pl_module.device), layer, self.maps[layer])
                 self.snapshots.setdefault(layer, {})[epoch] = tiles
                 log_image(trainer, f"deconv/{layer}_epoch{epoch:03d}", image_grid(tiles[None]),
                           caption=f"{layer}, epoch {epoch}: strongest activation of maps {self.maps[layer]}")
-
-    def _snapshot(self, net, images: torch.Tensor, layer: str) -> torch.Tensor:
-        """``[K, C, s, s]``: per chosen map, its strongest unit over the probe set, projected and cropped to
-        the unit's receptive field."""
-        deconv = DeconvNet(net)
-        maps = self.maps[layer]
-        acts = deconv.features(images, layer)[:, maps]  # [N, K, H_l, W_l]
-        width = acts.shape[-1]
-        per_image, where = acts.flatten(2).max(2)  # [N, K]
-        best = per_image.argmax(0)  # [K] probe image of each map's strongest activation
-        proj = deconv.project_units(images[best], layer, maps)  # [K, C, H, W]
-        boxes = []
-        for j, b in enumerate(best.tolist()):
-            row, col = divmod(int(where[b, j]), width)
-            boxes.append(receptive_field(net, layer, (row, col), tuple(images.shape[-2:])))
-        return crop_tiles(proj.cpu(), boxes, tile_size(net, layer, images))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_quiet(trainer) or not trainer.is_global_zero:

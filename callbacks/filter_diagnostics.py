@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
-import torch
 from callbacks.common import (ScheduledAnalysis, check_epochs, check_epochs_fit, eval_dataset, evaluating,
                               log_image, network_of, probe_indices, stack_dataset, tag)
 from zfexp.analysis import DeconvNet, conv_layers, filter_rms
-from zfexp.render import image_grid
+from zfexp.pictures import filter_grid
 
 
 class FilterDiagnostics(ScheduledAnalysis):
@@ -34,13 +33,8 @@ class FilterDiagnostics(ScheduledAnalysis):
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
-        weight = net.get_submodule(self.first_layer).weight.detach().cpu()  # [O, C, kh, kw]
-        cols = int(torch.ceil(torch.sqrt(torch.tensor(float(weight.shape[0])))))
-        rows = -(-weight.shape[0] // cols)
-        tiles = torch.zeros(rows * cols, *weight.shape[1:])
-        tiles[: weight.shape[0]] = weight
         log_image(trainer, f"filters/{self.first_layer}_{tag(epoch)}",
-                  image_grid(tiles.view(rows, cols, *weight.shape[1:]), normalise="symmetric", pad=1),
+                  filter_grid(net.get_submodule(self.first_layer).weight),
                   caption=f"{self.first_layer} filters ({tag(epoch)})")
         dataset = eval_dataset(trainer)
         images, _ = stack_dataset(dataset, probe_indices(len(dataset), self.probe_size, self.seed))

@@ -3,18 +3,16 @@ pixels (3x3) beside the image patches they see (3x3)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from callbacks.common import (ScheduledAnalysis, check_layers, eval_dataset, evaluating, log_image, network_of,
-                              stack_dataset, tag)
-from callbacks.deconv_snapshots import PAPER_LAYERS, tile_size
-from zfexp.analysis import DeconvNet, receptive_field, top_activations
-from zfexp.render import crop_tiles, image_grid, side_by_side
+from callbacks.common import ScheduledAnalysis, check_layers, eval_dataset, evaluating, log_image, network_of, tag
+from callbacks.deconv_snapshots import PAPER_LAYERS
+from zfexp.analysis import top_activations
+from zfexp.pictures import random_maps, top_k_sheet
 
 
 class TopActivations(ScheduledAnalysis):
@@ -49,35 +47,8 @@ class TopActivations(ScheduledAnalysis):
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
         with evaluating(net):
             for i, layer in enumerate(self.layers):
-                g = torch.Generator().manual_seed(self.seed + 1 + i)
-                maps = torch.randperm(net.get_submodule(layer).out_channels, generator=g)[: self.maps_per_layer]
-                maps = maps.sort().values.tolist()
+                maps = random_maps(net, layer, self.maps_per_layer, self.seed + 1 + i)
                 top = top_activations(net, loader, layer, maps, k=self.k, device=pl_module.device)
-                sheet = self._sheet(net, dataset, layer, top, pl_module.device)
+                sheet = top_k_sheet(net, dataset, layer, top, self.k, pl_module.device)
                 log_image(trainer, f"top{self.k}/{layer}_{tag(epoch)}", sheet,
                           caption=f"{layer} maps {maps}: top-{self.k} projections (left) and patches (right)")
-
-    def _sheet(self, net, dataset, layer: str, top, device) -> torch.Tensor:
-        """Rows of ``side x side`` blocks, one block per map: projections on the left, patches on the right."""
-        side = math.ceil(math.sqrt(self.k))
-        projections, patches = [], []
-        deconv = DeconvNet(net)
-        for j, channel in enumerate(top.channels.tolist()):
-            images, _ = stack_dataset(dataset, top.indices[j])
-            proj = deconv.project_units(images.to(device), layer, [channel] * len(images)).cpu()
-            boxes = [receptive_field(net, layer, tuple(p), tuple(images.shape[-2:])) for p in top.positions[j].tolist()]
-            size = tile_size(net, layer, images)
-            projections.append(_block(crop_tiles(proj, boxes, size), side))
-            patches.append(_block(crop_tiles(images, boxes, size), side))
-        left = image_grid(torch.cat(projections), normalise="symmetric")
-        right = image_grid(torch.cat(patches), normalise="minmax")
-        return side_by_side(left, right)
-
-
-def _block(tiles: torch.Tensor, side: int) -> torch.Tensor:
-    """``[k, C, s, s]`` -> ``[side, side, C, s, s]``, empty slots filled with zeros."""
-    k, c, s, _ = tiles.shape
-    full = tiles.new_zeros((side * side, c, s, s))
-    full[:k] = tiles
-    return full.view(side, side, c, s, s)
-

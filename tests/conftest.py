@@ -23,14 +23,21 @@ TINY = ["data.subset_size=256", "data.num_workers=0", "data.batch_size=64", "tra
         "model.widths={conv1: 8, conv2: 16, conv3: 16, conv4: 16, conv5: 16, fc6: 32, fc7: 32}",
         # the quickstart's visualisation callbacks, at the first epoch and on a few images
         "callbacks.deconv_snapshots.epochs=[1]", "callbacks.deconv_snapshots.probe_size=64",
-        "callbacks.top_activations.max_images=64", "callbacks.filter_diagnostics.probe_size=64"]
+        "callbacks.top_activations.max_images=64", "callbacks.filter_diagnostics.probe_size=64",
+        "callbacks.occlusion_maps.probe_size=2", "callbacks.occlusion_maps.stride=3",
+        "callbacks.invariance_curves.probe_size=2"]
 
 
 def compose_train(run_dir: Path, overrides: list[str] = ()) -> DictConfig:
     """The train config as train.py would see it; ``run_dir`` is ``<log_dir>/<task>/runs/<name>``."""
+    return compose_config("train", run_dir, overrides)
+
+
+def compose_config(name: str, run_dir: Path, overrides: list[str] = ()) -> DictConfig:
+    """``conf/<name>.yaml`` composed as its entry point would see it, writing to ``run_dir``."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.data_dir={DATA_DIR}", f"paths.log_dir={run_dir.parents[2]}",
+        cfg = compose(name, overrides=[f"paths.data_dir={DATA_DIR}", f"paths.log_dir={run_dir.parents[2]}",
                                           *overrides], return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):

@@ -150,7 +150,7 @@ def test_same_content_gives_delta_zero_and_random_boxes_more():
             assert result.delta[part][layer] == (0.0, 0.0)
     assert result.delta["random"]["conv5"][0] > 0.01 and result.delta["random"]["fc7"][0] > 0.01
     assert result.pairs["random"]["conv5"].shape == (3 * 2 * 10,)  # trials x parts x pairs
-    assert {row["occlusion"] for row in result.rows()} == {"eye", "nose", "random"}
+    assert {row["occlusion"] for row in result.table()} == {"eye", "nose", "random"}
 
 
 def test_bad_correspondence_arguments_are_named():

@@ -4,24 +4,33 @@ the checkpoint, and their argument checks."""
 import pytest
 import torch
 
-from callbacks import DeconvSnapshots, FilterDiagnostics, TopActivations
+from callbacks import DeconvSnapshots, FilterDiagnostics, InvarianceCurves, OcclusionMaps, TopActivations
 from tests.conftest import TINY, compose_train
 from zfexp.task import train
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
 
-def test_quickstart_callbacks_write_fig2_fig4_fig6_to_run_dir_and_wandb(run_dir):
+def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir):
     train(compose_train(run_dir, ["experiment=quickstart", *TINY, "trainer.max_epochs=2",
                                   "callbacks.deconv_snapshots.epochs=[1,2]", "callbacks.filter_diagnostics.epochs=[1]",
                                   "test=false"]))
     images = {p.name for p in (run_dir / "images").glob("*.png")}
     expected = ({f"deconv_{l}_epoch00{e}.png" for l in LAYERS for e in (1, 2)}
                 | {f"deconv_{l}_evolution.png" for l in LAYERS} | {f"top9_{l}_final.png" for l in LAYERS}
-                | {"filters_conv1_epoch001.png", "filters_conv1_final.png"})
+                | {"filters_conv1_epoch001.png", "filters_conv1_final.png"}
+                | {"occlusion_panel_final.png", "invariance_curves_final.png"})
     assert images == expected
     media = list(run_dir.glob("wandb/offline-run-*/files/media/images/**/*.png"))
     assert len(media) == len(expected)
+    # The numbers behind Fig. 7 and Fig. 5: CSV in the run dir, tables in the W&B run.
+    occlusion = (run_dir / "tables" / "occlusion_table_final.csv").read_text().splitlines()
+    assert occlusion[0] == "image,top,left,patch,prob_true,top_label,feature_map,feature_activity"
+    assert len(occlusion) == 1 + 2 * 8 * 8  # 2 probe images, patch 7 at 0, 3, .., 21 on 28 px: 8 x 8 positions
+    invariance = (run_dir / "tables" / "invariance_table_final.csv").read_text().splitlines()
+    assert len(invariance) == 1 + 2 * (13 + 9 + 36)  # 2 images x the paper's translate, scale, rotate values
+    tables = {p.parent.name for p in run_dir.glob("wandb/offline-run-*/files/media/table/*/table_final_*.table.json")}
+    assert tables == {"occlusion", "invariance"}, tables
     csv = (run_dir / "csv" / "metrics.csv").read_text()
     assert "filters/dead_frac/conv1" in csv and "filters/rms_max/conv5" in csv
 
@@ -52,6 +61,9 @@ def test_evolution_grid_is_maps_by_epochs(run_dir):
     (lambda: DeconvSnapshots(maps_per_layer=0), ["maps_per_layer=0"]),
     (lambda: TopActivations(k=0), ["k=0"]),
     (lambda: FilterDiagnostics(epochs=[-1]), ["epochs=[-1]"]),
+    (lambda: OcclusionMaps(patch=0), ["OcclusionMaps", "patch=0"]),
+    (lambda: OcclusionMaps(probe_size=0), ["OcclusionMaps", "probe_size=0"]),
+    (lambda: InvarianceCurves(transforms=["shear"]), ["InvarianceCurves", "['shear']", "translate, scale, rotate"]),
 ])
 def test_bad_arguments_are_named_at_construction(make, words):
     with pytest.raises(ValueError) as err:
@@ -64,6 +76,10 @@ def test_bad_arguments_are_named_at_construction(make, words):
     (["callbacks.deconv_snapshots.layers=[conv9]"], ["DeconvSnapshots", "'conv9'", "conv1"]),
     (["callbacks.top_activations.layers=[fc6]"], ["TopActivations", "'fc6'"]),
     (["callbacks.filter_diagnostics.first_layer=conv7"], ["'conv7'"]),
+    (["callbacks.occlusion_maps.feature_layer=fc6"], ["OcclusionMaps", "'fc6'", "conv5"]),
+    (["callbacks.occlusion_maps.patch=40"], ["OcclusionMaps", "patch=40", "28x28"]),
+    (["callbacks.occlusion_maps.epochs=[3]"], ["OcclusionMaps", "[3]", "trainer.max_epochs=2"]),
+    (["callbacks.invariance_curves.layers=[fc9]"], ["InvarianceCurves", "'fc9'", "fc7"]),
 ])
 def test_bad_layers_and_epochs_stop_before_training(run_dir, overrides, words):
     with pytest.raises(ValueError) as err:

@@ -29,7 +29,7 @@ class Correspondence:
     delta: dict[str, dict[str, tuple[float, float]]]
     pairs: dict[str, dict[str, torch.Tensor]]
 
-    def rows(self) -> list[dict]:
+    def table(self) -> list[dict]:
         """One row per (occlusion, layer): what a CSV file or a W&B table holds."""
         return [{"occlusion": occ, "layer": layer, "delta_mean": m, "delta_std": s}
                 for occ, by_layer in self.delta.items() for layer, (m, s) in by_layer.items()]

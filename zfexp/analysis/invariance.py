@@ -27,6 +27,17 @@ class InvarianceCurves:
     prob_true: torch.Tensor
     top_label: torch.Tensor
 
+    def table(self) -> list[dict]:
+        """One row per value and image: what a CSV file or a W&B table holds."""
+        out = []
+        for v, value in enumerate(self.values.tolist()):
+            for i in range(self.prob_true.shape[0]):
+                row = {"transform": self.transform, "value": value, "image": i,
+                       "prob_true": float(self.prob_true[i, v]), "top_label": int(self.top_label[i, v])}
+                row.update({f"distance_{layer}": float(d[i, v]) for layer, d in self.distance.items()})
+                out.append(row)
+        return out
+
     @property
     def unit(self) -> str:
         return {"translate": "pixels (vertical)", "scale": "scale ratio", "rotate": "degrees"}[self.transform]

@@ -48,6 +48,18 @@ class OcclusionMaps:
     cols: torch.Tensor
     patch: int
 
+    def table(self) -> list[dict]:
+        """One row per image and occluder position: what a CSV file or a W&B table holds."""
+        out = []
+        for i in range(self.prob_true.shape[0]):
+            for r, top in enumerate(self.rows.tolist()):
+                for c, left in enumerate(self.cols.tolist()):
+                    out.append({"image": i, "top": top, "left": left, "patch": self.patch,
+                                "prob_true": float(self.prob_true[i, r, c]), "top_label": int(self.top_label[i, r, c]),
+                                "feature_map": int(self.feature_map[i]),
+                                "feature_activity": float(self.feature_activity[i, r, c])})
+        return out
+
     def pixel_attribution(self, image_size: tuple[int, int]) -> torch.Tensor:
         """``[N, H, W]``: per pixel, the mean drop of the true-class probability over the occluder positions
         that cover it (0 where none does); captum's ``Occlusion`` attribution for the same settings."""
@@ -105,7 +117,7 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
         incremental = leaves is not None
     if incremental and leaves is None:
         raise ValueError("occlusion_maps: incremental=True needs a model that is a plain nn.Sequential of its "
-                         f"leaf modules; {type(model).__name__} is not (use incremental=False)")
+                         f"leaf modules with zero-padded convs; {type(model).__name__} is not (use incremental=False)")
 
     deconv = DeconvNet(model)
     feats = deconv.features(images, feature_layer)  # [N, C_l, H_l, W_l]
@@ -180,7 +192,8 @@ def _occluded_forward(model, images, fill_image, feature_module, item_image, ite
 
 
 def _sequential_leaves(model: nn.Module) -> list[nn.Module] | None:
-    """The leaf modules in forward order when ``model`` is nested ``nn.Sequential`` with the stock forward."""
+    """The leaf modules in forward order when ``model`` is nested ``nn.Sequential`` with the stock forward
+    (and convs that pad with zeros); else ``None``."""
     if type(model).forward is not nn.Sequential.forward:
         return None
     leaves = []
@@ -190,6 +203,8 @@ def _sequential_leaves(model: nn.Module) -> list[nn.Module] | None:
             if inner is None:
                 return None
             leaves += inner
+        elif isinstance(child, nn.Conv2d) and (child.padding_mode != "zeros" or isinstance(child.padding, str)):
+            return None  # windows are read with zero padding around the map
         else:
             leaves.append(child)
     return leaves
@@ -206,6 +221,9 @@ class _IncrementalRun:
                  feature_module: nn.Module):
         self.leaves, self.fill_image = leaves, fill_image
         self.feature_index = next(i for i, m in enumerate(leaves) if m is feature_module)
+        # Conv weights in the channels-last layout the batches use, converted once rather than at every call.
+        self.weights = {i: m.weight.contiguous(memory_format=torch.channels_last)
+                        for i, m in enumerate(leaves) if isinstance(m, nn.Conv2d)}
         self.inputs = []  # unoccluded input of every leaf, channels-last [N, H, W, C] where spatial
         x = images
         for module in leaves:
@@ -238,7 +256,11 @@ class _IncrementalRun:
                 else:
                     full = self._paste(i, item_image, window, lo)
             if full is not None:
-                full = _apply_own(module, full)
+                if isinstance(module, nn.Conv2d) and isinstance(module.padding, tuple):
+                    full = F.conv2d(full, self.weights[i], module.bias, module.stride, module.padding,
+                                    module.dilation, module.groups)
+                else:
+                    full = _apply_own(module, full)
             if i == self.feature_index:
                 channel = feature_map[item_image]
                 if full is not None:
@@ -257,7 +279,7 @@ class _IncrementalRun:
         pad_value = float("-inf") if isinstance(module, nn.MaxPool2d) else 0.0  # what the module pads with
         x = _gather(self.inputs[i], item_image, read_lo, read_size, window, lo, pad_value)
         if isinstance(module, nn.Conv2d):
-            out = F.conv2d(x, module.weight, module.bias, stride, 0, dilation, module.groups)
+            out = F.conv2d(x, self.weights[i], module.bias, stride, 0, dilation, module.groups)
         else:
             out = F.max_pool2d(x, kernel, stride, 0, dilation)
         return out, out_lo, out_size

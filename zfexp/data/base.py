@@ -8,6 +8,8 @@ A subclass says where the images come from by implementing ``_train_dataset(tran
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import logging
 import os
@@ -78,9 +80,11 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
+        self._analysis_splits: tuple[Dataset, Dataset] | None = None
 
     # -- what subclasses provide -------------------------------------------------------------------
     num_classes: int
+    classes: list[str] | None = None  # class names, index = label
     num_channels: int
 
     def _train_dataset(self, transform) -> Dataset:
@@ -170,15 +174,33 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if self.preprocess.mean_image and self.mean is None:
             self.mean = self._load_or_compute_mean()
         train_tf = paper_transform(self.preprocess, self.mean, train=True)
-        eval_tf = paper_transform(self.preprocess, self.mean, train=False)
         train_full = self._train_dataset(train_tf)
-        train_idx, val_idx = self._split_indices(len(train_full))
+        train_idx, _ = self._split_indices(len(train_full))
         self.data_train = Subset(train_full, train_idx)
+        self.data_val, self.data_test = self._eval_splits(paper_transform(self.preprocess, self.mean, train=False))
+
+    def _eval_splits(self, transform) -> tuple[Dataset, Dataset]:
+        """Validation and test sets with ``transform``: the same images in the same order whatever it is."""
         if self.has_val_split:
-            self.data_val = self._subset(self._val_dataset(eval_tf))
+            val = self._subset(self._val_dataset(transform))
         else:
-            self.data_val = Subset(self._train_dataset(eval_tf), val_idx)
-        self.data_test = self._subset(self._test_dataset(eval_tf), seed_offset=2)
+            train_full = self._train_dataset(transform)
+            val = Subset(train_full, self._split_indices(len(train_full))[1])
+        return val, self._subset(self._test_dataset(transform), seed_offset=2)
+
+    def analysis_dataset(self, split: str = "val") -> Dataset:
+        """The ``split`` ("val" or "test") as the analyses want it: one centre crop per image ``[C, H, W]``
+        even when evaluation uses 10 crops; same images, same order."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split={split!r}; valid: 'val', 'test'")
+        if self.data_train is None:
+            self.setup("fit")
+        if not self.preprocess.ten_crop:
+            return self.data_val if split == "val" else self.data_test
+        if self._analysis_splits is None:
+            single = paper_transform(dataclasses.replace(self.preprocess, ten_crop=False), self.mean, train=False)
+            self._analysis_splits = self._eval_splits(single)
+        return self._analysis_splits[0 if split == "val" else 1]
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = self.hparams.num_workers

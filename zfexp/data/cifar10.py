@@ -14,6 +14,7 @@ class CIFAR10DataModule(ImageClassificationDataModule):
     name = "cifar10"
     num_classes = 10
     num_channels = 3
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
     def __init__(self, root: str, download: bool = True, **kwargs):
         super().__init__(root, **kwargs)

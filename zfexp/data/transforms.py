@@ -101,3 +101,13 @@ def paper_transform(p: Preprocessing, mean: torch.Tensor | None, train: bool) ->
     else:
         steps.append(v2.CenterCrop(p.input_size))
     return v2.Compose(steps)
+
+
+def displayable(images: torch.Tensor, preprocess: Preprocessing, mean: torch.Tensor | None) -> torch.Tensor:
+    """Undo the pixel scale and the mean image on model inputs ``[N, C, H, W]``, for showing them."""
+    from torchvision.transforms.v2 import functional as TF
+
+    shown = images / preprocess.pixel_scale
+    if preprocess.mean_image and mean is not None:
+        shown = shown + TF.center_crop(mean.to(images.device), list(images.shape[-2:]))
+    return shown

@@ -1,0 +1,95 @@
+"""``python -m zfexp.analyze`` on a checkpoint from a short fit: the test split, a folder of real
+photographs, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import DATA_DIR, ROOT, TINY, compose_config, compose_train
+from zfexp.analyze import analyze
+from zfexp.errors import CorruptImageError
+from zfexp.task import train
+
+FAST = ["deconv.num_images=32", "top9.max_images=64", "occlusion.num_images=2", "occlusion.stride=4",
+        "invariance.num_images=2", "correspondence.num_images=3", "correspondence.n_random=2"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("fit") / "logs" / "train" / "runs" / "run0"
+    run.mkdir(parents=True)
+    train(compose_train(run, ["experiment=quickstart", *TINY, "logger=csv", "callbacks.deconv_snapshots=null",
+                              "callbacks.top_activations=null", "callbacks.filter_diagnostics=null",
+                              "callbacks.occlusion_maps=null", "callbacks.invariance_curves=null", "test=false"]))
+    return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def photos(tmp_path):
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sample = load_sample_images()
+    for name, image in zip(sample.filenames, sample.images):
+        Image.fromarray(image).save(folder / name.split("/")[-1])  # china.jpg, flower.jpg: 427x640 colour
+    return folder
+
+
+def analyze_dir(tmp_path):
+    path = tmp_path / "logs" / "analyze" / "runs" / "a"
+    path.mkdir(parents=True)
+    return path
+
+
+def test_every_analysis_on_the_test_split_lands_in_the_run_dir_and_wandb(checkpoint, tmp_path):
+    out = analyze_dir(tmp_path)
+    summary = analyze(compose_config("analyze", out, [f"ckpt_path={checkpoint}", *FAST]))
+    layers = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    images = {p.name for p in (out / "images").glob("*.png")}
+    assert images == ({f"deconv_{l}.png" for l in layers} | {f"top9_{l}.png" for l in layers}
+                      | {"occlusion_panel.png", "invariance_curves.png", "correspondence_occluded.png"})
+    tables = {p.name for p in (out / "tables").glob("*.csv")}
+    assert tables == {"occlusion_table.csv", "invariance_table.csv", "correspondence_table.csv"}
+    rows = (out / "tables" / "correspondence_table.csv").read_text().splitlines()
+    assert rows[0] == "occlusion,layer,delta_mean,delta_std" and len(rows) == 1 + 4 * 2  # 3 parts + random, 2 layers
+    media = list(out.glob("wandb/offline-run-*/files/media/images/**/*.png"))
+    assert len(media) == len(images)
+    assert len(list(out.glob("wandb/offline-run-*/files/media/table/**/*.table.json"))) == 3
+    assert json.loads((out / "analyze.json").read_text())["outputs"] == summary["outputs"]
+    assert len(summary["outputs"]) == len(images) + len(tables)
+
+
+def test_the_command_on_a_folder_of_photographs(checkpoint, photos, tmp_path):
+    out = tmp_path / "logs"
+    result = subprocess.run([sys.executable, "-m", "zfexp.analyze", f"ckpt_path={checkpoint}", f"images={photos}",
+                             "analyses=[occlusion,invariance,correspondence]", "logger=csv", f"paths.log_dir={out}",
+                             f"paths.data_dir={DATA_DIR}", *FAST], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (out / "analyze" / "runs").iterdir()
+    assert {p.name for p in (run / "images").glob("*.png")} == {"occlusion_panel.png", "invariance_curves.png",
+                                                                "correspondence_occluded.png"}
+    occlusion = (run / "tables" / "occlusion_table.csv").read_text().splitlines()
+    assert len(occlusion) == 1 + 2 * 7 * 7  # 2 photographs at 28 px, patch 7 at 0, 4, .., 24 (the last clipped)
+    assert "correspondence   random" in result.stdout
+
+
+@pytest.mark.parametrize("overrides, error, words", [
+    (["analyses=[deconv,saliency]"], ValueError, ["analyses=['deconv', 'saliency']", "valid: deconv, top9"]),
+    (["invariance.transforms=[shear]"], ValueError, ["invariance.transforms", "translate, scale, rotate"]),
+    (["ckpt_path=/nonexistent/x.ckpt"], FileNotFoundError, ["ckpt_path=/nonexistent/x.ckpt"]),
+])
+def test_bad_values_stop_before_anything_is_loaded(checkpoint, tmp_path, overrides, error, words):
+    with pytest.raises(error) as err:
+        analyze(compose_config("analyze", analyze_dir(tmp_path), [f"ckpt_path={checkpoint}", *overrides]))
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_a_corrupt_photograph_is_named(checkpoint, photos, tmp_path):
+    (photos / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(CorruptImageError, match="broken.png"):
+        analyze(compose_config("analyze", analyze_dir(tmp_path), [f"ckpt_path={checkpoint}", f"images={photos}",
+                                                                  "analyses=[occlusion]", "logger=csv", *FAST]))

@@ -1,0 +1,234 @@
+"""Analyse a saved checkpoint: the paper's pictures and measures for any trained model, on its test split or
+on a folder of photographs, written to ``logs/analyze/runs/<time>/`` and to a W&B run.
+
+    python -m zfexp.analyze ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt
+    python -m zfexp.analyze ckpt_path=... images=~/photos analyses=[occlusion,invariance]
+
+Outputs: ``images/<analysis>_<...>.png`` (the same as the training callbacks draw), ``tables/*.csv`` (the
+numbers behind the occlusion, invariance and correspondence figures, also W&B tables) and ``analyze.json``
+(what was written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from zfexp.analysis import (TRANSFORMS, correspondence, invariance_curves, occlude_boxes, occlusion_maps,
+                            top_activations)
+from zfexp.data.photos import ImageFiles, photo_transform
+from zfexp.data.sampling import probe_indices, stack_dataset
+from zfexp.data.transforms import displayable
+from zfexp.figures import invariance_figure, occlusion_figure
+from zfexp.loggers import finish_wandb
+from zfexp.module import ImageClassifier
+from zfexp.outputs import write_figure, write_image, write_table
+from zfexp.pictures import random_maps, strongest_unit_tiles, top_k_sheet
+from zfexp.render import image_grid
+from zfexp.task import instantiate_dict, output_dir
+
+ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
+
+
+class Analysis:
+    """What every analysis needs: the network, the images, where results go."""
+
+    def __init__(self, cfg: DictConfig, net: torch.nn.Module, dataset: Dataset, labelled: bool, run_dir: Path,
+                 loggers: list, device: torch.device, datamodule):
+        self.cfg, self.net, self.dataset, self.labelled = cfg, net, dataset, labelled
+        self.run_dir, self.loggers, self.device = run_dir, loggers, device
+        self.preprocess, self.mean = datamodule.preprocess, datamodule.mean
+        self.class_names = getattr(datamodule, "classes", None)
+        self.written: list[str] = []
+
+    def image(self, key: str, image: torch.Tensor, caption: str) -> None:
+        self.written.append(str(write_image(self.run_dir, self.loggers, key, image, 0, caption)))
+
+    def figure(self, key: str, fig, caption: str) -> None:
+        self.written.append(str(write_figure(self.run_dir, self.loggers, key, fig, 0, caption)))
+
+    def table(self, key: str, rows: list[dict]) -> None:
+        self.written.append(str(write_table(self.run_dir, self.loggers, key, rows, 0)))
+
+    def batch(self, n: int, seed_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` images (a folder: its first ``n``; a split: ``n`` at random, seeded) and their labels; a folder's
+        images are labelled with the model's own prediction."""
+        if self.labelled:
+            indices = probe_indices(len(self.dataset), n, self.cfg.seed + seed_offset)
+        else:
+            indices = torch.arange(min(n, len(self.dataset)))
+        images, labels = stack_dataset(self.dataset, indices)
+        images = images.to(self.device)
+        if not self.labelled:
+            labels = self.net(images).argmax(1)
+        return images, labels.to(self.device)
+
+    # -- the analyses -------------------------------------------------------------------------------------
+    def deconv(self) -> None:
+        c = self.cfg.deconv
+        images, _ = self.batch(c.num_images)
+        for i, layer in enumerate(c.layers):
+            maps = random_maps(self.net, layer, c.maps_per_layer, self.cfg.seed + 1 + i)
+            tiles = strongest_unit_tiles(self.net, images, layer, maps)
+            self.image(f"deconv/{layer}", image_grid(tiles[None]),
+                       f"{layer}: strongest unit of maps {maps} over {len(images)} images, projected")
+
+    def top9(self) -> None:
+        c = self.cfg.top9
+        dataset = self.dataset if c.max_images is None else Subset(self.dataset, range(min(c.max_images,
+                                                                                            len(self.dataset))))
+        loader = DataLoader(dataset, batch_size=256, shuffle=False)
+        for i, layer in enumerate(c.layers):
+            maps = random_maps(self.net, layer, c.maps_per_layer, self.cfg.seed + 1 + i)
+            top = top_activations(self.net, loader, layer, maps, k=c.k, device=self.device)
+            self.image(f"top{c.k}/{layer}", top_k_sheet(self.net, dataset, layer, top, c.k, self.device),
+                       f"{layer} maps {maps}: top-{c.k} projections (left) and patches (right)")
+
+    def occlusion(self) -> None:
+        c = self.cfg.occlusion
+        images, labels = self.batch(c.num_images, seed_offset=1)
+        patch = c.patch or max(1, min(images.shape[-2:]) // 4)
+        stride = c.stride or max(1, patch // 4)
+        result = occlusion_maps(self.net, images, labels, patch, stride, fill=self.fill(images),
+                                feature_layer=c.feature_layer, batch_size=c.batch_size)
+        self.figure("occlusion/panel", occlusion_figure(result, self.shown(images), labels.tolist(),
+                                                        self.class_names, c.feature_layer,
+                                                        "true" if self.labelled else "predicted"),
+                    f"occlusion {patch}px every {stride}px")
+        self.table("occlusion/table", result.table())
+
+    def invariance(self) -> None:
+        c = self.cfg.invariance
+        images, labels = self.batch(c.num_images, seed_offset=2)
+        fill = float(self.fill(images).mean())
+        curves = {t: invariance_curves(self.net, images, labels, t, layers=list(c.layers), fill=fill)
+                  for t in c.transforms}
+        self.figure("invariance/curves", invariance_figure(curves, labels.tolist(), self.class_names),
+                    f"invariance to {', '.join(c.transforms)}")
+        self.table("invariance/table", [row for cv in curves.values() for row in cv.table()])
+
+    def correspondence(self) -> None:
+        c = self.cfg.correspondence
+        if self.labelled:
+            chosen = [i for i in range(len(self.dataset)) if int(self.dataset[i][1]) == c.class_index]
+            if len(chosen) < 2:
+                raise ValueError(f"correspondence.class_index={c.class_index}: fewer than 2 images of that class")
+            images, _ = stack_dataset(self.dataset, chosen[: c.num_images])
+        else:
+            images, _ = stack_dataset(self.dataset, range(min(c.num_images, len(self.dataset))))
+        images = images.to(self.device)
+        height, width = images.shape[-2:]
+        parts = {name: [_box(frac, height, width)] * len(images) for name, frac in c.parts.items()}
+        fill = float(self.fill(images).mean())
+        result = correspondence(self.net, images, parts, layers=list(c.layers), n_random=c.n_random, fill=fill,
+                                seed=self.cfg.seed)
+        self.table("correspondence/table", result.table())
+        # Fig. 8: the images (columns) with each part occluded (rows).
+        rows = [self.shown(images)] + [self.shown(occlude_boxes(images, boxes, fill)) for boxes in parts.values()]
+        self.image("correspondence/occluded", image_grid(torch.stack(rows).cpu(), normalise="minmax"),
+                   f"rows: original, {', '.join(parts)} occluded")
+        for row in result.table():
+            print(f"correspondence {row['occlusion']:>8} {row['layer']:>6}: "
+                  f"Delta = {row['delta_mean']:.3f} +- {row['delta_std']:.3f}")
+
+    def fill(self, images: torch.Tensor) -> torch.Tensor:
+        """The paper's grey, the dataset mean: 0 after mean-image subtraction, else the images' channel means."""
+        if self.preprocess.mean_image:
+            return torch.zeros(images.shape[1], device=images.device)
+        return images.mean(dim=(0, 2, 3))
+
+    def shown(self, images: torch.Tensor) -> torch.Tensor:
+        return displayable(images, self.preprocess, self.mean).cpu()
+
+
+def _box(frac, height: int, width: int) -> tuple[int, int, int, int]:
+    """Fractions ``(top, left, bottom, right)`` of the image side -> an inclusive pixel box."""
+    if len(frac) != 4 or not all(0.0 <= float(f) <= 1.0 for f in frac) or frac[0] > frac[2] or frac[1] > frac[3]:
+        raise ValueError(f"correspondence.parts: box {list(frac)}; valid: [top, left, bottom, right] as fractions "
+                         "of the side in [0, 1], top <= bottom, left <= right")
+    top, left = int(float(frac[0]) * (height - 1)), int(float(frac[1]) * (width - 1))
+    return top, left, int(float(frac[2]) * (height - 1)), int(float(frac[3]) * (width - 1))
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Stop on a bad value before anything is loaded."""
+    bad = [a for a in cfg.analyses if a not in ANALYSES]
+    if bad or not cfg.analyses:
+        raise ValueError(f"analyses={list(cfg.analyses)} has {bad or 'nothing'}; valid: {', '.join(ANALYSES)}")
+    bad = [t for t in cfg.invariance.transforms if t not in TRANSFORMS]
+    if bad:
+        raise ValueError(f"invariance.transforms={list(cfg.invariance.transforms)} has {bad}; valid: "
+                         f"{', '.join(TRANSFORMS)}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device={cfg.device!r}; valid: auto, cpu, cuda")
+    if not Path(cfg.ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such file; give a .ckpt written by train.py "
+                                "(logs/train/runs/<time>/checkpoints/)")
+
+
+def data_config(cfg: DictConfig) -> DictConfig:
+    """``data`` from the command line, else the one the checkpoint's run was trained with."""
+    if cfg.get("data") is not None:
+        return cfg.data
+    run_config = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
+    if not run_config.is_file():
+        raise ValueError(f"data: not given and {run_config} (the checkpoint run's config) does not exist; pass "
+                         "data=<fashion_mnist|cifar10|imagenet> to say which data the model was trained on")
+    return OmegaConf.load(run_config).data
+
+
+def analyze(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)
+    run_dir = output_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    start = time.time()
+    try:
+        module = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location=device)
+        net = module.net.to(device).eval()
+        datamodule = instantiate(data_config(cfg), _convert_="all")
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        if str(cfg.images) == "test":
+            dataset, labelled = datamodule.analysis_dataset("test"), True
+        else:
+            dataset = ImageFiles(os.path.expanduser(str(cfg.images)),
+                                 photo_transform(datamodule.preprocess, datamodule.mean, datamodule.num_channels))
+            labelled = False
+        loggers = instantiate_dict(cfg.get("logger"), "logger")
+        for lg in loggers:
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        job = Analysis(cfg, net, dataset, labelled, run_dir, loggers, device, datamodule)
+        with torch.no_grad():
+            for name in cfg.analyses:
+                getattr(job, name)()
+        for lg in loggers:
+            lg.finalize("success")
+        summary = {"ckpt_path": str(cfg.ckpt_path), "images": str(cfg.images), "analyses": list(cfg.analyses),
+                   "outputs": job.written, "wall_time_s": round(time.time() - start, 2)}
+        (run_dir / "analyze.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"analyses written to {run_dir}")
+        return summary
+    finally:
+        finish_wandb()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    analyze(cfg)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("ZFEXP_ROOT", str(Path(__file__).resolve().parents[1]))
+    main()

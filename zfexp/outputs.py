@@ -1,0 +1,79 @@
+"""Where analysis results go: a PNG or CSV under a run directory, and the same to every logger that takes it.
+
+Used by the callbacks (the trainer's run dir and loggers) and by ``zfexp.analyze`` (its own run dir and W&B
+run), so a figure looks the same whichever produced it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zfexp.render import save_png
+
+
+def file_key(key: str) -> str:
+    """``"occlusion/panel_final"`` -> ``"occlusion_panel_final"``: a logger key as a file name."""
+    return re.sub(r"[^\w.-]+", "_", key)
+
+
+def write_image(run_dir: str | Path, loggers: Sequence, key: str, image: torch.Tensor, step: int,
+                caption: str | None = None) -> Path:
+    """Save ``image [C, H, W]`` in [0, 1] as ``<run_dir>/images/<key>.png`` and log it to every logger that
+    takes images."""
+    path = save_png(image, Path(run_dir) / "images" / (file_key(key) + ".png"))
+    for logger in loggers:
+        if hasattr(logger, "log_image"):
+            logger.log_image(key=key, images=[image.permute(1, 2, 0).cpu().numpy()], step=step,
+                             caption=[caption or key])
+    return path
+
+
+def figure_to_image(fig) -> torch.Tensor:
+    """A matplotlib figure rendered to ``[3, H, W]`` in [0, 1]; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+
+def write_figure(run_dir: str | Path, loggers: Sequence, key: str, fig, step: int, caption: str | None = None) -> Path:
+    """A matplotlib figure as ``<run_dir>/images/<key>.png`` and as an image in every logger."""
+    return write_image(run_dir, loggers, key, figure_to_image(fig), step, caption)
+
+
+def write_table(run_dir: str | Path, loggers: Sequence, key: str, rows: Sequence[dict], step: int) -> Path:
+    """``rows`` (dicts with the same keys) as ``<run_dir>/tables/<key>.csv`` and as a table in every logger
+    that takes tables (a W&B table)."""
+    if not rows:
+        raise ValueError(f"write_table({key!r}): no rows")
+    columns = list(rows[0])
+    path = Path(run_dir) / "tables" / (file_key(key) + ".csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    data = [[_plain(row[c]) for c in columns] for row in rows]
+    for logger in loggers:
+        if hasattr(logger, "log_table"):
+            logger.log_table(key=key, columns=columns, data=data, step=step)
+    return path
+
+
+def _plain(value):
+    if isinstance(value, torch.Tensor):
+        return value.item()
+    return value

@@ -1,0 +1,78 @@
+"""The paper's feature pictures as image tensors ``[3, H, W]`` in [0, 1], from a model and images: the Fig. 4
+tiles (a map's strongest unit, projected and cropped), the Fig. 2 sheet (top-k projections beside their
+patches) and the Fig. 6 filter grid. Used by the callbacks and by ``zfexp.analyze``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from zfexp.analysis import DeconvNet, receptive_field, receptive_field_size
+from zfexp.analysis.top_activations import TopActivations
+from zfexp.render import crop_tiles, image_grid, side_by_side
+
+
+def tile_size(net: nn.Module, layer: str, images: torch.Tensor) -> int:
+    """Every crop of a layer is drawn at the size of its units' receptive field (at most the image)."""
+    return min(receptive_field_size(net, layer), max(images.shape[-2:]))
+
+
+def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps: list[int]) -> torch.Tensor:
+    """``[K, C, s, s]``: per chosen map, its strongest unit over ``images [N, C, H, W]``, projected to pixels
+    and cropped to the unit's receptive field (Fig. 4's tiles)."""
+    deconv = DeconvNet(net)
+    acts = deconv.features(images, layer)[:, maps]  # [N, K, H_l, W_l]
+    width = acts.shape[-1]
+    per_image, where = acts.flatten(2).max(2)  # [N, K]
+    best = per_image.argmax(0)  # [K] image of each map's strongest activation
+    proj = deconv.project_units(images[best], layer, maps)  # [K, C, H, W]
+    boxes = []
+    for j, b in enumerate(best.tolist()):
+        row, col = divmod(int(where[b, j]), width)
+        boxes.append(receptive_field(net, layer, (row, col), tuple(images.shape[-2:])))
+    return crop_tiles(proj.cpu(), boxes, tile_size(net, layer, images))
+
+
+def top_k_sheet(net: nn.Module, dataset, layer: str, top: TopActivations, k: int,
+                device: torch.device | str) -> torch.Tensor:
+    """Fig. 2: one block per map, ``ceil(sqrt(k))`` on a side; the projections on the left, the image patches
+    they come from on the right. ``dataset[i]`` is ``(image [C, H, W], label)``."""
+    side = math.ceil(math.sqrt(k))
+    projections, patches = [], []
+    deconv = DeconvNet(net)
+    for j, channel in enumerate(top.channels.tolist()):
+        images = torch.stack([dataset[int(i)][0] for i in top.indices[j]])
+        proj = deconv.project_units(images.to(device), layer, [channel] * len(images)).cpu()
+        boxes = [receptive_field(net, layer, tuple(p), tuple(images.shape[-2:])) for p in top.positions[j].tolist()]
+        size = tile_size(net, layer, images)
+        projections.append(_block(crop_tiles(proj, boxes, size), side))
+        patches.append(_block(crop_tiles(images, boxes, size), side))
+    left = image_grid(torch.cat(projections), normalise="symmetric")
+    right = image_grid(torch.cat(patches), normalise="minmax")
+    return side_by_side(left, right)
+
+
+def _block(tiles: torch.Tensor, side: int) -> torch.Tensor:
+    """``[k, C, s, s]`` -> ``[side, side, C, s, s]``, empty slots filled with zeros."""
+    k, c, s, _ = tiles.shape
+    full = tiles.new_zeros((side * side, c, s, s))
+    full[:k] = tiles
+    return full.view(side, side, c, s, s)
+
+
+def filter_grid(weight: torch.Tensor) -> torch.Tensor:
+    """Fig. 6: conv filters ``[O, C, kh, kw]`` in a near-square grid, each contrast-normalised."""
+    weight = weight.detach().cpu()
+    cols = math.ceil(math.sqrt(weight.shape[0]))
+    rows = -(-weight.shape[0] // cols)
+    tiles = torch.zeros(rows * cols, *weight.shape[1:])
+    tiles[: weight.shape[0]] = weight
+    return image_grid(tiles.view(rows, cols, *weight.shape[1:]), normalise="symmetric", pad=1)
+
+
+def random_maps(net: nn.Module, layer: str, count: int, seed: int) -> list[int]:
+    """``count`` feature maps of ``layer`` chosen at random with ``seed``, sorted."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(net.get_submodule(layer).out_channels, generator=g)[:count].sort().values.tolist()
