@@ -21,14 +21,16 @@ class FilterRenorm(Callback):
     Args:
         radius: the fixed RMS radius (paper: 0.1).
         layers: conv layer names (``conv1`` ... ``conv5``); ``None`` for every conv layer.
+        enabled: ``False`` turns it off while keeping it in the config (Fig. 6 (a): without renormalisation).
     """
 
-    def __init__(self, radius: float = 0.1, layers: Sequence[str] | None = None):
+    def __init__(self, radius: float = 0.1, layers: Sequence[str] | None = None, enabled: bool = True):
         if not radius > 0:
             raise ValueError(f"FilterRenorm: radius={radius!r} must be positive")
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
             raise ValueError(f"FilterRenorm: layers={layers!r} must be a list of layer names or null")
         self.radius = float(radius)
+        self.enabled = bool(enabled)
         self.layers = list(layers) if layers is not None else None
         self._last_step = -1
         self._hit: dict[str, torch.Tensor] = {}
@@ -41,7 +43,7 @@ class FilterRenorm(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         # global_step counts optimizer steps, so gradient accumulation and skipped steps are handled.
-        if trainer.global_step == self._last_step:
+        if not self.enabled or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
         masks = renormalize_filter_masks_(network_of(pl_module), self.radius, self.layers)

@@ -63,3 +63,11 @@ def config(path: Path) -> dict:
             for item in rec.config.update:
                 out[item.key] = json.loads(item.value_json)
     return out
+
+
+def run_info(path: Path) -> dict:
+    """The run's group, display name and job type."""
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "run":
+            return {"group": rec.run.run_group, "name": rec.run.display_name, "job_type": rec.run.job_type}
+    raise AssertionError(f"{path} has no run record")

@@ -59,3 +59,7 @@ def finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()
+    if wandb is not None and hasattr(wandb, "teardown"):
+        # Shut W&B's service down now, while the process is healthy: a worker process that exits after its
+        # job (Ray's max_calls=1) otherwise trips over a half-closed service at exit.
+        wandb.teardown()

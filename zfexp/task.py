@@ -13,11 +13,14 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+import zfexp.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from zfexp.loggers import finish_wandb
 from zfexp.module import ImageClassifier
 
@@ -46,6 +49,25 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str, curre
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file; valid: a .ckpt path, 'last' "
                                 "(newest last.ckpt of this task) or null")
     return str(ckpt_path)
+
+
+def name_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
+    """In a multirun, every job is its own W&B run named by its overrides (or ``run_name``), and all jobs of
+    one launch share the group ``<sweep_name>-<launch time>`` (the sweep dir's name, the same for every job
+    whichever process or machine runs it). Values the user set are kept."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None:
+        return
+    multirun, overrides = False, ""
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        overrides = hc.job.override_dirname
+    with open_dict(wandb_cfg):
+        if wandb_cfg.get("name") is None and (cfg.get("run_name") or (multirun and overrides)):
+            wandb_cfg.name = str(cfg.get("run_name") or overrides)
+        if wandb_cfg.get("group") is None and multirun:
+            wandb_cfg.group = f"{cfg.get('sweep_name') or 'multirun'}-{run_dir.parent.name}"
 
 
 def instantiate_dict(group: DictConfig | None, what: str) -> list[Any]:
@@ -83,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                  in_channels=datamodule.num_channels, input_size=datamodule.input_size,
                                  **OmegaConf.to_container(cfg.module, resolve=True))
         callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks"), "callback")
+        name_wandb_run(cfg, run_dir)
         loggers: list[Logger] = instantiate_dict(cfg.get("logger"), "logger")
         trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

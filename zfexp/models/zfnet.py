@@ -79,6 +79,10 @@ ZFNET_SMALL = {
 }
 ZFNET_SMALL_FC = {"fc6": 256, "fc7": 256}
 
+# The small preset's AlexNet: what ZFNet changed in conv1 (Fig. 6: AlexNet's 11x11 stride 4 -> 7x7 stride 2),
+# undone at 28 px: conv1 9x9 stride 2 where zfnet_small has 5x5 stride 1 (28 -> 14 -> pool 7 -> ... -> pool 1).
+ALEXNET_SMALL = {**ZFNET_SMALL, "conv1": ConvSpec(32, 9, 2, 4, pool=True, norm=True)}
+
 
 class ZFNet(nn.Sequential):
     """A flat conv/ReLU/pool/norm/linear network whose layers carry the paper's names.
@@ -107,6 +111,24 @@ class ZFNet(nn.Sequential):
                 shapes[name] = tuple(x.shape[1:])
         self.train(was_training)
         return shapes
+
+
+def _apply_width_factors(arch: str, conv: Mapping[str, ConvSpec], fc: Mapping[str, int],
+                         widths: dict[str, int], factors: Mapping[str, float]) -> dict[str, int]:
+    """``{layer: factor}`` -> absolute widths of the preset scaled (at least 1), so that one ablation (e.g.
+    "fc6, fc7 at half width") means the same on every preset."""
+    base = {**{n: s.out_channels for n, s in conv.items()}, **fc}
+    for name, factor in factors.items():
+        if name not in base:
+            raise ValueError(f"width_factors: {name!r} is not a layer of {arch} whose width can be set; "
+                             f"valid: {', '.join(base)}")
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
+            raise ValueError(f"width_factors.{name}={factor!r}: a factor must be a positive number")
+        if name in widths:
+            raise ValueError(f"{name} is set in both widths ({widths[name]}) and width_factors ({factor}); "
+                             "give one")
+        widths[name] = max(1, round(base[name] * factor))
+    return widths
 
 
 def _check_options(arch: str, present: Sequence[str], remove: Sequence[str], widths: Mapping[str, int],
@@ -144,6 +166,7 @@ def build_zfnet_family(
     input_size: int = 224,
     remove: Sequence[str] = (),
     widths: Mapping[str, int] | None = None,
+    width_factors: Mapping[str, float] | None = None,
     norm: str = "lrn",
     dropout: float = 0.5,
     init: str = "paper",
@@ -154,10 +177,10 @@ def build_zfnet_family(
     ``remove`` drops whole paper layers (a conv layer with its ReLU, pool and norm; an fc layer with its
     ReLU and dropout) and re-wires the rest: each remaining layer takes the channels of the previous one,
     and fc6's input size is inferred from the remaining conv stack. ``widths`` overrides the number of
-    maps (conv) or units (fc) of a layer.
+    maps (conv) or units (fc) of a layer; ``width_factors`` scales the preset's width of a layer instead.
     """
     remove = list(remove or ())
-    widths = dict(widths or {})
+    widths = _apply_width_factors(arch, conv, fc, dict(widths or {}), dict(width_factors or {}))
     _check_options(arch, LAYER_NAMES, remove, widths, norm, init, dropout)
     if num_classes < 1:
         raise ValueError(f"num_classes={num_classes}: must be at least 1")
@@ -245,4 +268,11 @@ def zfnet_small(**options) -> ZFNet:
     return build_zfnet_family(ZFNET_SMALL, ZFNET_SMALL_FC, arch="zfnet_small", **options)
 
 
-PRESETS = {"zfnet": zfnet, "zfnet_v2": zfnet_v2, "alexnet": alexnet, "zfnet_small": zfnet_small}
+def alexnet_small(**options) -> ZFNet:
+    """zfnet_small with AlexNet's kind of conv1 (9x9 stride 2 instead of 5x5 stride 1): Fig. 6 at 28 px."""
+    options.setdefault("input_size", 28)
+    return build_zfnet_family(ALEXNET_SMALL, ZFNET_SMALL_FC, arch="alexnet_small", **options)
+
+
+PRESETS = {"zfnet": zfnet, "zfnet_v2": zfnet_v2, "alexnet": alexnet, "zfnet_small": zfnet_small,
+           "alexnet_small": alexnet_small}

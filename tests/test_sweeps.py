@@ -1,0 +1,104 @@
+"""The paper's ablations as real Hydra multiruns: Table 3's ZFNet rows in parallel on Ray, a sweep with a
+failing row, the summariser, and Lightning DDP on two CPU processes."""
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import ROOT, train_cmd
+from tests.wandb_records import run_info
+from zfexp.sweeps.paper import TABLE3
+from zfexp.sweeps.summarize import summarize
+
+# One epoch on a slice of Fashion-MNIST; the analysis callbacks of the quickstart off, except where tested.
+FAST = ["experiment=quickstart", "data.subset_size=256", "data.num_workers=0", "data.batch_size=64",
+        "trainer.max_epochs=1", "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null",
+        "trainer.enable_progress_bar=false", "callbacks.deconv_snapshots=null", "callbacks.top_activations=null",
+        "callbacks.filter_diagnostics=null", "callbacks.occlusion_maps=null", "callbacks.invariance_curves=null"]
+
+
+def multirun_cmd(*overrides: str) -> list[str]:
+    cmd = train_cmd(*overrides)
+    return cmd[:2] + ["-m"] + cmd[2:]  # Hydra's flags go before the overrides
+
+
+def only_sweep(log_dir):
+    (sweep,) = (log_dir / "train" / "multiruns").iterdir()
+    return sweep
+
+
+def test_table3_zfnet_rows_run_in_parallel_on_ray_each_its_own_wandb_run(tmp_path):
+    log_dir = tmp_path / "logs"
+    rows = list(TABLE3["table3_zfnet"])
+    start = time.time()
+    done = subprocess.run(multirun_cmd("sweep=table3_zfnet", "hydra/launcher=ray",
+                                    f"hydra.launcher.ray.init.num_cpus={len(rows)}",  # all rows at once
+                                    f"paths.log_dir={log_dir}", *FAST),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    elapsed = time.time() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    sweep = only_sweep(log_dir)
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(jobs) == len(rows)
+    infos, busy = [], 0.0
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        busy += metrics["wall_time_s"]
+        (log,) = job.glob("wandb/offline-run-*/run-*.wandb")
+        infos.append(run_info(log))
+    assert {i["group"] for i in infos} == {f"table3_zfnet-{sweep.name}"}  # one group for the launch
+    assert sorted(i["name"] for i in infos) == sorted(rows)  # one run per row, named by it
+    assert busy > elapsed  # the jobs ran side by side: together they took longer than the whole launch
+    table = summarize(sweep)
+    assert [r["row"] for r in table] == [TABLE3["table3_zfnet"][r].label for r in rows]
+    for r, key in zip(table, rows):
+        assert r["status"] == "completed" and r["val top-1"] is not None
+        assert r["paper val top-1"] == TABLE3["table3_zfnet"][key].val_top1
+    assert (sweep / "summary.md").read_text().count("| completed |") == len(rows)
+    assert (sweep / "summary.csv").is_file() and (sweep / "summary.png").stat().st_size > 0
+
+
+def test_a_failing_row_does_not_stop_the_others_and_is_marked(tmp_path):
+    log_dir = tmp_path / "logs"
+    done = subprocess.run(multirun_cmd("sweep=table3_zfnet", "ablation.row=zfnet,typo,fc67_2048",
+                                    f"paths.log_dir={log_dir}", "logger=csv", *FAST),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0  # the multirun reports the failure, after running every job
+    table = summarize(only_sweep(log_dir))
+    assert [r["status"] for r in table] == ["completed", "failed", "completed"]
+    assert "typo" in table[1]["error"] and table[1]["paper val top-1"] is None
+    assert "**failed**" in (only_sweep(log_dir) / "summary.md").read_text()
+
+
+def test_summary_marks_unfinished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_text("- ablation.row=fc67_8192\n")
+    (sweep / "0" / "config.yaml").write_text("sweep_name: table3_zfnet\nablation: {table: table3_zfnet, row: fc67_8192}\n")
+    (table,) = summarize(sweep)
+    assert table["status"] == "unfinished" and table["row"] == "- layers 6,7 at 8192 units"
+    assert table["paper train top-1"] == 22.0
+    with pytest.raises(FileNotFoundError, match="no job directories"):
+        summarize(tmp_path / "sweep" / "0")
+
+
+def test_ddp_on_two_cpu_processes_writes_each_image_once(tmp_path):
+    log_dir = tmp_path / "logs"
+    done = subprocess.run(train_cmd("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                    "trainer.precision=32-true", "trainer.sync_batchnorm=false",
+                                    "module.channels_last=false", f"paths.log_dir={log_dir}", "test=false",
+                                    *FAST, "callbacks.deconv_snapshots={epochs: [1], probe_size: 32, "
+                                    "layers: [conv1, conv5], maps_per_layer: 2, _target_: callbacks.DeconvSnapshots}"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (log_dir / "train" / "runs").iterdir()
+    assert "strategy: ddp" in (run / "config.yaml").read_text()
+    images = sorted(p.name for p in (run / "images").glob("*.png"))
+    assert images == ["deconv_conv1_epoch001.png", "deconv_conv1_evolution.png", "deconv_conv5_epoch001.png",
+                      "deconv_conv5_evolution.png"]
+    media = list(run.glob("wandb/offline-run-*/files/media/images/**/*.png"))
+    assert len(media) == len(images)  # one W&B run, each image logged once
+    assert len(list(run.glob("wandb/offline-run-*"))) == 1

@@ -1,0 +1,180 @@
+"""Summarise a finished (or half-finished) multirun: our train / val errors per job beside the paper's row.
+
+    python -m zfexp.sweeps.summarize logs/train/multiruns/<time>            # prints the table
+    python -m zfexp.sweeps.summarize logs/train/multiruns/<time> --wandb    # and logs it to W&B
+
+Writes ``summary.md``, ``summary.csv`` and ``summary.png`` (bar chart) into the sweep dir. A job without
+``metrics.json`` (killed, or still running) is "unfinished", one whose status is not "completed" is "failed";
+both stay in the table with their error instead of stopping the summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from zfexp.sweeps.paper import TABLE3, PaperRow
+
+METRICS = (("train/top1_err", "train top-1"), ("val/top1_err", "val top-1"), ("val/top5_err", "val top-5"))
+
+
+@dataclass
+class Job:
+    """One job directory of a multirun."""
+
+    path: Path
+    overrides: list[str]
+    table: str | None
+    row: str | None
+    status: str  # completed | failed | unfinished
+    error: str | None
+    metrics: dict
+
+    @property
+    def paper(self) -> PaperRow | None:
+        return TABLE3.get(self.table or "", {}).get(self.row or "")
+
+    @property
+    def label(self) -> str:
+        if self.paper is not None:
+            return self.paper.label
+        return self.row or (" ".join(self.overrides) or self.path.name)
+
+
+def read_job(path: Path) -> Job:
+    overrides_file = path / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    config_file = path / "config.yaml" if (path / "config.yaml").is_file() else path / ".hydra" / "config.yaml"
+    table = row = None
+    if config_file.is_file():
+        cfg = OmegaConf.load(config_file)
+        ablation = cfg.get("ablation") or {}
+        table, row = ablation.get("table") or cfg.get("sweep_name"), ablation.get("row")
+        if isinstance(row, str) and row.startswith("${"):  # an unresolved config of a job that never started
+            row = None
+    row = row or next((o.split("=", 1)[1] for o in overrides if o.startswith("ablation.row=")), None)
+    metrics_file = path / "metrics.json"
+    if not metrics_file.is_file():
+        return Job(path, overrides, table, row, "unfinished", "no metrics.json (killed or still running)", {})
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except json.JSONDecodeError as err:
+        return Job(path, overrides, table, row, "failed", f"unreadable metrics.json: {err}", {})
+    status = metrics.get("status", "unfinished")
+    return Job(path, overrides, table, row, "completed" if status == "completed" else "failed",
+               metrics.get("error") if status != "completed" else None, metrics)
+
+
+def find_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job directory (one with Hydra's ``.hydra/``) directly under ``sweep_dir``, in job order."""
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: no such sweep directory; give logs/<task>/multiruns/<time>")
+    dirs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
+    if not dirs:
+        raise FileNotFoundError(f"{sweep_dir}: no job directories (subfolders with .hydra/) in it")
+    return [read_job(p) for p in sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit()
+                                                             else 0, p.name))]
+
+
+def rows(jobs: list[Job]) -> list[dict]:
+    """One dict per job: label, overrides, status, ours and the paper's errors (None where missing)."""
+    out = []
+    for job in jobs:
+        row = {"job": job.path.name, "row": job.label, "overrides": " ".join(job.overrides), "status": job.status}
+        for key, name in METRICS:
+            value = job.metrics.get(key)
+            row[name] = round(float(value), 2) if value is not None else None
+        paper = job.paper
+        row.update({"paper train top-1": paper.train_top1 if paper else None,
+                    "paper val top-1": paper.val_top1 if paper else None,
+                    "paper val top-5": paper.val_top5 if paper else None, "error": job.error})
+        out.append(row)
+    return out
+
+
+def markdown(table: list[dict]) -> str:
+    def cell(value) -> str:
+        return "-" if value is None else (f"{value:.1f}" if isinstance(value, float) else str(value))
+
+    head = ["row", "status", "train top-1", "val top-1", "val top-5", "paper train top-1", "paper val top-1",
+            "paper val top-5"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table:
+        error = " ".join(str(r["error"]).split())  # one line: a table cell
+        status = r["status"] if r["status"] == "completed" else f"**{r['status']}**: {error[:200]}"
+        lines.append("| " + " | ".join([r["row"], status] + [cell(r[h]) for h in head[2:]]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(table: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["row"] for r in table]
+    x = range(len(table))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(table)), 4.5), dpi=90, sharey=False)
+    for ax, prefix, title in ((axes[0], "", "ours"), (axes[1], "paper ", "paper (ImageNet)")):
+        for k, (name, offset) in enumerate((("train top-1", -0.2), ("val top-1", 0.2))):
+            values = [r[prefix + name] if r[prefix + name] is not None else 0.0 for r in table]
+            ax.bar([i + offset for i in x], values, width=0.4, label=name)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("error %")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def summarize(sweep_dir: str | Path, log_wandb: bool = False) -> list[dict]:
+    sweep_dir = Path(sweep_dir)
+    table = rows(find_jobs(sweep_dir))
+    text = markdown(table)
+    (sweep_dir / "summary.md").write_text(text)
+    with (sweep_dir / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    bar_chart(table, sweep_dir / "summary.png")
+    if log_wandb:
+        _log_wandb(sweep_dir, table)
+    print(text, end="")
+    return table
+
+
+def _log_wandb(sweep_dir: Path, table: list[dict]) -> None:
+    """The table and chart as one more run of the sweep's W&B group (offline unless credentials exist)."""
+    import wandb
+
+    from zfexp.loggers import wandb_credentials_present
+
+    first = OmegaConf.load(next(sweep_dir.glob("*/config.yaml"))) if any(sweep_dir.glob("*/config.yaml")) else {}
+    group = f"{first.get('sweep_name') or 'multirun'}-{sweep_dir.name}"
+    run = wandb.init(project=(first.get("logger") or {}).get("wandb", {}).get("project", "zfexp"), group=group,
+                     job_type="summary", name=f"{group} summary", dir=str(sweep_dir),
+                     mode="online" if wandb_credentials_present() else "offline")
+    columns = list(table[0])
+    run.log({"summary/table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in table]),
+             "summary/chart": wandb.Image(str(sweep_dir / "summary.png"))})
+    run.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", help="a multirun directory: logs/<task>/multiruns/<time>")
+    parser.add_argument("--wandb", action="store_true", help="also log the table and chart to W&B")
+    args = parser.parse_args(argv)
+    summarize(args.sweep_dir, log_wandb=args.wandb)
+
+
+if __name__ == "__main__":
+    main()
