@@ -9,6 +9,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from tests.conftest import DATA_DIR
+from zfexp.data.base import write_atomic
 from zfexp.data import (CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule, Preprocessing, compute_mean_image,
                         paper_transform)
 from zfexp.errors import CorruptImageError, DatasetNotFoundError
@@ -18,6 +19,25 @@ def test_mean_image_is_the_per_pixel_mean():
     images = torch.rand(37, 3, 5, 4)
     mean = compute_mean_image(TensorDataset(images, torch.zeros(37)), batch_size=8)
     assert torch.allclose(mean, images.mean(0), atol=1e-6)
+
+
+def test_overlapping_atomic_writes_of_one_file_both_succeed(tmp_path):
+    """Parallel sweep jobs prepare the same file at once: a second writer that starts and finishes inside the
+    first one's write must neither break it nor leave half a file."""
+    target = tmp_path / "raw" / "train-images-idx3-ubyte"
+
+    def first(tmp):
+        tmp.write_bytes(b"A" * 10)
+        write_atomic(target, lambda tmp2: tmp2.write_bytes(b"B" * 20))  # the other job, start to end
+        with tmp.open("ab") as f:
+            f.write(b"A" * 10)
+
+    write_atomic(target, first)
+    assert target.read_bytes() == b"A" * 20  # the last rename wins, whole
+    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary files left
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, lambda tmp: (_ for _ in ()).throw(OSError("disk full")))
+    assert target.read_bytes() == b"A" * 20 and len(list(target.parent.iterdir())) == 1
 
 
 def test_paper_transform_subtracts_mean_scales_and_crops():

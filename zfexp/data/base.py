@@ -9,10 +9,11 @@ A subclass says where the images come from by implementing ``_train_dataset(tran
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import logging
 import os
+import tempfile
+from collections.abc import Callable
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,24 @@ from tqdm.auto import tqdm
 from zfexp.data.transforms import Preprocessing, base_transform, paper_transform
 
 log = logging.getLogger(__name__)
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file of this process beside ``path``, then rename it to ``path``.
+
+    Readers never see half a file, and jobs of a parallel sweep that prepare the same file at once (each
+    extracting the dataset or caching the mean image) each write their own temporary file: the last rename
+    wins with a complete file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
@@ -151,10 +170,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         train_idx, _ = self._split_indices(len(train_full))
         mean = compute_mean_image(Subset(train_full, train_idx), num_workers=self.hparams.num_workers,
                                   desc=f"{self.name} mean image")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(mean, tmp)
-        os.replace(tmp, path)  # atomic: a concurrent job never reads half a file
+        write_atomic(path, lambda tmp: torch.save(mean, tmp))
         log.info("mean image %s cached at %s", tuple(mean.shape), path)
         return mean
 

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
 from pathlib import Path
 
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-from zfexp.data.base import ImageClassificationDataModule
+from zfexp.data.base import ImageClassificationDataModule, write_atomic
 from zfexp.errors import DatasetNotFoundError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -19,12 +18,9 @@ HOW_TO_GET = ("install the Debian package (apt-get install dataset-fashion-mnist
               "on a machine with internet access, or point data.root at a folder holding FashionMNIST/raw/")
 
 
-def _gunzip_atomic(src: Path, dst: Path) -> None:
-    """Decompress ``src`` to ``dst`` through a temporary file, so an interrupted copy never looks complete."""
-    tmp = dst.with_name(dst.name + ".part")
-    with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+def _gunzip(src: Path, dst: Path) -> None:
+    with gzip.open(src, "rb") as fin, open(dst, "wb") as fout:
         shutil.copyfileobj(fin, fout)
-    os.replace(tmp, dst)
 
 
 class FashionMNISTDataModule(ImageClassificationDataModule):
@@ -56,7 +52,7 @@ class FashionMNISTDataModule(ImageClassificationDataModule):
             for name in names:
                 src, dst = self.debian_dir / name, self.raw_dir / name.removesuffix(".gz")
                 if src.exists() and not dst.exists():
-                    _gunzip_atomic(src, dst)
+                    write_atomic(dst, lambda tmp: _gunzip(src, tmp))  # an interrupted copy never looks complete
         missing = [str(self.raw_dir / n) for n in self.RAW_SHAPES if not (self.raw_dir / n).exists()]
         if missing:
             if not self.download:
