@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import timed  # noqa: E402
 from zfexp.analysis import DeconvNet  # noqa: E402
 from zfexp.models import zfnet  # noqa: E402
 
@@ -84,16 +84,6 @@ def captum_project(net, images, layer: str, channels) -> torch.Tensor:
                                 neuron_selector=lambda out, ch=ch, ys=ys, xs=xs: out[rows, ch, ys, xs])
         outs.append(grad.detach() * val.view(-1, 1, 1, 1))  # captum seeds with 1, the deconvnet with the value
     return torch.stack(outs, 1)
-
-
-def timed(fn, device) -> tuple[float, torch.Tensor]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
 
 
 def main() -> None:

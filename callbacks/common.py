@@ -1,5 +1,5 @@
 """What the analysis callbacks share: the epoch schedule, layer checks, the fixed probe batch, the
-eval/no-grad context, and "log this image to every logger and save it under the run dir"."""
+eval/no-grad context, "log this image to every logger and save it under the run dir", and scalars."""
 
 from __future__ import annotations
 
@@ -96,6 +96,14 @@ def log_figure(trainer: L.Trainer, key: str, fig, caption: str | None = None) ->
 def log_table(trainer: L.Trainer, key: str, rows: list[dict]) -> Path:
     """Rows of numbers as ``<run dir>/tables/<key>.csv`` and a table in every logger that takes tables (W&B)."""
     return write_table(run_dir(trainer), trainer.loggers, key, rows, trainer.global_step)
+
+
+def log_scalars(trainer: L.Trainer, stats: dict[str, float]) -> None:
+    """Scalars to every logger at the trainer's global step. They are also kept in ``trainer.callback_metrics``,
+    so the run's ``metrics.json`` (and a sweep's summary) holds their last values."""
+    for logger in trainer.loggers:
+        logger.log_metrics(stats, step=trainer.global_step)
+    trainer.callback_metrics.update({k: torch.tensor(float(v)) for k, v in stats.items()})
 
 
 class ScheduledAnalysis(Callback):

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import lightning as L
 from callbacks.common import (ScheduledAnalysis, check_epochs, check_epochs_fit, eval_dataset, evaluating,
-                              log_image, network_of, probe_indices, stack_dataset, tag)
+                              log_image, log_scalars, network_of, probe_indices, stack_dataset, tag)
 from zfexp.analysis import DeconvNet, conv_layers, filter_rms
 from zfexp.pictures import filter_grid
 
@@ -48,5 +48,4 @@ class FilterDiagnostics(ScheduledAnalysis):
                 rms = filter_rms(conv.weight)
                 stats.update({f"filters/dead_frac/{name}": dead.item(), f"filters/rms_mean/{name}": rms.mean().item(),
                               f"filters/rms_max/{name}": rms.max().item()})
-        for logger in trainer.loggers:
-            logger.log_metrics(stats, step=trainer.global_step)
+        log_scalars(trainer, stats)

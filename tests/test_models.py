@@ -137,3 +137,31 @@ def test_built_models_are_in_training_mode_with_untouched_batchnorm():
     assert all(m.training for m in model.modules())
     bn = model.get_submodule("norm1")
     assert torch.equal(bn.running_var, torch.ones_like(bn.running_var)) and int(bn.num_batches_tracked) == 0
+
+
+def test_alexnet_small_parameter_count_by_hand():
+    from zfexp.models import alexnet_small
+
+    model = alexnet_small(num_classes=10, in_channels=1)
+    # conv1 9x9x1x32 (28 -> stride 2 -> 14 -> pool 7 -> 7 -> pool 3 -> 3 x 3 x 3 -> pool 1): 64 features into fc6
+    expected = (9 * 9 * 1 * 32 + 32) + (3 * 3 * 32 * 64 + 64) + (3 * 3 * 64 * 96 + 96) + (3 * 3 * 96 * 96 + 96) \
+        + (3 * 3 * 96 * 64 + 64) + (64 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
+    assert sum(p.numel() for p in model.parameters()) == expected == 299_914
+    assert model.feature_shapes()["conv1"] == (32, 14, 14)
+
+
+def test_width_factors_scale_the_presets_widths():
+    from zfexp.models import zfnet_small
+
+    model = zfnet_small(num_classes=10, in_channels=1,
+                        width_factors={"fc6": 0.5, "fc7": 2.0, "conv3": 4 / 3, "conv4": 8 / 3, "conv5": 2.0})
+    assert (model.fc6.out_features, model.fc7.out_features) == (128, 512)  # 256 x 0.5, 256 x 2
+    assert (model.conv3.out_channels, model.conv4.out_channels, model.conv5.out_channels) == (128, 256, 128)
+    big = zfnet(width_factors={"conv3": 512 / 384, "conv4": 1024 / 384, "conv5": 2.0})  # Table 3's 512,1024,512
+    assert (big.conv3.out_channels, big.conv4.out_channels, big.conv5.out_channels) == (512, 1024, 512)
+    with pytest.raises(ValueError, match=r"width_factors: 'fc8' is not a layer.*valid: conv1"):
+        zfnet_small(width_factors={"fc8": 2.0})
+    with pytest.raises(ValueError, match="width_factors.fc6=0: a factor must be a positive number"):
+        zfnet_small(width_factors={"fc6": 0})
+    with pytest.raises(ValueError, match="fc6 is set in both widths"):
+        zfnet_small(widths={"fc6": 100}, width_factors={"fc6": 2.0})

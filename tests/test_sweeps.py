@@ -6,9 +6,14 @@ import subprocess
 import time
 
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from torch import nn
 
 from tests.conftest import ROOT, train_cmd
-from tests.wandb_records import run_info
+from tests.wandb_records import history, run_info
 from zfexp.sweeps.paper import TABLE3
 from zfexp.sweeps.summarize import summarize
 
@@ -27,6 +32,62 @@ def multirun_cmd(*overrides: str) -> list[str]:
 def only_sweep(log_dir):
     (sweep,) = (log_dir / "train" / "multiruns").iterdir()
     return sweep
+
+
+def compose_with_hydra(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def widths_of(cfg) -> dict[str, int]:
+    """Maps / units of each layer of the network the config builds (on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        net = instantiate(cfg.model, num_classes=1000)
+    return {name: m.weight.shape[0] for name, m in net.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+# Table 3's rows on the full-size presets, as the paper describes them (fc8 is the 1000-way softmax).
+ZFNET = {"conv1": 96, "conv2": 256, "conv3": 384, "conv4": 384, "conv5": 256, "fc6": 4096, "fc7": 4096, "fc8": 1000}
+EXPECTED_ROWS = {
+    ("table3_zfnet", "zfnet"): ZFNET,
+    ("table3_zfnet", "fc67_2048"): {**ZFNET, "fc6": 2048, "fc7": 2048},
+    ("table3_zfnet", "fc67_8192"): {**ZFNET, "fc6": 8192, "fc7": 8192},
+    ("table3_zfnet", "conv345_wide"): {**ZFNET, "conv3": 512, "conv4": 1024, "conv5": 512},
+    ("table3_zfnet", "fc67_8192_conv345_wide"): {**ZFNET, "conv3": 512, "conv4": 1024, "conv5": 512, "fc6": 8192,
+                                                 "fc7": 8192},
+    ("table3_alexnet", "alexnet"): ZFNET,
+    ("table3_alexnet", "no_conv34"): {k: v for k, v in ZFNET.items() if k not in ("conv3", "conv4")},
+    ("table3_alexnet", "no_fc7"): {k: v for k, v in ZFNET.items() if k != "fc7"},
+    ("table3_alexnet", "no_fc67"): {k: v for k, v in ZFNET.items() if k not in ("fc6", "fc7")},
+    ("table3_alexnet", "no_conv34_fc67"): {k: v for k, v in ZFNET.items() if k not in ("conv3", "conv4", "fc6", "fc7")},
+    ("table3_alexnet", "fc67_2048"): {**ZFNET, "fc6": 2048, "fc7": 2048},
+    ("table3_alexnet", "fc67_8192"): {**ZFNET, "fc6": 8192, "fc7": 8192},
+}
+
+
+@pytest.mark.parametrize("sweep,row", list(EXPECTED_ROWS))
+def test_every_table3_row_builds_the_papers_network(sweep, row):
+    model = "zfnet" if sweep == "table3_zfnet" else "alexnet"
+    cfg = compose_with_hydra(f"sweep={sweep}", f"model={model}", f"ablation.row={row}")
+    # The sweep runs exactly the rows the summariser knows the paper's numbers of, in the paper's order.
+    assert cfg.hydra.sweeper.params["ablation.row"] == ",".join(TABLE3[sweep])
+    assert widths_of(cfg) == EXPECTED_ROWS[sweep, row]
+    if sweep == "table3_alexnet":
+        with torch.device("meta"):
+            assert instantiate(cfg.model, num_classes=1000).conv1.kernel_size == (11, 11)
+
+
+def test_fig6_sweep_pairs_both_conv1s_with_and_without_renormalisation():
+    cfg = compose_with_hydra("sweep=fig6_conv1")
+    assert dict(cfg.hydra.sweeper.params) == {"model": "zfnet,alexnet", "callbacks.filter_renorm.enabled": "true,false"}
+    assert cfg.callbacks.filter_diagnostics.first_layer == "conv1"  # the sweep draws conv1 in every job
+    for model, conv1 in (("zfnet_small", (5, 1)), ("alexnet_small", (9, 2)), ("zfnet", (7, 2)), ("alexnet", (11, 4))):
+        cfg = compose_with_hydra("sweep=fig6_conv1", f"model={model}", "callbacks.filter_renorm.enabled=false")
+        assert cfg.callbacks.filter_renorm.enabled is False
+        with torch.device("meta"):
+            net = instantiate(cfg.model, num_classes=10)
+        assert (net.conv1.kernel_size[0], net.conv1.stride[0]) == conv1
 
 
 def test_table3_zfnet_rows_run_in_parallel_on_ray_each_its_own_wandb_run(tmp_path):
@@ -69,8 +130,19 @@ def test_a_failing_row_does_not_stop_the_others_and_is_marked(tmp_path):
     assert done.returncode != 0  # the multirun reports the failure, after running every job
     table = summarize(only_sweep(log_dir))
     assert [r["status"] for r in table] == ["completed", "failed", "completed"]
-    assert "typo" in table[1]["error"] and table[1]["paper val top-1"] is None
+    assert table[1]["error"] == ("ValueError: ablation.row='typo' is not a row of sweep 'table3_zfnet'; valid: "
+                                 + ", ".join(TABLE3["table3_zfnet"]))
+    assert table[1]["paper val top-1"] is None
     assert "**failed**" in (only_sweep(log_dir) / "summary.md").read_text()
+    # --wandb: the table as one more (offline) run of the launch's group
+    sweep = only_sweep(log_dir)
+    summarize(sweep, log_wandb=True)
+    (log,) = sweep.glob("wandb/offline-run-*/run-*.wandb")
+    assert run_info(log) == {"group": f"table3_zfnet-{sweep.name}", "name": f"table3_zfnet-{sweep.name} summary",
+                             "job_type": "summary"}
+    (logged,) = history(log)
+    assert logged["summary/table/_type"] == "table-file" and logged["summary/table/nrows"] == 3
+    assert logged["summary/chart/_type"] == "image-file"
 
 
 def test_summary_marks_unfinished_jobs(tmp_path):

@@ -1,6 +1,8 @@
 """The visualisation callbacks in a short fit: their PNGs in the run dir and the W&B run, their state in
 the checkpoint, and their argument checks."""
 
+import csv
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
 
 def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir):
-    train(compose_train(run_dir, ["experiment=quickstart", *TINY, "trainer.max_epochs=2",
+    metrics = train(compose_train(run_dir, ["experiment=quickstart", *TINY, "trainer.max_epochs=2",
                                   "callbacks.deconv_snapshots.epochs=[1,2]", "callbacks.filter_diagnostics.epochs=[1]",
                                   "test=false"]))
     images = {p.name for p in (run_dir / "images").glob("*.png")}
@@ -31,8 +33,15 @@ def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir)
     assert len(invariance) == 1 + 2 * (13 + 9 + 36)  # 2 images x the paper's translate, scale, rotate values
     tables = {p.parent.name for p in run_dir.glob("wandb/offline-run-*/files/media/table/*/table_final_*.table.json")}
     assert tables == {"occlusion", "invariance"}, tables
-    csv = (run_dir / "csv" / "metrics.csv").read_text()
-    assert "filters/dead_frac/conv1" in csv and "filters/rms_max/conv5" in csv
+    scalars = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "filters/dead_frac/conv1" in scalars and "filters/rms_max/conv5" in scalars
+    # The end-of-fit values also go to metrics.json (what a sweep's summary reads): the CSV's last ones.
+    logged = [r for r in csv.DictReader(scalars.splitlines()) if r["filters/dead_frac/conv1"]]
+    assert len(logged) == 2  # epoch 1 and the end of fit
+    dead = metrics["filters/dead_frac/conv1"]
+    assert dead == pytest.approx(float(logged[-1]["filters/dead_frac/conv1"]))
+    assert (dead * 8) == pytest.approx(round(dead * 8))  # a count out of TINY's 8 conv1 filters
+    assert metrics["filters/rms_max/conv5"] == pytest.approx(float(logged[-1]["filters/rms_max/conv5"]))
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("DeconvSnapshots")]

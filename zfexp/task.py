@@ -30,6 +30,11 @@ METRIC_KEYS = ("train/top1_err", "train/top5_err", "train/loss", "val/top1_err",
                "test/top1_err", "test/top5_err", "test/loss")
 
 
+# Kept from the end of fit: the last epoch's train errors, and analysis scalars such as FilterDiagnostics'
+# filters/dead_frac/<layer> (val/ and test/ come from evaluating the best checkpoint afterwards).
+FIT_METRIC_PREFIXES = ("train/", "filters/")
+
+
 def output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
@@ -49,6 +54,15 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str, curre
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file; valid: a .ckpt path, 'last' "
                                 "(newest last.ckpt of this task) or null")
     return str(ckpt_path)
+
+
+def check_ablation_row(cfg: DictConfig) -> None:
+    """A sweep of ``sweeps/`` picks its row with ``ablation.row``: name the valid rows when it is not one."""
+    ablation = cfg.get("ablation") or {}
+    rows, row = ablation.get("rows"), ablation.get("row")
+    if rows is not None and row not in rows:
+        raise ValueError(f"ablation.row={row!r} is not a row of sweep {cfg.get('sweep_name')!r}; "
+                         f"valid: {', '.join(rows)}")
 
 
 def name_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
@@ -93,6 +107,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"status": "started"}
     start = time.time()
     try:
+        check_ablation_row(cfg)
         # The resolved config beside Hydra's unresolved .hydra/config.yaml: what this run really used.
         # Resolving first also stops a run with a missing mandatory value (e.g. data.root) before anything else.
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -117,7 +132,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(num_parameters=module.num_parameters, resumed_from=ckpt_path)
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics.update({k: v for k, v in _floats(trainer.callback_metrics).items() if k.startswith("train/")})
+            metrics.update({k: v for k, v in _floats(trainer.callback_metrics).items()
+                            if k.startswith(FIT_METRIC_PREFIXES)})
         best = next((c.best_model_path for c in trainer.checkpoint_callbacks
                      if isinstance(c, ModelCheckpoint) and c.monitor and c.best_model_path), None)
         if cfg.get("test", True):

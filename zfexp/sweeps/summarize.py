@@ -21,6 +21,8 @@ from omegaconf import OmegaConf
 from zfexp.sweeps.paper import TABLE3, PaperRow
 
 METRICS = (("train/top1_err", "train top-1"), ("val/top1_err", "val top-1"), ("val/top5_err", "val top-5"))
+# Shown when some job has it: Fig. 6's dead layer-1 filters (FilterDiagnostics, as a fraction in metrics.json).
+EXTRA_METRICS = (("filters/dead_frac/conv1", "conv1 dead %", 100.0),)
 
 
 @dataclass
@@ -39,11 +41,12 @@ class Job:
     def paper(self) -> PaperRow | None:
         return TABLE3.get(self.table or "", {}).get(self.row or "")
 
-    @property
-    def label(self) -> str:
+    def label(self, common: set[str] = frozenset()) -> str:
+        """The paper's wording of the row, else the row name, else the overrides that set this job apart."""
         if self.paper is not None:
             return self.paper.label
-        return self.row or (" ".join(self.overrides) or self.path.name)
+        own = [o for o in self.overrides if o not in common]
+        return self.row or (" ".join(own) or self.path.name)
 
 
 def read_job(path: Path) -> Job:
@@ -83,12 +86,17 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
 
 def rows(jobs: list[Job]) -> list[dict]:
     """One dict per job: label, overrides, status, ours and the paper's errors (None where missing)."""
+    common = set.intersection(*(set(j.overrides) for j in jobs)) if len(jobs) > 1 else set()
     out = []
     for job in jobs:
-        row = {"job": job.path.name, "row": job.label, "overrides": " ".join(job.overrides), "status": job.status}
+        row = {"job": job.path.name, "row": job.label(common), "overrides": " ".join(job.overrides),
+               "status": job.status}
         for key, name in METRICS:
             value = job.metrics.get(key)
             row[name] = round(float(value), 2) if value is not None else None
+        for key, name, scale in EXTRA_METRICS:
+            value = job.metrics.get(key)
+            row[name] = round(float(value) * scale, 2) if value is not None else None
         paper = job.paper
         row.update({"paper train top-1": paper.train_top1 if paper else None,
                     "paper val top-1": paper.val_top1 if paper else None,
@@ -101,8 +109,10 @@ def markdown(table: list[dict]) -> str:
     def cell(value) -> str:
         return "-" if value is None else (f"{value:.1f}" if isinstance(value, float) else str(value))
 
-    head = ["row", "status", "train top-1", "val top-1", "val top-5", "paper train top-1", "paper val top-1",
-            "paper val top-5"]
+    ours = [name for _, name in METRICS]
+    optional = [name for _, name, _ in EXTRA_METRICS] + ["paper train top-1", "paper val top-1", "paper val top-5"]
+    # Extra metrics and the paper's columns only where some row has them (Fig. 6 has no paper errors).
+    head = ["row", "status", *ours, *(h for h in optional if any(r[h] is not None for r in table))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         error = " ".join(str(r["error"]).split())  # one line: a table cell
