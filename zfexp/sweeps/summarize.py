@@ -129,16 +129,23 @@ def bar_chart(table: list[dict], path: Path) -> Path:
 
     labels = [r["row"] for r in table]
     x = range(len(table))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(table)), 4.5), dpi=90, sharey=False)
-    for ax, prefix, title in ((axes[0], "", "ours"), (axes[1], "paper ", "paper (ImageNet)")):
-        for k, (name, offset) in enumerate((("train top-1", -0.2), ("val top-1", 0.2))):
+    panels = [("", "ours")]
+    if any(r["paper val top-1"] is not None for r in table):
+        panels.append(("paper ", "paper (ImageNet)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4, 0.8 * len(table)) * len(panels), 4.5), dpi=90,
+                             squeeze=False)
+    for ax, (prefix, title) in zip(axes[0], panels):
+        highest = 0.0
+        for name, offset in (("train top-1", -0.2), ("val top-1", 0.2)):
             values = [r[prefix + name] if r[prefix + name] is not None else 0.0 for r in table]
             ax.bar([i + offset for i in x], values, width=0.4, label=name)
+            highest = max([highest, *values])
+        ax.set_ylim(0, 1.25 * highest or 1.0)  # room for the legend above the bars
         ax.set_xticks(list(x))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("error %")
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
