@@ -157,6 +157,19 @@ def test_summary_marks_unfinished_jobs(tmp_path):
         summarize(tmp_path / "sweep" / "0")
 
 
+def test_rows_repeated_over_seeds_are_told_apart_by_their_seed(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, seed in enumerate((1, 2)):
+        (sweep / str(job) / ".hydra").mkdir(parents=True)
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(
+            f"- ablation.row=zfnet\n- seed={seed}\n- sweep=[table3_zfnet,seeds]\n")
+        (sweep / str(job) / "config.yaml").write_text("sweep_name: seeds\nablation: {table: table3_zfnet, row: zfnet}\n")
+        (sweep / str(job) / "metrics.json").write_text(json.dumps({"status": "completed", "val/top1_err": 10.0 + seed}))
+    table = summarize(sweep)
+    assert [r["row"] for r in table] == ["ZFNet (Fig. 3) seed=1", "ZFNet (Fig. 3) seed=2"]
+    assert [r["val top-1"] for r in table] == [11.0, 12.0] and table[0]["paper val top-1"] == 38.4
+
+
 def test_ddp_on_two_cpu_processes_writes_each_image_once(tmp_path):
     log_dir = tmp_path / "logs"
     done = subprocess.run(train_cmd("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",

@@ -42,11 +42,11 @@ class Job:
         return TABLE3.get(self.table or "", {}).get(self.row or "")
 
     def label(self, common: set[str] = frozenset()) -> str:
-        """The paper's wording of the row, else the row name, else the overrides that set this job apart."""
-        if self.paper is not None:
-            return self.paper.label
-        own = [o for o in self.overrides if o not in common]
-        return self.row or (" ".join(own) or self.path.name)
+        """The paper's wording of the row (else the row name), followed by the other overrides that set this
+        job apart (``seed=2`` in ``'sweep=[table3_zfnet,seeds]'``); else those overrides alone."""
+        own = " ".join(o for o in self.overrides if o not in common and not o.startswith("ablation.row="))
+        row = self.paper.label if self.paper is not None else self.row
+        return " ".join(filter(None, (row, own))) or self.path.name
 
 
 def read_job(path: Path) -> Job:
