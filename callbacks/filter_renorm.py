@@ -34,19 +34,22 @@ class FilterRenorm(Callback):
         self.layers = list(layers) if layers is not None else None
         self._last_step = -1
         self._hit: dict[str, torch.Tensor] = {}
+        self._trained: list[str] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        conv_layers(network_of(pl_module), self.layers)  # fail before training on an unknown layer name
+        convs = conv_layers(network_of(pl_module), self.layers)  # fails before training on an unknown layer name
+        # Fixed layers (transfer with ``freeze``) are not renormalised: their weights must stay as loaded.
+        self._trained = [name for name, conv in convs.items() if conv.weight.requires_grad]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._hit = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         # global_step counts optimizer steps, so gradient accumulation and skipped steps are handled.
-        if not self.enabled or trainer.global_step == self._last_step:
+        if not self.enabled or not self._trained or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        masks = renormalize_filter_masks_(network_of(pl_module), self.radius, self.layers)
+        masks = renormalize_filter_masks_(network_of(pl_module), self.radius, self._trained)
         for name, mask in masks.items():
             self._hit[name] = mask if name not in self._hit else self._hit[name] | mask
 

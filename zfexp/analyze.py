@@ -11,7 +11,6 @@ numbers behind the occlusion, invariance and correspondence figures, also W&B ta
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -29,12 +28,11 @@ from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.data.transforms import displayable
 from zfexp.figures import invariance_figure, occlusion_figure
-from zfexp.loggers import finish_wandb
+from zfexp.jobs import check_device, closing_wandb, device_of, job_loggers, start_run_dir, write_summary
 from zfexp.module import ImageClassifier
 from zfexp.outputs import write_figure, write_image, write_table
 from zfexp.pictures import random_maps, strongest_unit_tiles, top_k_sheet
 from zfexp.render import image_grid
-from zfexp.task import instantiate_dict, output_dir
 
 ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
 
@@ -168,8 +166,7 @@ def check_config(cfg: DictConfig) -> None:
     if bad:
         raise ValueError(f"invariance.transforms={list(cfg.invariance.transforms)} has {bad}; valid: "
                          f"{', '.join(TRANSFORMS)}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device={cfg.device!r}; valid: auto, cpu, cuda")
+    check_device(cfg.device)
     if not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such file; give a .ckpt written by train.py "
                                 "(logs/train/runs/<time>/checkpoints/)")
@@ -188,13 +185,10 @@ def data_config(cfg: DictConfig) -> DictConfig:
 
 def analyze(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
-    run_dir = output_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    run_dir = start_run_dir(cfg)
+    device = device_of(cfg.device)
     start = time.time()
-    try:
+    with closing_wandb():
         module = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location=device)
         net = module.net.to(device).eval()
         datamodule = instantiate(data_config(cfg), _convert_="all")
@@ -206,22 +200,16 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
             dataset = ImageFiles(os.path.expanduser(str(cfg.images)),
                                  photo_transform(datamodule.preprocess, datamodule.mean, datamodule.num_channels))
             labelled = False
-        loggers = instantiate_dict(cfg.get("logger"), "logger")
-        for lg in loggers:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        job = Analysis(cfg, net, dataset, labelled, run_dir, loggers, device, datamodule)
-        with torch.no_grad():
-            for name in cfg.analyses:
-                getattr(job, name)()
-        for lg in loggers:
-            lg.finalize("success")
+        with job_loggers(cfg) as loggers:
+            job = Analysis(cfg, net, dataset, labelled, run_dir, loggers, device, datamodule)
+            with torch.no_grad():
+                for name in cfg.analyses:
+                    getattr(job, name)()
         summary = {"ckpt_path": str(cfg.ckpt_path), "images": str(cfg.images), "analyses": list(cfg.analyses),
                    "outputs": job.written, "wall_time_s": round(time.time() - start, 2)}
-        (run_dir / "analyze.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_summary(run_dir, "analyze.json", summary)
         print(f"analyses written to {run_dir}")
         return summary
-    finally:
-        finish_wandb()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")

@@ -29,6 +29,31 @@ class TopKError(MulticlassAccuracy):
         return 100.0 * (1.0 - super().compute())
 
 
+class MeanClassAccuracy(MulticlassAccuracy):
+    """Mean over classes of the per-class accuracy, in percent: the metric of the paper's Caltech tables."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes=num_classes, top_k=1, average="macro")
+
+    def compute(self) -> torch.Tensor:
+        return 100.0 * super().compute()
+
+
+def frozen_children(net: nn.Module, freeze: str | None) -> list[str]:
+    """Names of the children of a flat paper-named network (``conv1 relu1 pool1 norm1 ... fc8``) from the first
+    up to and including the block of paper layer ``freeze`` (its ReLU, pool, norm, dropout): the children before
+    the next paper layer. ``None``: nothing."""
+    if freeze is None:
+        return []
+    paper = [n for n in getattr(net, "layer_names", ()) if n != "fc8"]
+    if freeze not in paper:
+        raise ValueError(f"freeze={freeze!r} is not a layer of this network that can be fixed; valid: "
+                         f"{', '.join(paper)} (layers 1 up to this one stay fixed), or null (train everything)")
+    names = [n for n, _ in net.named_children()]
+    following = paper[paper.index(freeze) + 1:] + ["fc8"]
+    return names[: names.index(following[0])]
+
+
 class ImageClassifier(L.LightningModule):
     """Wraps a network built from a config, so a checkpoint alone rebuilds it (``load_from_checkpoint``).
 
@@ -39,6 +64,9 @@ class ImageClassifier(L.LightningModule):
         lr, momentum, weight_decay: SGD settings (paper: 1e-2, 0.9; weight decay not given).
         lr_plateau: ``ReduceLROnPlateau`` options, monitoring ``val/top1_err``; ``null`` for a constant LR.
         channels_last: run convolutions in NHWC memory layout (faster on tensor-core GPUs).
+        freeze: a paper layer name (``fc7``: layers 1-7); that layer and all before it are fixed: no gradient,
+            not in the optimizer, and kept in eval mode (batch-norm statistics and dropout frozen too), as the
+            paper's transfer experiments keep layers 1-7 fixed and train a new softmax.
 
     Batches are ``(images [B, C, S, S], labels [B])``; evaluation images may be ``[B, n_crops, C, S, S]``,
     in which case the softmax is averaged over the crops (the paper's 10-crop evaluation).
@@ -55,8 +83,10 @@ class ImageClassifier(L.LightningModule):
         weight_decay: float = 5e-4,
         lr_plateau: Mapping[str, Any] | None = None,
         channels_last: bool = False,
+        freeze: str | None = None,
     ):
         super().__init__()
+        self.frozen: list[str] = []
         if isinstance(net, DictConfig):
             net = OmegaConf.to_container(net, resolve=True)
         if lr <= 0:
@@ -69,7 +99,7 @@ class ImageClassifier(L.LightningModule):
                                    "input_size": input_size, "lr": lr, "momentum": momentum,
                                    "weight_decay": weight_decay,
                                    "lr_plateau": dict(lr_plateau) if lr_plateau is not None else None,
-                                   "channels_last": channels_last})
+                                   "channels_last": channels_last, "freeze": freeze})
         try:
             self.net: nn.Module = instantiate(dict(net), num_classes=num_classes, in_channels=in_channels,
                                               input_size=input_size, _convert_="all")
@@ -79,11 +109,24 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"model.{cause}") from err
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        self.frozen = frozen_children(self.net, freeze)
+        for name in self.frozen:
+            # Eval mode from the start: Lightning does not call train() when fit begins, it restores each
+            # submodule's own mode after validation; train() below keeps them in eval mode too.
+            self.net.get_submodule(name).requires_grad_(False).eval()
         top5 = min(5, num_classes)
-        metrics = MetricCollection({"top1_err": TopKError(num_classes, 1), "top5_err": TopKError(num_classes, top5)})
+        metrics = MetricCollection({"top1_err": TopKError(num_classes, 1), "top5_err": TopKError(num_classes, top5),
+                                    "mean_class_acc": MeanClassAccuracy(num_classes)})
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+
+    def train(self, mode: bool = True) -> ImageClassifier:
+        """As ``nn.Module.train``, but the fixed layers always stay in eval mode."""
+        super().train(mode)
+        for name in self.frozen:
+            self.net.get_submodule(name).eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, S, S]`` images -> ``[B, num_classes]`` logits."""
@@ -131,7 +174,8 @@ class ImageClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(trainable, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
         if not hp.lr_plateau:
             return optimizer
         # The paper anneals "manually when the validation error plateaus": automated here.

@@ -54,18 +54,23 @@ def write_figure(run_dir: str | Path, loggers: Sequence, key: str, fig, step: in
     return write_image(run_dir, loggers, key, figure_to_image(fig), step, caption)
 
 
+def write_csv(path: Path, rows: Sequence[dict]) -> Path:
+    """``rows`` (dicts with the same keys) as a CSV file with a header line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def write_table(run_dir: str | Path, loggers: Sequence, key: str, rows: Sequence[dict], step: int) -> Path:
     """``rows`` (dicts with the same keys) as ``<run_dir>/tables/<key>.csv`` and as a table in every logger
     that takes tables (a W&B table)."""
     if not rows:
         raise ValueError(f"write_table({key!r}): no rows")
     columns = list(rows[0])
-    path = Path(run_dir) / "tables" / (file_key(key) + ".csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(Path(run_dir) / "tables" / (file_key(key) + ".csv"), rows)
     data = [[_plain(row[c]) for c in columns] for row in rows]
     for logger in loggers:
         if hasattr(logger, "log_table"):

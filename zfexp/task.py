@@ -23,11 +23,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import zfexp.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from zfexp.loggers import finish_wandb
 from zfexp.module import ImageClassifier
+from zfexp.transfer import check_compatible, load_all_but_classifier_, load_pretrained
 
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("train/top1_err", "train/top5_err", "train/loss", "val/top1_err", "val/top5_err", "val/loss",
-               "test/top1_err", "test/top5_err", "test/loss")
+               "test/top1_err", "test/top5_err", "test/mean_class_acc", "test/loss")
 
 
 # Kept from the end of fit: the last epoch's train errors, and analysis scalars such as FilterDiagnostics'
@@ -96,6 +97,33 @@ def instantiate_dict(group: DictConfig | None, what: str) -> list[Any]:
     return objects
 
 
+def build_module(cfg: DictConfig, datamodule) -> ImageClassifier:
+    """The network of the ``model`` group; or, with ``pretrained_ckpt``, the checkpoint's network with a new
+    fc8 for this data's classes, its other weights loaded and layers up to ``freeze`` fixed (``from_scratch``:
+    the same network randomly initialised, every layer trained)."""
+    options = OmegaConf.to_container(cfg.module, resolve=True)
+    dims = {"num_classes": datamodule.num_classes, "in_channels": datamodule.num_channels,
+            "input_size": datamodule.input_size}
+    from_scratch, freeze = bool(cfg.get("from_scratch", False)), cfg.get("freeze")
+    if not cfg.get("pretrained_ckpt"):
+        if freeze is not None and not from_scratch:
+            raise ValueError(f"freeze={freeze}: fixing layers needs pretrained_ckpt=<a train.py checkpoint>; "
+                             "or set freeze=null")
+        return ImageClassifier(net=cfg.model, **dims, **options)
+    pretrained = load_pretrained(cfg.pretrained_ckpt)
+    check_compatible(pretrained, datamodule.num_channels, datamodule.input_size)
+    module = ImageClassifier(net=pretrained.net, **dims, **options, freeze=None if from_scratch else freeze)
+    if from_scratch:
+        log.info("from scratch: the network of %s, randomly initialised, all layers trained", pretrained.path)
+        return module
+    copied = load_all_but_classifier_(module.net, pretrained)
+    if pretrained.mean_image is not None and datamodule.preprocess.mean_image:
+        datamodule.mean = pretrained.mean_image  # inputs normalised as in pretraining
+    log.info("transfer: %d tensors from %s, new fc8 for %d classes, fixed: %s", len(copied), pretrained.path,
+             datamodule.num_classes, ", ".join(module.frozen) or "nothing")
+    return module
+
+
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
 
@@ -116,9 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, run_dir)
 
         datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
-        module = ImageClassifier(net=cfg.model, num_classes=datamodule.num_classes,
-                                 in_channels=datamodule.num_channels, input_size=datamodule.input_size,
-                                 **OmegaConf.to_container(cfg.module, resolve=True))
+        module = build_module(cfg, datamodule)
         callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks"), "callback")
         name_wandb_run(cfg, run_dir)
         loggers: list[Logger] = instantiate_dict(cfg.get("logger"), "logger")

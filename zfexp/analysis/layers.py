@@ -34,14 +34,20 @@ def check_feature_layers(model: nn.Module, layers: Sequence[str]) -> None:
 
 
 @torch.no_grad()
-def layer_outputs(model: nn.Module, images: torch.Tensor, layers: Sequence[str]
-                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def layer_outputs(model: nn.Module, images: torch.Tensor, layers: Sequence[str],
+                  max_side: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One forward pass of ``images [N, C, H, W]`` in eval mode: the logits ``[N, classes]`` and, per layer,
-    its (post-ReLU) output flattened to ``[N, D_l]``."""
+    its (post-ReLU) output flattened to ``[N, D_l]``. ``max_side`` max-pools conv maps larger than that to
+    ``max_side x max_side`` first (conv1 of ZFNet at 224 px would be 96 x 110 x 110 numbers per image)."""
     modules = {layer: _output_module(model, layer) for layer in layers}
     caught: dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_hook(lambda mod, inp, out, layer=layer: caught.__setitem__(layer, out.flatten(1)
-                                                                                               .clone()))
+
+    def keep(layer: str, out: torch.Tensor) -> None:
+        if max_side is not None and out.dim() == 4 and max(out.shape[-2:]) > max_side:
+            out = nn.functional.adaptive_max_pool2d(out, max_side)
+        caught[layer] = out.flatten(1).clone()
+
+    handles = [m.register_forward_hook(lambda mod, inp, out, layer=layer: keep(layer, out))
                for layer, m in modules.items()]
     was_training = model.training
     model.eval()

@@ -3,12 +3,15 @@ image (computed once, cached next to the data), a fixed-seed validation split, s
 
 A subclass says where the images come from by implementing ``_train_dataset(transform)``,
 ``_test_dataset(transform)`` and, when the dataset ships its own validation set,
-``_val_dataset(transform)``; plus ``num_classes``, ``num_channels`` and ``cache_dir``.
+``_val_dataset(transform)``; plus ``all_classes`` (the dataset's class names), ``num_channels`` and
+``cache_dir``. Every datamodule can keep some of its classes (``class_subset``, ``exclude_classes``):
+their images only, relabelled 0..k-1 in the dataset's order.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 import hashlib
 import logging
 import os
@@ -23,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
 from zfexp.data.transforms import Preprocessing, base_transform, paper_transform
 
 log = logging.getLogger(__name__)
@@ -81,6 +85,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         split_seed: int = 0,
         subset_size: int | None = None,
         pin_memory: bool = True,
+        class_subset: list[int | str] | None = None,
+        exclude_classes: list[int | str] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -95,6 +101,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if not self.has_val_split and val_size <= 0:
             raise ValueError(f"data.val_size={val_size}: {self.name} has no validation set, so a positive number "
                              "of training images must be held out for it")
+        self.class_subset = list(class_subset) if class_subset is not None else None
+        self.exclude_classes = list(exclude_classes or [])
         self.mean: torch.Tensor | None = None
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
@@ -102,8 +110,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self._analysis_splits: tuple[Dataset, Dataset] | None = None
 
     # -- what subclasses provide -------------------------------------------------------------------
-    num_classes: int
-    classes: list[str] | None = None  # class names, index = label
+    all_classes: list[str]  # the dataset's class names, index = the dataset's label
     num_channels: int
 
     def _train_dataset(self, transform) -> Dataset:
@@ -114,6 +121,32 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def _test_dataset(self, transform) -> Dataset:
         raise NotImplementedError
+
+    # -- classes ---------------------------------------------------------------------------------------
+    @cached_property
+    def kept_classes(self) -> list[int]:
+        """The dataset labels kept (``class_subset`` minus ``exclude_classes``), in the dataset's order."""
+        return select_classes(list(self.all_classes), self.class_subset, self.exclude_classes)
+
+    @property
+    def classes(self) -> list[str]:
+        """Names of the classes the network sees, index = label."""
+        return [self.all_classes[i] for i in self.kept_classes]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.kept_classes)
+
+    def _keep_classes(self, dataset: Dataset) -> Dataset:
+        """``dataset`` limited to the kept classes and relabelled 0..k-1; itself when all are kept."""
+        if len(self.kept_classes) == len(self.all_classes):
+            return dataset
+        return ClassSubset(dataset, dataset_targets(dataset), self.kept_classes)
+
+    def _split(self, split: str, transform) -> Dataset:
+        """The ``split`` ("train", "val", "test") of the dataset with ``transform``, kept classes only."""
+        hooks = {"train": self._train_dataset, "val": self._val_dataset, "test": self._test_dataset}
+        return self._keep_classes(hooks[split](transform))
 
     @property
     def input_size(self) -> int:
@@ -152,6 +185,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         p = self.preprocess
         key = f"{self.name}|{n_train_full}|{p.resize}|{p.crop}|{self.hparams.val_size}|" \
               f"{self.hparams.split_seed}|{self.hparams.subset_size}"
+        if len(self.kept_classes) != len(self.all_classes):
+            key += f"|classes={self.kept_classes}"
         digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         name = f"{self.name}_mean_r{p.resize}_c{p.crop}_{digest}.pt"
         cache = self.cache_dir
@@ -160,7 +195,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return cache / name
 
     def _load_or_compute_mean(self) -> torch.Tensor:
-        train_full = self._train_dataset(base_transform(self.preprocess))
+        train_full = self._split("train", base_transform(self.preprocess))
         path = self._mean_cache_path(len(train_full))
         if path.exists():
             try:
@@ -178,7 +213,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Runs on one process per node: fetch files if needed and cache the mean image."""
         self._ensure_files()
-        if self.preprocess.mean_image:
+        if self.preprocess.mean_image and self.mean is None:  # a pretrained network brings its own mean image
             self._load_or_compute_mean()
 
     def _ensure_files(self) -> None:
@@ -190,7 +225,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if self.preprocess.mean_image and self.mean is None:
             self.mean = self._load_or_compute_mean()
         train_tf = paper_transform(self.preprocess, self.mean, train=True)
-        train_full = self._train_dataset(train_tf)
+        train_full = self._split("train", train_tf)
         train_idx, _ = self._split_indices(len(train_full))
         self.data_train = Subset(train_full, train_idx)
         self.data_val, self.data_test = self._eval_splits(paper_transform(self.preprocess, self.mean, train=False))
@@ -198,11 +233,11 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def _eval_splits(self, transform) -> tuple[Dataset, Dataset]:
         """Validation and test sets with ``transform``: the same images in the same order whatever it is."""
         if self.has_val_split:
-            val = self._subset(self._val_dataset(transform))
+            val = self._subset(self._split("val", transform))
         else:
-            train_full = self._train_dataset(transform)
+            train_full = self._split("train", transform)
             val = Subset(train_full, self._split_indices(len(train_full))[1])
-        return val, self._subset(self._test_dataset(transform), seed_offset=2)
+        return val, self._subset(self._split("test", transform), seed_offset=2)
 
     def analysis_dataset(self, split: str = "val") -> Dataset:
         """The ``split`` ("val" or "test") as the analyses want it: one centre crop per image ``[C, H, W]``
@@ -226,6 +261,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, shuffle=True)
+
+    # -- state kept in checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The mean image goes into every checkpoint: a network transferred from it sees its inputs
+        normalised as in its training."""
+        return {"mean_image": self.mean} if self.mean is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("mean_image") is not None:
+            self.mean = state_dict["mean_image"]
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.data_val, shuffle=False)

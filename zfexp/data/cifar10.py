@@ -12,9 +12,8 @@ class CIFAR10DataModule(ImageClassificationDataModule):
     """50k training (5k held out for validation by default) / 10k test colour 32x32 images, 10 classes."""
 
     name = "cifar10"
-    num_classes = 10
     num_channels = 3
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    all_classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
     def __init__(self, root: str, download: bool = True, **kwargs):
         super().__init__(root, **kwargs)

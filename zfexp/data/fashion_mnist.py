@@ -11,6 +11,7 @@ from torchvision.datasets import FashionMNIST
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from zfexp.data.base import ImageClassificationDataModule, write_atomic
+from zfexp.data.few_shot import FewShotDataModule
 from zfexp.errors import DatasetNotFoundError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -27,9 +28,8 @@ class FashionMNISTDataModule(ImageClassificationDataModule):
     """60k training (5k held out for validation by default) / 10k test grey 28x28 images, 10 classes."""
 
     name = "fashion_mnist"
-    num_classes = 10
     num_channels = 1
-    classes = list(FashionMNIST.classes)
+    all_classes = list(FashionMNIST.classes)
     RAW_SHAPES = {"train-images-idx3-ubyte": (60000, 28, 28), "train-labels-idx1-ubyte": (60000,),
                   "t10k-images-idx3-ubyte": (10000, 28, 28), "t10k-labels-idx1-ubyte": (10000,)}
 
@@ -91,3 +91,10 @@ class FashionMNISTDataModule(ImageClassificationDataModule):
 
     def _test_dataset(self, transform):
         return self._dataset(False, transform)
+
+
+class FashionMNISTFewShotDataModule(FewShotDataModule, FashionMNISTDataModule):
+    """N images per class (and up to ``test_per_class`` test images) drawn from Fashion-MNIST's 60k training
+    images: the offline stand-in for Caltech in the transfer experiments."""
+
+    name = "fashion_mnist_few_shot"

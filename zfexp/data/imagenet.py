@@ -51,7 +51,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         return path
 
     @cached_property
-    def classes(self) -> list[str]:
+    def all_classes(self) -> list[str]:
         try:
             classes, _ = find_classes(str(self._split_path("train")))
         except FileNotFoundError as err:
@@ -60,14 +60,10 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             raise DatasetNotFoundError(f"data.root={self.root}: {err}") from err
         return classes
 
-    @property
-    def num_classes(self) -> int:  # type: ignore[override]
-        return len(self.classes)
-
     def _ensure_files(self) -> None:
         for split in ("train", "val", "test"):
             self._split_path(split)
-        train_classes = set(self.classes)
+        train_classes = set(self.all_classes)
         val_classes = set(find_classes(str(self._split_path("val")))[0])
         if not val_classes <= train_classes:
             raise DatasetNotFoundError(f"data.root={self.root}: validation classes {sorted(val_classes - train_classes)} "
@@ -76,12 +72,12 @@ class ImageFolderDataModule(ImageClassificationDataModule):
     def _folder(self, split: str, transform) -> ImageFolder:
         path = self._split_path(split)
         # Map val/test onto the training class indices, so a val folder missing a class keeps labels aligned.
-        class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        class_to_idx = {c: i for i, c in enumerate(self.all_classes)}
         folder = ImageFolder(str(path), transform=transform, loader=load_rgb)
         if folder.class_to_idx != class_to_idx:
             folder.samples = [(p, class_to_idx[folder.classes[y]]) for p, y in folder.samples]
             folder.targets = [y for _, y in folder.samples]
-            folder.class_to_idx, folder.classes = class_to_idx, self.classes
+            folder.class_to_idx, folder.classes = class_to_idx, self.all_classes
         return folder
 
     def _train_dataset(self, transform):

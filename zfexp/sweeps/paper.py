@@ -30,3 +30,19 @@ TABLE3 = {
         "fc67_8192_conv345_wide": PaperRow("- 8192 units + 512,1024,512 maps", 10.0, 38.3, 16.9),
     },
 }
+
+
+# Tables 4 and 5: mean per-class accuracy (%), 5 folds, by training images per class:
+# (layers 1-7 pretrained on ImageNet and fixed + a new softmax, the same network trained from scratch).
+TRANSFER = {
+    "caltech101": {15: (83.8, 22.8), 30: (86.5, 46.5)},
+    "caltech256": {15: (65.7, 9.0), 30: (70.6, 22.5), 45: (72.7, 31.2), 60: (74.2, 38.8)},
+}
+
+# Table 7: a linear SVM or softmax on the features of one layer; Caltech-101 (30 per class), Caltech-256
+# (60 per class), mean per-class accuracy (%). Keyed by (classifier, layer).
+TABLE7 = {
+    ("svm", "conv1"): (44.8, 24.6), ("svm", "conv2"): (66.2, 39.6), ("svm", "conv3"): (72.3, 46.0),
+    ("svm", "conv4"): (76.6, 51.3), ("svm", "conv5"): (86.2, 65.6), ("svm", "fc7"): (85.5, 71.7),
+    ("softmax", "conv5"): (82.9, 65.7), ("softmax", "fc7"): (85.4, 72.6),
+}

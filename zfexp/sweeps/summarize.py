@@ -2,6 +2,7 @@
 
     python -m zfexp.sweeps.summarize logs/train/multiruns/<time>            # prints the table
     python -m zfexp.sweeps.summarize logs/train/multiruns/<time> --wandb    # and logs it to W&B
+    python -m zfexp.sweeps.summarize logs/train/multiruns/<time> --with logs/train/multiruns/<time2>  # pooled
 
 Writes ``summary.md``, ``summary.csv`` and ``summary.png`` (bar chart) into the sweep dir. A job without
 ``metrics.json`` (killed, or still running) is "unfinished", one whose status is not "completed" is "failed";
@@ -11,13 +12,15 @@ both stay in the table with their error instead of stopping the summary.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import dataclasses
 from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from zfexp.outputs import write_csv
 from zfexp.sweeps.paper import TABLE3, PaperRow
 
 METRICS = (("train/top1_err", "train top-1"), ("val/top1_err", "val top-1"), ("val/top5_err", "val top-5"))
@@ -36,6 +39,7 @@ class Job:
     status: str  # completed | failed | unfinished
     error: str | None
     metrics: dict
+    config: dict = dataclasses.field(default_factory=dict)  # the job's resolved config (empty if none)
 
     @property
     def paper(self) -> PaperRow | None:
@@ -54,8 +58,10 @@ def read_job(path: Path) -> Job:
     overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
     config_file = path / "config.yaml" if (path / "config.yaml").is_file() else path / ".hydra" / "config.yaml"
     table = row = None
+    config: dict = {}
     if config_file.is_file():
         cfg = OmegaConf.load(config_file)
+        config = OmegaConf.to_container(cfg, resolve=False)
         ablation = cfg.get("ablation") or {}
         table, row = ablation.get("table") or cfg.get("sweep_name"), ablation.get("row")
         if isinstance(row, str) and row.startswith("${"):  # an unresolved config of a job that never started
@@ -63,14 +69,15 @@ def read_job(path: Path) -> Job:
     row = row or next((o.split("=", 1)[1] for o in overrides if o.startswith("ablation.row=")), None)
     metrics_file = path / "metrics.json"
     if not metrics_file.is_file():
-        return Job(path, overrides, table, row, "unfinished", "no metrics.json (killed or still running)", {})
+        return Job(path, overrides, table, row, "unfinished", "no metrics.json (killed or still running)", {},
+                   config)
     try:
         metrics = json.loads(metrics_file.read_text())
     except json.JSONDecodeError as err:
-        return Job(path, overrides, table, row, "failed", f"unreadable metrics.json: {err}", {})
+        return Job(path, overrides, table, row, "failed", f"unreadable metrics.json: {err}", {}, config)
     status = metrics.get("status", "unfinished")
     return Job(path, overrides, table, row, "completed" if status == "completed" else "failed",
-               metrics.get("error") if status != "completed" else None, metrics)
+               metrics.get("error") if status != "completed" else None, metrics, config)
 
 
 def find_jobs(sweep_dir: Path) -> list[Job]:
@@ -152,15 +159,19 @@ def bar_chart(table: list[dict], path: Path) -> Path:
     return path
 
 
-def summarize(sweep_dir: str | Path, log_wandb: bool = False) -> list[dict]:
+def summarize(sweep_dir: str | Path, log_wandb: bool = False, more_dirs: Sequence[str | Path] = ()) -> list[dict]:
+    """Summarise the jobs of ``sweep_dir`` (and of ``more_dirs``: other launches of the same study, e.g. a
+    column added later) into ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
-    table = rows(find_jobs(sweep_dir))
+    jobs = find_jobs(sweep_dir) + [job for more in more_dirs for job in find_jobs(Path(more))]
+    if any(j.config.get("sweep_name") == "transfer_curve" for j in jobs):
+        from zfexp.sweeps.transfer import summarize_transfer
+
+        return summarize_transfer(sweep_dir, jobs, log_wandb)
+    table = rows(jobs)
     text = markdown(table)
     (sweep_dir / "summary.md").write_text(text)
-    with (sweep_dir / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
+    write_csv(sweep_dir / "summary.csv", table)
     bar_chart(table, sweep_dir / "summary.png")
     if log_wandb:
         _log_wandb(sweep_dir, table)
@@ -168,7 +179,7 @@ def summarize(sweep_dir: str | Path, log_wandb: bool = False) -> list[dict]:
     return table
 
 
-def _log_wandb(sweep_dir: Path, table: list[dict]) -> None:
+def _log_wandb(sweep_dir: Path, table: list[dict], chart: str = "summary.png") -> None:
     """The table and chart as one more run of the sweep's W&B group (offline unless credentials exist)."""
     import wandb
 
@@ -181,7 +192,7 @@ def _log_wandb(sweep_dir: Path, table: list[dict]) -> None:
                      mode="online" if wandb_credentials_present() else "offline")
     columns = list(table[0])
     run.log({"summary/table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in table]),
-             "summary/chart": wandb.Image(str(sweep_dir / "summary.png"))})
+             "summary/chart": wandb.Image(str(sweep_dir / chart))})
     run.finish()
 
 
@@ -189,8 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", help="a multirun directory: logs/<task>/multiruns/<time>")
     parser.add_argument("--wandb", action="store_true", help="also log the table and chart to W&B")
+    parser.add_argument("--with", dest="more_dirs", action="append", default=[], metavar="DIR",
+                        help="pool the jobs of another multirun of the same study (repeatable); "
+                             "the summary is written to sweep_dir")
     args = parser.parse_args(argv)
-    summarize(args.sweep_dir, log_wandb=args.wandb)
+    summarize(args.sweep_dir, log_wandb=args.wandb, more_dirs=args.more_dirs)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""Keeping some classes of a dataset: pretraining on five Fashion-MNIST classes and transferring to the other
+five, leaving out Caltech-256's clutter class."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+
+def select_classes(names: Sequence[str], keep: Sequence[int | str] | None = None,
+                   exclude: Sequence[int | str] = ()) -> list[int]:
+    """Dataset labels of the classes kept: ``keep`` (all when ``None``) minus ``exclude``, both given as labels
+    or class names, returned in the dataset's order."""
+
+    def label(item: int | str, key: str) -> int:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(names):
+            return item
+        if isinstance(item, str) and item in names:
+            return list(names).index(item)
+        shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+        raise ValueError(f"data.{key}: {item!r} is not a class of this dataset; valid: a label 0..{len(names) - 1} "
+                         f"or a name ({shown})")
+
+    kept = set(range(len(names))) if keep is None else {label(c, "class_subset") for c in keep}
+    kept -= {label(c, "exclude_classes") for c in exclude}
+    if len(kept) < 2:
+        raise ValueError(f"data.class_subset={list(keep) if keep is not None else None}, data.exclude_classes="
+                         f"{list(exclude)} keep {len(kept)} class(es); a classifier needs at least 2")
+    return sorted(kept)
+
+
+def dataset_targets(dataset: Dataset) -> list[int]:
+    """Every item's label without loading an image: torchvision's ``targets`` (MNIST, CIFAR, ImageFolder) or
+    ``y`` (Caltech), through ``Subset`` and :class:`ClassSubset` wrappers."""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, ClassSubset):
+        return list(dataset.labels)
+    if isinstance(dataset, Subset):
+        inner = dataset_targets(dataset.dataset)
+        return [inner[i] for i in dataset.indices]
+    for attr in ("targets", "y"):
+        targets = getattr(dataset, attr, None)
+        if targets is not None:
+            return targets.tolist() if isinstance(targets, torch.Tensor) else [int(t) for t in targets]
+    raise TypeError(f"{type(dataset).__name__} has no 'targets' or 'y' list of labels; cannot select classes")
+
+
+class ClassSubset(Dataset):
+    """The items of ``dataset`` whose label is in ``kept``, relabelled by position in ``kept``.
+
+    ``labels`` holds the new label of every item (so splits need not load images).
+    """
+
+    def __init__(self, dataset: Dataset, targets: Sequence[int], kept: Sequence[int]):
+        self.dataset = dataset
+        relabel = {old: new for new, old in enumerate(kept)}
+        self.indices = [i for i, y in enumerate(targets) if y in relabel]
+        self.labels = [relabel[targets[i]] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        image, _ = self.dataset[self.indices[index]]
+        return image, self.labels[index]

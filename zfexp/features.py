@@ -1,0 +1,147 @@
+"""Features by layer (Table 7): a linear SVM and a softmax trained on each layer's features of a trained
+network, N images per class of a few-shot dataset, mean +- std of the mean per-class accuracy over folds.
+
+    python -m zfexp.features ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt data=caltech101
+    python -m zfexp.features ckpt_path=... data=fashion_mnist_few_shot data.train_per_class=30
+
+The images of all folds are passed through the network once; every layer's features are kept, and each
+classifier of each fold reads its rows. Writes ``features.md``, ``tables/features_table7.csv`` and ``features.json``
+to ``logs/features/runs/<time>/`` and the table to W&B.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import Subset
+
+from zfexp.analysis.linear_probes import CLASSIFIERS, extract_features, probe_accuracy
+from zfexp.data.few_shot import FewShotDataModule
+from zfexp.jobs import check_device, closing_wandb, device_of, job_loggers, start_run_dir, write_summary
+from zfexp.module import ImageClassifier
+from zfexp.outputs import write_table
+from zfexp.sweeps.paper import TABLE7
+from zfexp.transfer import check_compatible, load_pretrained
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Stop on a bad value before anything is loaded."""
+    if not cfg.classifiers or any(c not in CLASSIFIERS for c in cfg.classifiers):
+        raise ValueError(f"classifiers={list(cfg.classifiers)}; valid: a non-empty list of {', '.join(CLASSIFIERS)}")
+    if not isinstance(cfg.folds, int) or cfg.folds < 1:
+        raise ValueError(f"folds={cfg.folds}: must be a positive integer (paper: 5)")
+    check_device(cfg.device)
+    if cfg.max_side is not None and cfg.max_side < 1:
+        raise ValueError(f"max_side={cfg.max_side}: must be a positive map side, or null (no pooling)")
+
+
+def fold_datamodules(cfg: DictConfig) -> list[FewShotDataModule]:
+    """One datamodule per fold (``data.fold`` = 0..folds-1); the data must be a few-shot one."""
+    target = cfg.data.get("_target_")
+    if not target or not issubclass(get_class(target), FewShotDataModule):
+        raise ValueError(f"data={target}: features by layer needs a few-shot dataset with N images per class; "
+                         "valid: data=caltech101, caltech256, image_folder_few_shot, fashion_mnist_few_shot")
+    modules = []
+    for fold in range(cfg.folds):
+        data_cfg = cfg.data.copy()
+        with open_dict(data_cfg):
+            data_cfg.fold = fold
+        modules.append(instantiate(data_cfg, _convert_="all"))
+    return modules
+
+
+def table7_rows(scores: dict[tuple[str, str], list[float]]) -> list[dict]:
+    """One row per (classifier, layer): ours mean +- std over folds, and the paper's Caltech numbers. Rows are
+    named as the paper's: "SVM (5)" is an SVM on layer 5's features."""
+    rows = []
+    for (kind, layer), values in scores.items():
+        paper = TABLE7.get((kind, layer), (None, None))
+        name = "SVM" if kind == "svm" else "Softmax"
+        rows.append({"row": f"{name} ({layer[-1]})", "classifier": kind, "layer": layer,
+                     "mean": round(statistics.fmean(values), 2),
+                     "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0, "folds": len(values),
+                     "paper caltech101": paper[0], "paper caltech256": paper[1]})
+    return rows
+
+
+def markdown(rows: list[dict], title: str, dims: dict[str, int]) -> str:
+    """Table 7 in markdown under a title line; ``dims`` is each layer's feature length (after pooling)."""
+    def cell(v) -> str:
+        return "-" if v is None else str(v)
+
+    lines = [title, "", "| features | dims | ours (mean +- std) | folds | paper Caltech-101 | paper Caltech-256 |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['row']} | {dims.get(r['layer'], '-')} | {r['mean']:.1f} +- {r['std']:.1f} | {r['folds']} | "
+              f"{cell(r['paper caltech101'])} | {cell(r['paper caltech256'])} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def features_by_layer(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)
+    run_dir = start_run_dir(cfg)
+    device = device_of(cfg.device)
+    start = time.time()
+    with closing_wandb():
+        folds = fold_datamodules(cfg)
+        pretrained = load_pretrained(cfg.ckpt_path)
+        net = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu").net.eval()
+        missing = [layer for layer in cfg.layers if layer not in getattr(net, "layer_names", ())]
+        if missing:
+            raise ValueError(f"layers={list(cfg.layers)}: {missing} not in the network; valid: "
+                             f"{', '.join(n for n in net.layer_names if n != 'fc8')}")
+        first = folds[0]
+        first.prepare_data()
+        check_compatible(pretrained, first.num_channels, first.input_size)
+        if pretrained.mean_image is not None and first.preprocess.mean_image:
+            first.mean = pretrained.mean_image  # the inputs normalised as the network was trained
+        splits = [dm.split_indices for dm in folds]
+        used = sorted({i for train, test in splits for i in (*train, *test)})
+        position = {index: row for row, index in enumerate(used)}
+        feats, labels = extract_features(net, Subset(first.pool_dataset(), used), list(cfg.layers),
+                                         max_side=cfg.max_side, batch_size=cfg.batch_size, device=device,
+                                         num_workers=first.hparams.num_workers)
+        scores: dict[tuple[str, str], list[float]] = {(k, layer): [] for k in cfg.classifiers for layer in cfg.layers}
+        for fold, (train, test) in enumerate(splits):
+            tr, te = [position[i] for i in train], [position[i] for i in test]
+            for layer in cfg.layers:
+                x = feats[layer]
+                for kind in cfg.classifiers:
+                    acc = probe_accuracy(kind, x[tr], labels[tr], x[te], labels[te], seed=cfg.seed,
+                                         **OmegaConf.to_container(cfg[kind]))
+                    scores[(kind, layer)].append(acc)
+                    print(f"fold {fold} {kind:>7} {layer:>5}: {acc:.1f}%", flush=True)
+        rows = table7_rows(scores)
+        dims = {layer: int(t.shape[1]) for layer, t in feats.items()}
+        classes = ", ".join(first.classes) if len(first.classes) <= 10 else f"{len(first.classes)} classes"
+        title = (f"Mean per-class test accuracy % by layer, {type(first).__name__.removesuffix('DataModule')} "
+                 f"({classes}): {first.train_per_class} training and up to {first.test_per_class} test "
+                 f"images per class, mean +- std over {cfg.folds} folds; features of {cfg.ckpt_path}")
+        text = markdown(rows, title, dims)
+        (run_dir / "features.md").write_text(text)
+        with job_loggers(cfg) as loggers:
+            write_table(run_dir, loggers, "features/table7", rows, 0)
+        summary = {"ckpt_path": str(cfg.ckpt_path), "data": cfg.data._target_,
+                   "train_per_class": first.train_per_class, "folds": cfg.folds, "images": len(used),
+                   "feature_dims": dims, "rows": rows,
+                   "wall_time_s": round(time.time() - start, 2)}
+        write_summary(run_dir, "features.json", summary)
+        print(text, end="")
+        print(f"written to {run_dir}")
+        return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="features")
+def main(cfg: DictConfig) -> None:
+    features_by_layer(cfg)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("ZFEXP_ROOT", str(Path(__file__).resolve().parents[1]))
+    main()

@@ -1,0 +1,66 @@
+"""Transfer learning (Sec. 5.2): a network trained by ``train.py`` initialises a new one for another dataset;
+its layers 1-7 stay fixed and a new softmax (fc8) is trained, or the same network is trained from scratch.
+
+    python train.py experiment=transfer_caltech101 pretrained_ckpt=logs/train/runs/<time>/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+NEW_LAYER = "fc8"  # the classifier: always new, its width is the new number of classes
+
+
+@dataclass
+class Pretrained:
+    """What a ``train.py`` checkpoint gives a transfer run."""
+
+    path: str
+    net: dict[str, Any]  # the network's config (builder and options), as ImageClassifier saved it
+    in_channels: int
+    input_size: int
+    num_classes: int
+    state_dict: dict[str, torch.Tensor]  # the network's weights, keys relative to the network
+    mean_image: torch.Tensor | None  # the mean image its inputs were normalised with, when the checkpoint has it
+
+
+def load_pretrained(path: str | Path) -> Pretrained:
+    """Read a checkpoint written by ``train.py`` (a Lightning checkpoint of :class:`ImageClassifier`)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pretrained_ckpt={path}: no such file; give a .ckpt written by train.py "
+                                "(logs/train/runs/<time>/checkpoints/last.ckpt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    hparams = ckpt.get("hyper_parameters") or {}
+    if "net" not in hparams or "state_dict" not in ckpt:
+        raise ValueError(f"pretrained_ckpt={path}: not a checkpoint of zfexp's ImageClassifier (it has no "
+                         "hyper_parameters.net or state_dict); give a .ckpt written by train.py")
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    # Lightning keeps a datamodule's state under its class name; ours holds the mean image.
+    mean = next((v["mean_image"] for v in ckpt.values() if isinstance(v, dict) and "mean_image" in v), None)
+    return Pretrained(str(path), dict(hparams["net"]), int(hparams["in_channels"]), int(hparams["input_size"]),
+                      int(hparams["num_classes"]), state, mean)
+
+
+def check_compatible(pretrained: Pretrained, in_channels: int, input_size: int) -> None:
+    """The new data must give the network images of the kind it was trained on."""
+    if (pretrained.in_channels, pretrained.input_size) != (in_channels, input_size):
+        raise ValueError(
+            f"pretrained_ckpt={pretrained.path}: the network takes {pretrained.in_channels}-channel "
+            f"{pretrained.input_size} px images, the data gives {in_channels}-channel {input_size} px ones; set "
+            f"data.preprocess.input_size={pretrained.input_size} and use data with {pretrained.in_channels} channel(s)")
+
+
+def load_all_but_classifier_(net: nn.Module, pretrained: Pretrained) -> list[str]:
+    """Copy every pretrained weight into ``net`` except the classifier's; return the keys copied."""
+    kept = {k: v for k, v in pretrained.state_dict.items() if not k.startswith(f"{NEW_LAYER}.")}
+    missing, unexpected = net.load_state_dict(kept, strict=False)
+    wrong = [k for k in missing if not k.startswith(f"{NEW_LAYER}.")] + list(unexpected)
+    if wrong:
+        raise ValueError(f"pretrained_ckpt={pretrained.path}: its weights do not fit the network built from its "
+                         f"own config (mismatched keys {wrong[:6]})")
+    return sorted(kept)
