@@ -4,9 +4,10 @@ from callbacks.checkpoint import CrashSafeCheckpoint
 from callbacks.deconv_snapshots import DeconvSnapshots
 from callbacks.filter_diagnostics import FilterDiagnostics
 from callbacks.filter_renorm import FilterRenorm
+from callbacks.guided_backprop import GuidedBackpropSnapshots
 from callbacks.invariance_curves import InvarianceCurves
 from callbacks.occlusion_maps import OcclusionMaps
 from callbacks.top_activations import TopActivations
 
-__all__ = ["CrashSafeCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "InvarianceCurves",
-           "OcclusionMaps", "TopActivations"]
+__all__ = ["CrashSafeCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "GuidedBackpropSnapshots",
+           "InvarianceCurves", "OcclusionMaps", "TopActivations"]

@@ -15,8 +15,9 @@ from torch import nn
 
 from zfexp.analysis import forward_prefix
 from zfexp.data.transforms import displayable
-from zfexp.data.sampling import probe_indices, stack_dataset  # noqa: F401  (re-exported for callbacks)
+from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.outputs import write_figure, write_image, write_table
+from zfexp.pictures import chosen_maps  # noqa: F401  (one of the pieces callbacks reuse)
 
 
 def network_of(pl_module: L.LightningModule) -> nn.Module:
@@ -107,14 +108,29 @@ def log_scalars(trainer: L.Trainer, stats: dict[str, float]) -> None:
 
 
 class ScheduledAnalysis(Callback):
-    """Base of the analysis callbacks: runs ``analyse(trainer, pl_module, epoch)`` on rank zero, never during
-    sanity checks or fast_dev_run, after each train epoch for which ``due(epoch, trainer)`` holds (epochs count
-    from 1) and, when ``run_at_fit_end``, once more at the end of fit with ``epoch=None``."""
+    """Base of the analysis callbacks: runs ``analyse(trainer, pl_module, epoch)`` on rank zero only, never during
+    sanity checks or fast_dev_run, after the train epochs in ``epochs`` (counted from 1, as in the paper) and
+    every ``every_n_epochs``, and, when ``run_at_fit_end``, once more at the end of fit with ``epoch=None``.
+
+    A subclass writes ``analyse``; it may override ``due`` for another schedule, and calls
+    ``super().setup(...)`` if it overrides ``setup`` (that checks ``epochs`` against ``trainer.max_epochs``)."""
 
     run_at_fit_end = True
 
+    def __init__(self, epochs: Sequence[int] = (), every_n_epochs: int | None = None):
+        name = type(self).__name__
+        if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int)
+                                           or every_n_epochs < 1):
+            raise ValueError(f"{name}: every_n_epochs={every_n_epochs!r} must be an integer >= 1 or null")
+        self.epochs = check_epochs(name, epochs)
+        self.every_n_epochs = every_n_epochs
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            check_epochs_fit(type(self).__name__, self.epochs, trainer)
+
     def due(self, epoch: int, trainer: L.Trainer) -> bool:
-        return False
+        return epoch in self.epochs or bool(self.every_n_epochs) and epoch % self.every_n_epochs == 0
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         raise NotImplementedError
@@ -135,6 +151,49 @@ class ScheduledAnalysis(Callback):
         self.analyse(trainer, pl_module, epoch)
 
 
+class ProbedAnalysis(ScheduledAnalysis):
+    """A scheduled analysis of a fixed probe set: ``probe_size`` validation images chosen once (seeded) and
+    kept in the checkpoint, so a resumed run analyses the same images. Runs at ``epochs`` and at the end of
+    fit."""
+
+    def __init__(self, epochs: Sequence[int] = (), probe_size: int = 4, seed: int = 0,
+                 every_n_epochs: int | None = None):
+        super().__init__(epochs, every_n_epochs)
+        check_positive(type(self).__name__, probe_size=probe_size)
+        self.probe_size, self.seed = probe_size, seed
+        self.probe: torch.Tensor | None = None  # dataset indices
+
+    def probe_batch(self, trainer: L.Trainer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images [N, C, H, W], labels [N])`` of the probe set, on ``device``; chosen on first use."""
+        dataset = eval_dataset(trainer)
+        if self.probe is None:
+            self.probe = probe_indices(len(dataset), self.probe_size, self.seed)
+        images, labels = stack_dataset(dataset, self.probe)
+        return images.to(device), labels.to(device)
+
+    def state_dict(self) -> dict:
+        return {"probe": self.probe}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.probe = state.get("probe")
+
+
+def check_positive(owner: str, **values) -> None:
+    """Each keyword is a count that must be an integer >= 1; the error names the key and the value."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}: {key}={value!r} must be a positive integer")
+
+
+def for_display(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor:
+    """Undo the datamodule's normalisation of ``images [N, C, H, W]`` (pixel scale, mean image) so that a
+    figure shows the photographs rather than what is left after subtracting the mean."""
+    preprocess = getattr(trainer.datamodule, "preprocess", None)
+    if preprocess is None:
+        return images
+    return displayable(images, preprocess, getattr(trainer.datamodule, "mean", None))
+
+
 def tag(epoch: int | None) -> str:
     """``epoch003`` for a scheduled run, ``final`` for the end of fit: the suffix of image keys."""
     return "final" if epoch is None else f"epoch{epoch:03d}"
@@ -152,47 +211,3 @@ def occluder_fill(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor | No
     if preprocess is None or getattr(preprocess, "mean_image", False):
         return None
     return images.mean(dim=(0, 2, 3))
-
-
-class ProbedAnalysis(ScheduledAnalysis):
-    """A scheduled analysis of a fixed probe set: ``probe_size`` validation images chosen once (seeded) and
-    kept in the checkpoint, so a resumed run analyses the same images. Runs at ``epochs`` and at the end of
-    fit."""
-
-    def __init__(self, epochs: Sequence[int] = (), probe_size: int = 4, seed: int = 0):
-        name = type(self).__name__
-        if isinstance(probe_size, bool) or not isinstance(probe_size, int) or probe_size < 1:
-            raise ValueError(f"{name}: probe_size={probe_size!r} must be a positive integer")
-        self.epochs = check_epochs(name, epochs)
-        self.probe_size, self.seed = probe_size, seed
-        self.probe: torch.Tensor | None = None  # dataset indices
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            check_epochs_fit(type(self).__name__, self.epochs, trainer)
-
-    def due(self, epoch: int, trainer: L.Trainer) -> bool:
-        return epoch in self.epochs
-
-    def probe_batch(self, trainer: L.Trainer, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images [N, C, H, W], labels [N])`` of the probe set, on ``device``."""
-        dataset = eval_dataset(trainer)
-        if self.probe is None:
-            self.probe = probe_indices(len(dataset), self.probe_size, self.seed)
-        images, labels = stack_dataset(dataset, self.probe)
-        return images.to(device), labels.to(device)
-
-    def state_dict(self) -> dict:
-        return {"probe": self.probe}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.probe = state.get("probe")
-
-
-def for_display(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor:
-    """Undo the datamodule's normalisation of ``images [N, C, H, W]`` (pixel scale, mean image) so that a
-    figure shows the photographs rather than what is left after subtracting the mean."""
-    preprocess = getattr(trainer.datamodule, "preprocess", None)
-    if preprocess is None:
-        return images
-    return displayable(images, preprocess, getattr(trainer.datamodule, "mean", None))

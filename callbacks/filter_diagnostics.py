@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
-from callbacks.common import (ScheduledAnalysis, check_epochs, check_epochs_fit, eval_dataset, evaluating,
-                              log_image, log_scalars, network_of, probe_indices, stack_dataset, tag)
+
+from callbacks.common import ProbedAnalysis, evaluating, log_image, log_scalars, network_of, tag
 from zfexp.analysis import DeconvNet, conv_layers, filter_rms
 from zfexp.pictures import filter_grid
 
 
-class FilterDiagnostics(ScheduledAnalysis):
+class FilterDiagnostics(ProbedAnalysis):
     """Args:
         epochs: when to run (1 = after the first epoch); the end of fit always runs.
         first_layer: the conv layer whose filters are drawn (paper: conv1).
@@ -20,28 +20,23 @@ class FilterDiagnostics(ScheduledAnalysis):
     """
 
     def __init__(self, epochs: Sequence[int] = (), first_layer: str = "conv1", probe_size: int = 256, seed: int = 0):
-        self.epochs = check_epochs("FilterDiagnostics", epochs)
-        self.first_layer, self.probe_size, self.seed = first_layer, probe_size, seed
+        super().__init__(epochs, probe_size, seed)
+        self.first_layer = first_layer
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         conv_layers(network_of(pl_module), [self.first_layer])  # names a bad layer before training
-        if stage == "fit":
-            check_epochs_fit("FilterDiagnostics", self.epochs, trainer)
-
-    def due(self, epoch: int, trainer: L.Trainer) -> bool:
-        return epoch in self.epochs
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
         log_image(trainer, f"filters/{self.first_layer}_{tag(epoch)}",
                   filter_grid(net.get_submodule(self.first_layer).weight),
                   caption=f"{self.first_layer} filters ({tag(epoch)})")
-        dataset = eval_dataset(trainer)
-        images, _ = stack_dataset(dataset, probe_indices(len(dataset), self.probe_size, self.seed))
+        images, _ = self.probe_batch(trainer, pl_module.device)
         stats = {}
         convs = conv_layers(net)
         with evaluating(net):
-            all_acts = DeconvNet(net).features_of(images.to(pl_module.device), list(convs))  # one pass
+            all_acts = DeconvNet(net).features_of(images, list(convs))  # one pass
             for name, conv in convs.items():
                 acts = all_acts[name]  # [N, C, H, W], post-ReLU
                 dead = (acts.amax(dim=(0, 2, 3)) <= 0).float().mean()

@@ -9,10 +9,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from callbacks.common import ScheduledAnalysis, check_layers, eval_dataset, evaluating, log_image, network_of, tag
+from callbacks.common import (ScheduledAnalysis, check_layers, check_positive, chosen_maps, eval_dataset, evaluating,
+                              log_image, network_of, tag)
 from callbacks.deconv_snapshots import PAPER_LAYERS
 from zfexp.analysis import top_activations
-from zfexp.pictures import random_maps, top_k_sheet
+from zfexp.pictures import top_k_sheet
 
 
 class TopActivations(ScheduledAnalysis):
@@ -26,18 +27,14 @@ class TopActivations(ScheduledAnalysis):
     def __init__(self, layers: Sequence[str] = PAPER_LAYERS, maps_per_layer: int = 4, k: int = 9,
                  every_n_epochs: int | None = None, max_images: int | None = None, batch_size: int = 256,
                  seed: int = 0):
-        if k < 1 or maps_per_layer < 1:
-            raise ValueError(f"TopActivations: k={k} and maps_per_layer={maps_per_layer} must be positive")
-        if every_n_epochs is not None and every_n_epochs < 1:
-            raise ValueError(f"TopActivations: every_n_epochs={every_n_epochs} must be >= 1 or null")
+        super().__init__(every_n_epochs=every_n_epochs)
+        check_positive("TopActivations", k=k, maps_per_layer=maps_per_layer)
         self.layers, self.maps_per_layer, self.k = list(layers), maps_per_layer, k
-        self.every_n_epochs, self.max_images, self.batch_size, self.seed = every_n_epochs, max_images, batch_size, seed
+        self.max_images, self.batch_size, self.seed = max_images, batch_size, seed
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         check_layers("TopActivations", network_of(pl_module), self.layers)
-
-    def due(self, epoch: int, trainer: L.Trainer) -> bool:
-        return bool(self.every_n_epochs) and epoch % self.every_n_epochs == 0
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
@@ -46,8 +43,7 @@ class TopActivations(ScheduledAnalysis):
             dataset = torch.utils.data.Subset(dataset, range(min(self.max_images, len(dataset))))
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
         with evaluating(net):
-            for i, layer in enumerate(self.layers):
-                maps = random_maps(net, layer, self.maps_per_layer, self.seed + 1 + i)
+            for layer, maps in chosen_maps(net, self.layers, self.maps_per_layer, self.seed).items():
                 top = top_activations(net, loader, layer, maps, k=self.k, device=pl_module.device)
                 sheet = top_k_sheet(net, dataset, layer, top, self.k, pl_module.device)
                 log_image(trainer, f"top{self.k}/{layer}_{tag(epoch)}", sheet,

@@ -18,10 +18,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 DATA_DIR = ROOT / "data"  # shared across tests: Fashion-MNIST is extracted and mean images cached once
 
 # Small, fast runs: a slice of the real data, no worker processes, no progress bar.
-TINY = ["data.subset_size=256", "data.num_workers=0", "data.batch_size=64", "trainer.max_epochs=1",
-        "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
-        "model.widths={conv1: 8, conv2: 16, conv3: 16, conv4: 16, conv5: 16, fc6: 32, fc7: 32}",
-        # the quickstart's visualisation callbacks, at the first epoch and on a few images
+TINY_RUN = ["data.subset_size=256", "data.num_workers=0", "data.batch_size=64", "trainer.max_epochs=1",
+            "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
+            "model.widths={conv1: 8, conv2: 16, conv3: 16, conv4: 16, conv5: 16, fc6: 32, fc7: 32}"]
+# ... with the paper's visualisation callbacks (callbacks=paper, as the quickstart has them) at the first epoch
+# and on a few images
+TINY = [*TINY_RUN,
         "callbacks.deconv_snapshots.epochs=[1]", "callbacks.deconv_snapshots.probe_size=64",
         "callbacks.top_activations.max_images=64", "callbacks.filter_diagnostics.probe_size=64",
         "callbacks.occlusion_maps.probe_size=2", "callbacks.occlusion_maps.stride=3",

@@ -12,17 +12,35 @@ from zfexp.analysis import DeconvNet, forward_prefix, receptive_field
 from zfexp.models import zfnet
 
 
-def deconv_by_autograd(model: nn.Module, images: torch.Tensor, layer: str, channels, mode: str) -> torch.Tensor:
+class GuidedReLU(torch.autograd.Function):
+    """ReLU whose backward passes the incoming gradient only where both the forward input and the gradient
+    itself are positive (Springenberg et al. 2015, Fig. 1)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x > 0) * (grad > 0)
+
+
+def projection_by_autograd(model: nn.Module, images: torch.Tensor, layer: str, channels, mode: str,
+                           rule: str = "deconvnet") -> torch.Tensor:
     """Independent formulation: the gradient of the chosen activations (seeded with their own values) with
-    every ReLU's backward replaced by a ReLU of the incoming signal and normalisation backward by identity;
-    max-pool keeps its own backward, which routes to the switches and adds where windows overlap."""
+    normalisation backward by identity and each ReLU's backward replaced according to ``rule``: a ReLU of the
+    incoming signal (deconvnet), :class:`GuidedReLU` (guided), or left as it is (gradient). Max-pool keeps its
+    own backward, which routes to the switches and adds where windows overlap."""
     model = model.eval()
     prefix = forward_prefix(model, layer)
     handles = []
     for _, m in prefix:
         if isinstance(m, nn.ReLU):
             m.inplace = False
-            handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (torch.relu(gout[0]),)))
+            if rule == "deconvnet":
+                handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (torch.relu(gout[0]),)))
         elif isinstance(m, (nn.LocalResponseNorm, nn.BatchNorm2d, nn.Dropout)):
             handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (gout[0],)))
     try:
@@ -30,7 +48,7 @@ def deconv_by_autograd(model: nn.Module, images: torch.Tensor, layer: str, chann
         x = images.repeat_interleave(k, 0).clone().requires_grad_(True)  # image i, channel j at i * k + j
         out = x
         for _, m in prefix:
-            out = m(out)
+            out = GuidedReLU.apply(out) if rule == "guided" and isinstance(m, nn.ReLU) else m(out)
         seed = torch.zeros_like(out)
         for row in range(n * k):
             c = channels[row % k]
@@ -63,7 +81,7 @@ def test_zfnet_matches_the_gradient_formulation(layer, mode, windowed):
     images = torch.randn(2, 3, 224, 224)
     channels = [0, 7, 31]
     ours = DeconvNet(model, windowed=windowed).project(images, layer, channels, mode=mode)
-    ref = deconv_by_autograd(model, images, layer, channels, mode)
+    ref = projection_by_autograd(model, images, layer, channels, mode)
     assert ours.shape == (2, 3, 3, 224, 224)
     assert ref.norm() > 0 and rel_err(ours, ref) < 1e-5
 
@@ -74,7 +92,7 @@ def test_zfnet_with_layers_removed_matches(windowed):
     model = zfnet(num_classes=10, init="kaiming", remove=["conv3", "conv4"])
     images = torch.randn(2, 3, 224, 224)
     ours = DeconvNet(model, windowed=windowed).project(images, "conv5", [3, 100], mode="max")
-    assert rel_err(ours, deconv_by_autograd(model, images, "conv5", [3, 100], "max")) < 1e-5
+    assert rel_err(ours, projection_by_autograd(model, images, "conv5", [3, 100], "max")) < 1e-5
 
 
 @pytest.mark.parametrize("windowed", [True, False])
@@ -84,8 +102,37 @@ def test_torchvision_networks_match(builder, layer, size, windowed):
     model = builder(weights=None)
     images = torch.randn(2, 3, size, size)
     ours = DeconvNet(model, windowed=windowed).project(images, layer, [1, 5], mode="max")
-    ref = deconv_by_autograd(model, images, layer, [1, 5], "max")
+    ref = projection_by_autograd(model, images, layer, [1, 5], "max")
     assert ref.norm() > 0 and rel_err(ours, ref) < 1e-5
+
+
+@pytest.mark.parametrize("rule", ["guided", "gradient"])
+@pytest.mark.parametrize("mode, windowed", MODES)
+def test_guided_backprop_and_gradient_rules_match_autograd(rule, mode, windowed):
+    torch.manual_seed(3)
+    model = zfnet(num_classes=10, init="kaiming")
+    images = torch.randn(2, 3, 224, 224)
+    channels = [2, 40]
+    ours = DeconvNet(model, windowed=windowed, rule=rule).project(images, "conv4", channels, mode=mode)
+    ref = projection_by_autograd(model, images, "conv4", channels, mode, rule)
+    assert ref.norm() > 0 and rel_err(ours, ref) < 1e-5
+    # the rules differ: guided keeps less than the deconvnet (the forward mask), and is not the plain gradient
+    deconv = DeconvNet(model, windowed=windowed).project(images, "conv4", channels, mode=mode)
+    assert rel_err(ours, deconv) > 0.1
+
+
+def test_guided_backprop_on_vgg_matches_autograd():
+    torch.manual_seed(4)
+    model = tv_vgg16(weights=None)
+    images = torch.randn(2, 3, 64, 64)
+    ours = DeconvNet(model, rule="guided").project_units(images, "features.14", [1, 5])
+    ref = projection_by_autograd(model, images, "features.14", [1, 5], "max", "guided")
+    assert ref.norm() > 0 and rel_err(ours, ref[torch.arange(2), torch.arange(2)]) < 1e-5
+
+
+def test_unknown_rule_is_named():
+    with pytest.raises(ValueError, match=r"rule='guidedd'; valid: deconvnet, guided, gradient"):
+        DeconvNet(nn.Sequential(), rule="guidedd")
 
 
 def odd_geometry_net() -> nn.Sequential:
@@ -100,16 +147,17 @@ def odd_geometry_net() -> nn.Sequential:
     ))
 
 
+@pytest.mark.parametrize("rule", ["deconvnet", "guided"])
 @pytest.mark.parametrize("layer", ["conv1", "conv2", "conv3"])
-def test_windows_match_the_gradient_formulation_on_odd_geometry(layer):
+def test_windows_match_the_gradient_formulation_on_odd_geometry(layer, rule):
     torch.manual_seed(8)
     model = odd_geometry_net()
     images = torch.randn(3, 3, 71, 90)  # odd, non-square
     channels = [0, 3, 7]
-    ref = deconv_by_autograd(model, images, layer, channels, "max")
-    windows = DeconvNet(model, windowed=True, max_elements=5000).project(images, layer, channels)  # chunked
+    ref = projection_by_autograd(model, images, layer, channels, "max", rule)
+    windows = DeconvNet(model, windowed=True, max_elements=5000, rule=rule).project(images, layer, channels)  # chunked
     assert ref.norm() > 0 and rel_err(windows, ref) < 1e-5
-    units = DeconvNet(model, windowed=True).project_units(images, layer, channels)
+    units = DeconvNet(model, windowed=True, rule=rule).project_units(images, layer, channels)
     assert rel_err(units, ref[torch.arange(3), torch.arange(3)]) < 1e-5
 
 

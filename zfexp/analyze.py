@@ -31,7 +31,7 @@ from zfexp.figures import invariance_figure, occlusion_figure
 from zfexp.jobs import check_device, closing_wandb, device_of, job_loggers, start_run_dir, write_summary
 from zfexp.module import ImageClassifier
 from zfexp.outputs import write_figure, write_image, write_table
-from zfexp.pictures import random_maps, strongest_unit_tiles, top_k_sheet
+from zfexp.pictures import chosen_maps, strongest_unit_tiles, top_k_sheet
 from zfexp.render import image_grid
 
 ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
@@ -74,8 +74,7 @@ class Analysis:
     def deconv(self) -> None:
         c = self.cfg.deconv
         images, _ = self.batch(c.num_images)
-        for i, layer in enumerate(c.layers):
-            maps = random_maps(self.net, layer, c.maps_per_layer, self.cfg.seed + 1 + i)
+        for layer, maps in chosen_maps(self.net, c.layers, c.maps_per_layer, self.cfg.seed).items():
             tiles = strongest_unit_tiles(self.net, images, layer, maps)
             self.image(f"deconv/{layer}", image_grid(tiles[None]),
                        f"{layer}: strongest unit of maps {maps} over {len(images)} images, projected")
@@ -85,8 +84,7 @@ class Analysis:
         dataset = self.dataset if c.max_images is None else Subset(self.dataset, range(min(c.max_images,
                                                                                             len(self.dataset))))
         loader = DataLoader(dataset, batch_size=256, shuffle=False)
-        for i, layer in enumerate(c.layers):
-            maps = random_maps(self.net, layer, c.maps_per_layer, self.cfg.seed + 1 + i)
+        for layer, maps in chosen_maps(self.net, c.layers, c.maps_per_layer, self.cfg.seed).items():
             top = top_activations(self.net, loader, layer, maps, k=c.k, device=self.device)
             self.image(f"top{c.k}/{layer}", top_k_sheet(self.net, dataset, layer, top, c.k, self.device),
                        f"{layer} maps {maps}: top-{c.k} projections (left) and patches (right)")

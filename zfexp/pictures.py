@@ -5,6 +5,8 @@ patches) and the Fig. 6 filter grid. Used by the callbacks and by ``zfexp.analyz
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -19,10 +21,12 @@ def tile_size(net: nn.Module, layer: str, images: torch.Tensor) -> int:
     return min(receptive_field_size(net, layer), max(images.shape[-2:]))
 
 
-def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps: list[int]) -> torch.Tensor:
+def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps: list[int],
+                         rule: str = "deconvnet") -> torch.Tensor:
     """``[K, C, s, s]``: per chosen map, its strongest unit over ``images [N, C, H, W]``, projected to pixels
-    and cropped to the unit's receptive field (Fig. 4's tiles)."""
-    deconv = DeconvNet(net)
+    and cropped to the unit's receptive field (Fig. 4's tiles). ``rule``: how the projection inverts the ReLUs
+    (``DeconvNet``'s rules); the unit chosen does not depend on it."""
+    deconv = DeconvNet(net, rule=rule)
     acts = deconv.features(images, layer)[:, maps]  # [N, K, H_l, W_l]
     width = acts.shape[-1]
     per_image, where = acts.flatten(2).max(2)  # [N, K]
@@ -73,6 +77,13 @@ def filter_grid(weight: torch.Tensor) -> torch.Tensor:
 
 
 def random_maps(net: nn.Module, layer: str, count: int, seed: int) -> list[int]:
-    """``count`` feature maps of ``layer`` chosen at random with ``seed``, sorted."""
-    g = torch.Generator().manual_seed(seed)
+    """``count`` feature maps of ``layer`` chosen at random, sorted. The draw depends on ``seed`` and the layer's
+    name only, so the same seed picks the same maps of a layer wherever it is drawn (every callback, ``analyze``),
+    whatever other layers are drawn beside it."""
+    g = torch.Generator().manual_seed(seed + zlib.crc32(layer.encode()))
     return torch.randperm(net.get_submodule(layer).out_channels, generator=g)[:count].sort().values.tolist()
+
+
+def chosen_maps(net: nn.Module, layers: Sequence[str], count: int, seed: int) -> dict[str, list[int]]:
+    """``{layer: random_maps(net, layer, count, seed)}`` for each of ``layers``."""
+    return {layer: random_maps(net, layer, count, seed) for layer in layers}

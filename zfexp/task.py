@@ -86,7 +86,9 @@ def name_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def instantiate_dict(group: DictConfig | None, what: str) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a config group such as ``callbacks`` or ``logger``."""
+    """Instantiate every ``_target_`` entry of a config group such as ``callbacks`` or ``logger``. An entry with
+    settings but no ``_target_`` is left over from an experiment whose group choice the command line replaced;
+    it is skipped with a warning that says how to bring it back."""
     if not group:
         return []
     objects = []
@@ -94,6 +96,9 @@ def instantiate_dict(group: DictConfig | None, what: str) -> list[Any]:
         if isinstance(conf, DictConfig) and "_target_" in conf:
             log.info("instantiating %s %s <%s>", what, key, conf._target_)
             objects.append(instantiate(conf))
+        elif isinstance(conf, DictConfig):
+            log.warning("%s %s has settings but no _target_ (its config file is not among the chosen ones), so it "
+                        "is skipped; to keep it, choose it too, e.g. %s=[default,%s]", what, key, group._key(), key)
     return objects
 
 

@@ -6,6 +6,11 @@ ZFNet from ``zfexp.models``, torchvision's AlexNet and VGG. Going down from the 
 (i) unpool with the switches recorded in the forward pass (overlapping windows add up, as the gradient of
 max-pool does), (ii) rectify with a ReLU, (iii) filter with the transposed weights of the conv (no bias).
 
+The ReLU step is the one place where the ways of projecting differ (Springenberg et al. 2015, Fig. 1), so the
+engine takes it as ``rule``: ``"deconvnet"`` rectifies the signal coming down (the paper's), ``"guided"``
+(guided backpropagation) also masks it by where the forward ReLU was active, ``"gradient"`` only masks it
+(the plain gradient of the unit with respect to the image, up to the passed-through normalisations).
+
 With ``mode="max"`` each projection starts from one unit, so at every layer on the way down it is non-zero
 only inside that unit's receptive field there: a window of the same size for every unit. The engine then
 carries just these windows (each with its own offset) instead of whole maps, which for the deep layers of a
@@ -20,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+RULES = ("deconvnet", "guided", "gradient")
 PASS_THROUGH = (nn.LocalResponseNorm, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 SUPPORTED = (nn.Conv2d, nn.ReLU, nn.MaxPool2d) + PASS_THROUGH
 
@@ -32,6 +38,7 @@ class _Step:
     module: nn.Module
     in_shape: tuple[int, ...] = ()
     switches: torch.Tensor | None = None  # [N, C, H_out, W_out] flat argmax indices into H_in * W_in
+    active: torch.Tensor | None = None  # [N, C, H, W] bool: where a ReLU's output was positive (guided, gradient)
 
 
 def _pair(v) -> tuple[int, int]:
@@ -69,10 +76,15 @@ class DeconvNet:
     most ``max_elements`` floats per intermediate tensor. The model is used in eval mode and not modified.
     """
 
-    def __init__(self, model: nn.Module, max_elements: int = 2**24, windowed: bool | None = None):
+    def __init__(self, model: nn.Module, max_elements: int = 2**24, windowed: bool | None = None,
+                 rule: str = "deconvnet"):
         """``windowed``: carry receptive-field windows rather than whole maps in ``mode="max"``; ``None``
-        picks whichever does fewer multiply-adds for the layer (whole maps win on small images)."""
+        picks whichever does fewer multiply-adds for the layer (whole maps win on small images).
+        ``rule``: how the ReLUs are inverted, one of :data:`RULES` (see the module's docstring)."""
+        if rule not in RULES:
+            raise ValueError(f"rule={rule!r}; valid: {', '.join(RULES)}")
         self.model = model
+        self.rule = rule
         self.max_elements = int(max_elements)
         self.windowed = windowed
 
@@ -91,6 +103,8 @@ class DeconvNet:
                                                     module.dilation, ceil_mode=module.ceil_mode, return_indices=True)
                 elif isinstance(module, nn.ReLU):
                     x = F.relu(x)  # never in place: x may be the caller's tensor
+                    if self.rule != "deconvnet":
+                        step.active = x > 0
                 else:
                     x = module(x)
                 steps.append(step)
@@ -215,7 +229,7 @@ class DeconvNet:
             idx = slice(start, start + chunk)
             x, lo = self._top_windows(steps[top], chan[idx], row[idx], col[idx], value[idx])
             for i in range(top - 1, -1, -1):
-                x, lo = _invert_window(steps[i], x, lo, image[idx], offsets.get(i), workspace)
+                x, lo = _invert_window(steps[i], x, lo, image[idx], offsets.get(i), workspace, self.rule)
             _place(x, lo, out[idx])
         return out
 
@@ -252,7 +266,7 @@ class DeconvNet:
         if paired:  # from here on the pairs are a batch of k images with one map each
             n, k = k, 1
         for step in reversed(steps[:top]):
-            x = self._invert(step, x, n, k)
+            x = self._invert(step, x, n, k, self.rule)
         return x.view(1, n, *x.shape[1:]) if paired else x.view(n, k, *x.shape[1:])
 
     @staticmethod
@@ -268,13 +282,17 @@ class DeconvNet:
         return F.conv_transpose2d(x, weight, None, stride, padding, tuple(out_pad), groups, dilation)
 
     @staticmethod
-    def _invert(step: _Step, x: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    def _invert(step: _Step, x: torch.Tensor, n: int, k: int, rule: str) -> torch.Tensor:
         """One module of the way down, on ``x [N * K, C, H, W]``."""
         module = step.module
         if isinstance(module, nn.Conv2d):
             return DeconvNet._conv_transpose(x, module.weight, step)
         if isinstance(module, nn.ReLU):
-            return F.relu(x)
+            if rule != "gradient":
+                x = F.relu(x)
+            if rule == "deconvnet":
+                return x
+            return (x.view(n, k, *x.shape[1:]) * step.active.unsqueeze(1)).view_as(x)
         if isinstance(module, nn.MaxPool2d):
             # Unpool: each pooled value goes back to its switch; where windows overlap and share a switch,
             # their values add (scatter_add), which is also what the max-pool gradient does.
@@ -323,7 +341,7 @@ def _window_sizes(steps: list[_Step]) -> list[tuple[int, int]]:
 
 
 def _invert_window(step: _Step, x: torch.Tensor, lo, image: torch.Tensor, switch_offsets: torch.Tensor | None,
-                   workspace: dict[tuple, torch.Tensor]):
+                   workspace: dict[tuple, torch.Tensor], rule: str = "deconvnet"):
     """One module of the way down on windows ``x [B, C, h, w]`` at offsets ``lo = (rows [B], cols [B])`` in
     the module's output; returns the windows of its input and their offsets."""
     module = step.module
@@ -334,8 +352,12 @@ def _invert_window(step: _Step, x: torch.Tensor, lo, image: torch.Tensor, switch
         x = _full_conv_transpose(x.contiguous(memory_format=torch.channels_last), module.weight, stride, dilation)
         lo = tuple(lo[d] * stride[d] - padding[d] for d in range(2))
         return _zero_outside(x, lo, step.in_shape), lo
-    if isinstance(module, nn.ReLU):
-        return x.relu_(), lo  # every window is the engine's own tensor
+    if isinstance(module, nn.ReLU):  # every window is the engine's own tensor: in place is safe
+        if rule != "gradient":
+            x.relu_()
+        if rule != "deconvnet":
+            x.mul_(_window_of(step.active, image, lo, x.shape[2:]))
+        return x, lo
     if isinstance(module, nn.MaxPool2d):
         kernel, stride, padding, dilation = _pool_geometry(module)
         b, c, h, w = x.shape
@@ -358,6 +380,16 @@ def _invert_window(step: _Step, x: torch.Tensor, lo, image: torch.Tensor, switch
         new_lo = tuple(lo[d] * stride[d] - padding[d] for d in range(2))
         return flat.view(b, new_h, new_w, c).permute(0, 3, 1, 2), new_lo
     return x, lo  # normalisation and dropout are passed through
+
+
+def _window_of(maps: torch.Tensor, image: torch.Tensor, lo, size) -> torch.Tensor:
+    """Windows ``[B, C, h, w]`` of full maps ``maps [N, C, H, W]``: item ``b`` from image ``image[b]`` at offsets
+    ``lo = (rows [B], cols [B])``. Positions outside the map are clamped to its edge (the windows hold zeros
+    there, so what is read does not matter)."""
+    rows = (lo[0][:, None] + torch.arange(size[0], device=maps.device)).clamp(0, maps.shape[2] - 1)  # [B, h]
+    cols = (lo[1][:, None] + torch.arange(size[1], device=maps.device)).clamp(0, maps.shape[3] - 1)  # [B, w]
+    channels = torch.arange(maps.shape[1], device=maps.device)
+    return maps[image[:, None, None, None], channels[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
 
 
 def _buffer(workspace: dict[tuple, torch.Tensor], key: tuple, shape: tuple[int, ...], dtype: torch.dtype,

@@ -1,0 +1,37 @@
+"""``GuidedBackpropSnapshots``: for each chosen map's strongest unit on a fixed probe set, the deconvnet's
+projection beside guided backpropagation's (Springenberg et al. 2015), at chosen epochs and at the end of fit.
+The README's "Write your own callback" walks through this file."""
+
+from collections.abc import Sequence
+
+import torch
+
+from callbacks.common import (ProbedAnalysis, check_layers, check_positive, chosen_maps, evaluating, log_image,
+                              network_of, tag)
+from zfexp.pictures import strongest_unit_tiles
+from zfexp.render import image_grid
+
+
+class GuidedBackpropSnapshots(ProbedAnalysis):
+    """Args: epochs (besides the end of fit), conv layers, maps per layer, probe images, seed."""
+
+    def __init__(self, epochs: Sequence[int] = (), layers: Sequence[str] = ("conv3", "conv5"),
+                 maps_per_layer: int = 4, probe_size: int = 64, seed: int = 0):
+        super().__init__(epochs, probe_size, seed)  # checks epochs and probe_size, keeps the probe in the ckpt
+        check_positive("GuidedBackpropSnapshots", maps_per_layer=maps_per_layer)
+        self.layers, self.maps_per_layer = list(layers), maps_per_layer
+
+    def setup(self, trainer, pl_module, stage):
+        super().setup(trainer, pl_module, stage)  # epochs beyond trainer.max_epochs fail here, before training
+        check_layers("GuidedBackpropSnapshots", network_of(pl_module), self.layers)
+
+    def analyse(self, trainer, pl_module, epoch):  # on rank zero, at the scheduled epochs; epoch None = end
+        net = network_of(pl_module)
+        images, _ = self.probe_batch(trainer, pl_module.device)  # the same images every time
+        with evaluating(net):  # eval mode, no grad; training mode restored afterwards
+            for layer, maps in chosen_maps(net, self.layers, self.maps_per_layer, self.seed).items():
+                tiles = [strongest_unit_tiles(net, images, layer, maps, rule=rule)  # [K, C, s, s] each
+                         for rule in ("deconvnet", "guided")]
+                log_image(trainer, f"guided_backprop/{layer}_{tag(epoch)}",
+                          image_grid(torch.stack(tiles, dim=1)),  # rows = maps; deconvnet | guided
+                          caption=f"{layer} maps {maps}: deconvnet (left), guided backprop (right)")
