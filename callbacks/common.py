@@ -1,5 +1,9 @@
-"""What the analysis callbacks share: the epoch schedule, layer checks, the fixed probe batch, the
-eval/no-grad context, "log this image to every logger and save it under the run dir", and scalars."""
+"""What the analysis callbacks share: the epoch schedule (``ScheduledAnalysis``), the fixed probe set kept in
+the checkpoint (``ProbedAnalysis``), the maps to show (``chosen_maps``), argument checks, the eval/no-grad
+context, and "log this image / figure / table / scalar to every logger and save it under the run dir".
+
+A new analysis callback subclasses ``ProbedAnalysis`` (or ``ScheduledAnalysis``) and writes ``analyse``;
+``callbacks/guided_backprop.py`` is the worked example the README walks through."""
 
 from __future__ import annotations
 
@@ -153,8 +157,7 @@ class ScheduledAnalysis(Callback):
 
 class ProbedAnalysis(ScheduledAnalysis):
     """A scheduled analysis of a fixed probe set: ``probe_size`` validation images chosen once (seeded) and
-    kept in the checkpoint, so a resumed run analyses the same images. Runs at ``epochs`` and at the end of
-    fit."""
+    kept in the checkpoint, so a resumed run analyses the same images. Scheduled as ``ScheduledAnalysis``."""
 
     def __init__(self, epochs: Sequence[int] = (), probe_size: int = 4, seed: int = 0,
                  every_n_epochs: int | None = None):
