@@ -123,9 +123,8 @@ class ScheduledAnalysis(Callback):
 
     def __init__(self, epochs: Sequence[int] = (), every_n_epochs: int | None = None):
         name = type(self).__name__
-        if every_n_epochs is not None and (isinstance(every_n_epochs, bool) or not isinstance(every_n_epochs, int)
-                                           or every_n_epochs < 1):
-            raise ValueError(f"{name}: every_n_epochs={every_n_epochs!r} must be an integer >= 1 or null")
+        if every_n_epochs is not None:
+            check_positive(name, every_n_epochs=every_n_epochs)
         self.epochs = check_epochs(name, epochs)
         self.every_n_epochs = every_n_epochs
 

@@ -9,5 +9,6 @@ from zfexp.data.imagenet import ImageFolderDataModule, load_rgb
 from zfexp.data.transforms import Preprocessing, base_transform, paper_transform
 
 __all__ = ["CIFAR10DataModule", "Caltech101DataModule", "Caltech256DataModule", "FashionMNISTDataModule",
-           "FashionMNISTFewShotDataModule", "FewShotDataModule", "ImageFolderFewShotDataModule", "few_shot_split", "ImageClassificationDataModule", "ImageFolderDataModule",
-           "Preprocessing", "base_transform", "compute_mean_image", "load_rgb", "paper_transform"]
+           "FashionMNISTFewShotDataModule", "FewShotDataModule", "ImageClassificationDataModule",
+           "ImageFolderDataModule", "ImageFolderFewShotDataModule", "Preprocessing", "base_transform",
+           "compute_mean_image", "few_shot_split", "load_rgb", "paper_transform"]

@@ -213,17 +213,21 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Runs on one process per node: fetch files if needed and cache the mean image."""
         self._ensure_files()
-        if self.preprocess.mean_image and self.mean is None:  # a pretrained network brings its own mean image
-            self._load_or_compute_mean()
+        self._ensure_mean()
 
     def _ensure_files(self) -> None:
         """Make the raw files available under ``root``; raise with a clear message when they are not."""
 
+    def _ensure_mean(self) -> None:
+        """``self.mean``, once, when the preprocessing subtracts it: from the cache or computed; a mean image
+        already set (brought by a pretrained network, or restored from a checkpoint) is kept."""
+        if self.preprocess.mean_image and self.mean is None:
+            self.mean = self._load_or_compute_mean()
+
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
-        if self.preprocess.mean_image and self.mean is None:
-            self.mean = self._load_or_compute_mean()
+        self._ensure_mean()
         train_tf = paper_transform(self.preprocess, self.mean, train=True)
         train_full = self._split("train", train_tf)
         train_idx, _ = self._split_indices(len(train_full))

@@ -17,6 +17,15 @@ from zfexp.data.classes import dataset_targets
 from zfexp.data.transforms import paper_transform
 
 
+def check_split_args(train_per_class: int, test_per_class: int | None, fold: int) -> None:
+    if train_per_class < 1:
+        raise ValueError(f"data.train_per_class={train_per_class}: must be at least 1")
+    if test_per_class is not None and test_per_class < 1:
+        raise ValueError(f"data.test_per_class={test_per_class}: must be at least 1, or null (all the rest)")
+    if fold < 0:
+        raise ValueError(f"data.fold={fold}: must be >= 0")
+
+
 def few_shot_split(targets: Sequence[int], train_per_class: int, test_per_class: int | None = 50,
                    fold: int = 0, seed: int = 0, class_names: Sequence[str] | None = None
                    ) -> tuple[list[int], list[int]]:
@@ -27,12 +36,7 @@ def few_shot_split(targets: Sequence[int], train_per_class: int, test_per_class:
     A class with no more than ``train_per_class`` items (no test image left) is an error that names it
     (``class_names[label]`` where given).
     """
-    if train_per_class < 1:
-        raise ValueError(f"data.train_per_class={train_per_class}: must be at least 1")
-    if test_per_class is not None and test_per_class < 1:
-        raise ValueError(f"data.test_per_class={test_per_class}: must be at least 1, or null (all the rest)")
-    if fold < 0:
-        raise ValueError(f"data.fold={fold}: must be >= 0")
+    check_split_args(train_per_class, test_per_class, fold)
     labels = np.asarray(targets)
     rng = np.random.default_rng([seed, fold])
     train, test = [], []
@@ -74,9 +78,7 @@ class FewShotDataModule(ImageClassificationDataModule):
             raise ValueError(f"data.epoch_size={epoch_size}: must be a positive number of images, or null")
         self.train_per_class, self.test_per_class = train_per_class, test_per_class
         self.fold, self.epoch_size = fold, epoch_size
-        # Fail on a bad N or fold before anything is read.
-        if train_per_class < 1 or fold < 0 or (test_per_class is not None and test_per_class < 1):
-            few_shot_split([0, 0], train_per_class, test_per_class, fold)
+        check_split_args(train_per_class, test_per_class, fold)  # before anything is read
 
     @cached_property
     def split_indices(self) -> tuple[list[int], list[int]]:
@@ -88,8 +90,7 @@ class FewShotDataModule(ImageClassificationDataModule):
     def pool_dataset(self) -> Dataset:
         """Every image of the pool (kept classes), one centre crop each ``[C, S, S]``, indexed as
         :attr:`split_indices`: what features are extracted from."""
-        if self.preprocess.mean_image and self.mean is None:
-            self.mean = self._load_or_compute_mean()
+        self._ensure_mean()
         single = dataclasses.replace(self.preprocess, ten_crop=False)
         return self._split("train", paper_transform(single, self.mean, train=False))
 
@@ -99,8 +100,7 @@ class FewShotDataModule(ImageClassificationDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
-        if self.preprocess.mean_image and self.mean is None:
-            self.mean = self._load_or_compute_mean()  # over the whole pool: no labels involved
+        self._ensure_mean()  # over the whole pool: no labels involved
         train_idx, _ = self.split_indices
         self.data_train = Subset(self._split("train", paper_transform(self.preprocess, self.mean, train=True)),
                                  train_idx)

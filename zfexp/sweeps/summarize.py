@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import dataclasses
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -39,7 +38,7 @@ class Job:
     status: str  # completed | failed | unfinished
     error: str | None
     metrics: dict
-    config: dict = dataclasses.field(default_factory=dict)  # the job's resolved config (empty if none)
+    config: dict = field(default_factory=dict)  # the job's resolved config (empty if none)
 
     @property
     def paper(self) -> PaperRow | None:
