@@ -16,12 +16,14 @@ os.environ.setdefault("ZFEXP_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from zfexp.reporting import reported_errors  # noqa: E402
 from zfexp.task import train  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with reported_errors():
+        metrics = train(cfg)
     # Sweepers (Optuna, Ax, ...) minimise what this returns.
     value = metrics.get(cfg.get("optimized_metric") or "")
     return float(value) if value is not None else None

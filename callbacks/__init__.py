@@ -1,6 +1,6 @@
 """Lightning callbacks: thin glue that schedules an analysis from ``zfexp`` and logs its result."""
 
-from callbacks.checkpoint import CrashSafeCheckpoint
+from callbacks.checkpoint import BestCheckpoint, ResumeCheckpoint
 from callbacks.deconv_snapshots import DeconvSnapshots
 from callbacks.filter_diagnostics import FilterDiagnostics
 from callbacks.filter_renorm import FilterRenorm
@@ -9,5 +9,5 @@ from callbacks.invariance_curves import InvarianceCurves
 from callbacks.occlusion_maps import OcclusionMaps
 from callbacks.top_activations import TopActivations
 
-__all__ = ["CrashSafeCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "GuidedBackpropSnapshots",
-           "InvarianceCurves", "OcclusionMaps", "TopActivations"]
+__all__ = ["BestCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "GuidedBackpropSnapshots",
+           "InvarianceCurves", "OcclusionMaps", "ResumeCheckpoint", "TopActivations"]

@@ -22,6 +22,8 @@ from zfexp.data.transforms import displayable
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.outputs import write_figure, write_image, write_table
 from zfexp.pictures import chosen_maps  # noqa: F401  (one of the pieces callbacks reuse)
+from zfexp.errors import InvalidValueError
+from zfexp.random_state import preserved_random_state
 
 
 def network_of(pl_module: L.LightningModule) -> nn.Module:
@@ -33,14 +35,14 @@ def check_epochs(owner: str, epochs: Sequence[int]) -> list[int]:
     """Epoch numbers count from 1 (epoch 1 = after the first pass over the data), as in the paper."""
     bad = [e for e in epochs if isinstance(e, bool) or not isinstance(e, int) or e < 1]
     if bad:
-        raise ValueError(f"{owner}: epochs={list(epochs)} has {bad}; epochs are integers >= 1 (1 = after the first)")
+        raise InvalidValueError(f"{owner}: epochs={list(epochs)} has {bad}; epochs are integers >= 1 (1 = after the first)")
     return sorted(set(epochs))
 
 
 def check_epochs_fit(owner: str, epochs: Sequence[int], trainer: L.Trainer) -> None:
     max_epochs = trainer.max_epochs
     if max_epochs is not None and max_epochs > 0 and any(e > max_epochs for e in epochs):
-        raise ValueError(f"{owner}: epochs {[e for e in epochs if e > max_epochs]} are beyond "
+        raise InvalidValueError(f"{owner}: epochs {[e for e in epochs if e > max_epochs]} are beyond "
                          f"trainer.max_epochs={max_epochs}; valid: 1..{max_epochs}")
 
 
@@ -49,7 +51,7 @@ def check_layers(owner: str, model: nn.Module, layers: Sequence[str]) -> None:
         try:
             forward_prefix(model, layer)
         except ValueError as err:
-            raise ValueError(f"{owner}: {err}") from err
+            raise InvalidValueError(f"{owner}: {err}") from err
 
 
 def is_quiet(trainer: L.Trainer) -> bool:
@@ -151,7 +153,10 @@ class ScheduledAnalysis(Callback):
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         if is_quiet(trainer) or not trainer.is_global_zero:
             return
-        self.analyse(trainer, pl_module, epoch)
+        # Whatever the analysis draws (a DataLoader's seed, a random choice), training's random numbers stay as
+        # they were: the run's numbers do not depend on which analyses ran, and DDP ranks stay in step.
+        with preserved_random_state():
+            self.analyse(trainer, pl_module, epoch)
 
 
 class ProbedAnalysis(ScheduledAnalysis):
@@ -184,7 +189,7 @@ def check_positive(owner: str, **values) -> None:
     """Each keyword is a count that must be an integer >= 1; the error names the key and the value."""
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{owner}: {key}={value!r} must be a positive integer")
+            raise InvalidValueError(f"{owner}: {key}={value!r} must be a positive integer")
 
 
 def for_display(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 
 from callbacks.common import network_of
 from zfexp.analysis import conv_layers, renormalize_filter_masks_
+from zfexp.errors import InvalidValueError
 
 
 class FilterRenorm(Callback):
@@ -26,9 +27,9 @@ class FilterRenorm(Callback):
 
     def __init__(self, radius: float = 0.1, layers: Sequence[str] | None = None, enabled: bool = True):
         if not radius > 0:
-            raise ValueError(f"FilterRenorm: radius={radius!r} must be positive")
+            raise InvalidValueError(f"FilterRenorm: radius={radius!r} must be positive")
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
-            raise ValueError(f"FilterRenorm: layers={layers!r} must be a list of layer names or null")
+            raise InvalidValueError(f"FilterRenorm: layers={layers!r} must be a list of layer names or null")
         self.radius = float(radius)
         self.enabled = bool(enabled)
         self.layers = list(layers) if layers is not None else None

@@ -12,6 +12,7 @@ from callbacks.common import (ProbedAnalysis, class_names, evaluating, log_figur
 from zfexp.analysis import TRANSFORMS, invariance_curves
 from zfexp.analysis.layers import check_feature_layers
 from zfexp.figures import invariance_figure
+from zfexp.errors import InvalidValueError
 
 
 class InvarianceCurves(ProbedAnalysis):
@@ -27,7 +28,7 @@ class InvarianceCurves(ProbedAnalysis):
         super().__init__(epochs, probe_size, seed)
         bad = [t for t in transforms if t not in TRANSFORMS]
         if bad or not transforms:
-            raise ValueError(f"InvarianceCurves: transforms={list(transforms)}; valid: {', '.join(TRANSFORMS)}")
+            raise InvalidValueError(f"InvarianceCurves: transforms={list(transforms)}; valid: {', '.join(TRANSFORMS)}")
         self.transforms, self.layers = list(transforms), list(layers)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -35,7 +36,7 @@ class InvarianceCurves(ProbedAnalysis):
         try:
             check_feature_layers(network_of(pl_module), self.layers)
         except ValueError as err:
-            raise ValueError(f"InvarianceCurves: {err}") from err
+            raise InvalidValueError(f"InvarianceCurves: {err}") from err
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)

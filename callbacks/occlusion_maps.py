@@ -11,6 +11,7 @@ from callbacks.common import (ProbedAnalysis, check_layers, class_names, evaluat
                               log_table, network_of, occluder_fill, tag)
 from zfexp.analysis import occlusion_maps
 from zfexp.figures import occlusion_figure
+from zfexp.errors import InvalidValueError
 
 
 class OcclusionMaps(ProbedAnalysis):
@@ -28,7 +29,7 @@ class OcclusionMaps(ProbedAnalysis):
         super().__init__(epochs, probe_size, seed)
         for name, value in (("patch", patch), ("stride", stride)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"OcclusionMaps: {name}={value!r} must be a positive integer or null")
+                raise InvalidValueError(f"OcclusionMaps: {name}={value!r} must be a positive integer or null")
         self.patch, self.stride, self.feature_layer, self.batch_size = patch, stride, feature_layer, batch_size
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -36,7 +37,7 @@ class OcclusionMaps(ProbedAnalysis):
         check_layers("OcclusionMaps", network_of(pl_module), [self.feature_layer])
         size = getattr(pl_module, "hparams", {}).get("input_size")
         if self.patch is not None and size is not None and self.patch > size:
-            raise ValueError(f"OcclusionMaps: patch={self.patch} is larger than the {size}x{size} input; "
+            raise InvalidValueError(f"OcclusionMaps: patch={self.patch} is larger than the {size}x{size} input; "
                              f"valid: 1..{size}")
 
     def geometry(self, image_side: int) -> tuple[int, int]:

@@ -33,6 +33,9 @@ from zfexp.module import ImageClassifier
 from zfexp.outputs import write_figure, write_image, write_table
 from zfexp.pictures import chosen_maps, strongest_unit_tiles, top_k_sheet
 from zfexp.render import image_grid
+from zfexp.errors import InvalidValueError
+from zfexp.transfer import load_pretrained
+from zfexp.reporting import reported_errors
 
 ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
 
@@ -117,7 +120,7 @@ class Analysis:
         if self.labelled:
             chosen = [i for i in range(len(self.dataset)) if int(self.dataset[i][1]) == c.class_index]
             if len(chosen) < 2:
-                raise ValueError(f"correspondence.class_index={c.class_index}: fewer than 2 images of that class")
+                raise InvalidValueError(f"correspondence.class_index={c.class_index}: fewer than 2 images of that class")
             images, _ = stack_dataset(self.dataset, chosen[: c.num_images])
         else:
             images, _ = stack_dataset(self.dataset, range(min(c.num_images, len(self.dataset))))
@@ -149,7 +152,7 @@ class Analysis:
 def _box(frac, height: int, width: int) -> tuple[int, int, int, int]:
     """Fractions ``(top, left, bottom, right)`` of the image side -> an inclusive pixel box."""
     if len(frac) != 4 or not all(0.0 <= float(f) <= 1.0 for f in frac) or frac[0] > frac[2] or frac[1] > frac[3]:
-        raise ValueError(f"correspondence.parts: box {list(frac)}; valid: [top, left, bottom, right] as fractions "
+        raise InvalidValueError(f"correspondence.parts: box {list(frac)}; valid: [top, left, bottom, right] as fractions "
                          "of the side in [0, 1], top <= bottom, left <= right")
     top, left = int(float(frac[0]) * (height - 1)), int(float(frac[1]) * (width - 1))
     return top, left, int(float(frac[2]) * (height - 1)), int(float(frac[3]) * (width - 1))
@@ -159,15 +162,13 @@ def check_config(cfg: DictConfig) -> None:
     """Stop on a bad value before anything is loaded."""
     bad = [a for a in cfg.analyses if a not in ANALYSES]
     if bad or not cfg.analyses:
-        raise ValueError(f"analyses={list(cfg.analyses)} has {bad or 'nothing'}; valid: {', '.join(ANALYSES)}")
+        raise InvalidValueError(f"analyses={list(cfg.analyses)} has {bad or 'nothing'}; valid: {', '.join(ANALYSES)}")
     bad = [t for t in cfg.invariance.transforms if t not in TRANSFORMS]
     if bad:
-        raise ValueError(f"invariance.transforms={list(cfg.invariance.transforms)} has {bad}; valid: "
+        raise InvalidValueError(f"invariance.transforms={list(cfg.invariance.transforms)} has {bad}; valid: "
                          f"{', '.join(TRANSFORMS)}")
     check_device(cfg.device)
-    if not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such file; give a .ckpt written by train.py "
-                                "(logs/train/runs/<time>/checkpoints/)")
+    load_pretrained(cfg.ckpt_path, key="ckpt_path")  # a complete checkpoint of ours, before anything is built
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
@@ -176,7 +177,7 @@ def data_config(cfg: DictConfig) -> DictConfig:
         return cfg.data
     run_config = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
     if not run_config.is_file():
-        raise ValueError(f"data: not given and {run_config} (the checkpoint run's config) does not exist; pass "
+        raise InvalidValueError(f"data: not given and {run_config} (the checkpoint run's config) does not exist; pass "
                          "data=<fashion_mnist|cifar10|imagenet> to say which data the model was trained on")
     return OmegaConf.load(run_config).data
 
@@ -212,7 +213,8 @@ def analyze(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    analyze(cfg)
+    with reported_errors():
+        analyze(cfg)
 
 
 if __name__ == "__main__":

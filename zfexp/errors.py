@@ -1,13 +1,30 @@
-"""Errors with messages meant for the user: each names the bad value or file and what would be valid."""
+"""Errors with messages meant for the user: each names the bad value or file and what would be valid.
+
+Every one of them is a :class:`UserError`; the entry points (``train.py``, ``zfexp.analyze``,
+``zfexp.features``) end on one with its message alone (see :func:`zfexp.reporting.reported_errors`).
+"""
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class UserError(Exception):
+    """Something the user gave (a config value, a file, the data) or the run itself (a diverged loss) is wrong,
+    and the message says what and how to fix it: a traceback would add nothing."""
+
+
+class InvalidValueError(UserError, ValueError):
+    """A value (a config key, an argument) is not valid; the message names it and what is valid."""
+
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset's files are missing or unreadable; the message says which and how to get them."""
 
 
-class CorruptImageError(OSError):
+class CorruptImageError(UserError, OSError):
     """An image file cannot be decoded; the message names the file."""
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+class CheckpointError(UserError, FileNotFoundError):
+    """A checkpoint path names no file, or a file that is not (or no longer) a complete checkpoint."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the message names the checkpoint to resume from."""

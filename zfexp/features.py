@@ -29,24 +29,26 @@ from zfexp.module import ImageClassifier
 from zfexp.outputs import write_table
 from zfexp.sweeps.paper import TABLE7
 from zfexp.transfer import check_compatible, load_pretrained
+from zfexp.errors import InvalidValueError
+from zfexp.reporting import reported_errors
 
 
 def check_config(cfg: DictConfig) -> None:
     """Stop on a bad value before anything is loaded."""
     if not cfg.classifiers or any(c not in CLASSIFIERS for c in cfg.classifiers):
-        raise ValueError(f"classifiers={list(cfg.classifiers)}; valid: a non-empty list of {', '.join(CLASSIFIERS)}")
+        raise InvalidValueError(f"classifiers={list(cfg.classifiers)}; valid: a non-empty list of {', '.join(CLASSIFIERS)}")
     if not isinstance(cfg.folds, int) or cfg.folds < 1:
-        raise ValueError(f"folds={cfg.folds}: must be a positive integer (paper: 5)")
+        raise InvalidValueError(f"folds={cfg.folds}: must be a positive integer (paper: 5)")
     check_device(cfg.device)
     if cfg.max_side is not None and cfg.max_side < 1:
-        raise ValueError(f"max_side={cfg.max_side}: must be a positive map side, or null (no pooling)")
+        raise InvalidValueError(f"max_side={cfg.max_side}: must be a positive map side, or null (no pooling)")
 
 
 def fold_datamodules(cfg: DictConfig) -> list[FewShotDataModule]:
     """One datamodule per fold (``data.fold`` = 0..folds-1); the data must be a few-shot one."""
     target = cfg.data.get("_target_")
     if not target or not issubclass(get_class(target), FewShotDataModule):
-        raise ValueError(f"data={target}: features by layer needs a few-shot dataset with N images per class; "
+        raise InvalidValueError(f"data={target}: features by layer needs a few-shot dataset with N images per class; "
                          "valid: data=caltech101, caltech256, image_folder_few_shot, fashion_mnist_few_shot")
     modules = []
     for fold in range(cfg.folds):
@@ -90,11 +92,11 @@ def features_by_layer(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     with closing_wandb():
         folds = fold_datamodules(cfg)
-        pretrained = load_pretrained(cfg.ckpt_path)
+        pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path")
         net = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu").net.eval()
         missing = [layer for layer in cfg.layers if layer not in getattr(net, "layer_names", ())]
         if missing:
-            raise ValueError(f"layers={list(cfg.layers)}: {missing} not in the network; valid: "
+            raise InvalidValueError(f"layers={list(cfg.layers)}: {missing} not in the network; valid: "
                              f"{', '.join(n for n in net.layer_names if n != 'fc8')}")
         first = folds[0]
         first.prepare_data()
@@ -139,7 +141,8 @@ def features_by_layer(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="features")
 def main(cfg: DictConfig) -> None:
-    features_by_layer(cfg)
+    with reported_errors():
+        features_by_layer(cfg)
 
 
 if __name__ == "__main__":

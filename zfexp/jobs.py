@@ -15,13 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from zfexp.loggers import finish_wandb
 from zfexp.task import instantiate_dict, output_dir
+from zfexp.errors import InvalidValueError
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
 def check_device(name: str) -> None:
     if name not in DEVICES:
-        raise ValueError(f"device={name!r}; valid: {', '.join(DEVICES)}")
+        raise InvalidValueError(f"device={name!r}; valid: {', '.join(DEVICES)}")
 
 
 def device_of(name: str) -> torch.device:

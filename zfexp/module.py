@@ -3,6 +3,7 @@ paper's metrics (top-1 and top-5 error in %) for train / val / test."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,13 +11,23 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
-from torchmetrics import MetricCollection
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from zfexp.errors import NonFiniteLossError
+from zfexp.errors import InvalidValueError, NonFiniteLossError
+from zfexp.random_state import random_state, set_random_state
+
+log = logging.getLogger(__name__)
+
+# Optimizer settings that a resumed run may change: a value given now that differs from the checkpoint's wins
+# over the restored optimizer's (lowering module.lr is how a diverged run is recovered).
+RESUMABLE_SETTINGS = ("lr", "momentum", "weight_decay")
+PAPER_LR = 1e-2
 
 
 class TopKError(MulticlassAccuracy):
@@ -47,7 +58,7 @@ def frozen_children(net: nn.Module, freeze: str | None) -> list[str]:
         return []
     paper = [n for n in getattr(net, "layer_names", ()) if n != "fc8"]
     if freeze not in paper:
-        raise ValueError(f"freeze={freeze!r} is not a layer of this network that can be fixed; valid: "
+        raise InvalidValueError(f"freeze={freeze!r} is not a layer of this network that can be fixed; valid: "
                          f"{', '.join(paper)} (layers 1 up to this one stay fixed), or null (train everything)")
     names = [n for n, _ in net.named_children()]
     following = paper[paper.index(freeze) + 1:] + ["fc8"]
@@ -70,6 +81,11 @@ class ImageClassifier(L.LightningModule):
 
     Batches are ``(images [B, C, S, S], labels [B])``; evaluation images may be ``[B, n_crops, C, S, S]``,
     in which case the softmax is averaged over the crops (the paper's 10-crop evaluation).
+
+    Resuming: checkpoints hold the global random generators' states and, when taken mid-epoch, the epoch's
+    training metrics so far, so a resumed run continues with the numbers the uninterrupted run would have
+    drawn and reports the same epoch metrics. ``lr``, ``momentum`` and ``weight_decay`` given to a resumed run
+    that differ from the checkpoint's replace the restored optimizer's.
     """
 
     def __init__(
@@ -90,11 +106,11 @@ class ImageClassifier(L.LightningModule):
         if isinstance(net, DictConfig):
             net = OmegaConf.to_container(net, resolve=True)
         if lr <= 0:
-            raise ValueError(f"module.lr={lr}: must be positive")
+            raise InvalidValueError(f"module.lr={lr}: must be positive")
         if not 0 <= momentum < 1:
-            raise ValueError(f"module.momentum={momentum}: must be in [0, 1)")
+            raise InvalidValueError(f"module.momentum={momentum}: must be in [0, 1)")
         if weight_decay < 0:
-            raise ValueError(f"module.weight_decay={weight_decay}: must be >= 0")
+            raise InvalidValueError(f"module.weight_decay={weight_decay}: must be >= 0")
         self.save_hyperparameters({"net": dict(net), "num_classes": num_classes, "in_channels": in_channels,
                                    "input_size": input_size, "lr": lr, "momentum": momentum,
                                    "weight_decay": weight_decay,
@@ -106,7 +122,7 @@ class ImageClassifier(L.LightningModule):
         except InstantiationException as err:
             # The builders' messages start with the option's name; say which config node it belongs to.
             cause = err.__cause__ if isinstance(err.__cause__, ValueError) else err
-            raise ValueError(f"model.{cause}") from err
+            raise InvalidValueError(f"model.{cause}") from err
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.frozen = frozen_children(self.net, freeze)
@@ -118,8 +134,10 @@ class ImageClassifier(L.LightningModule):
         metrics = MetricCollection({"top1_err": TopKError(num_classes, 1), "top5_err": TopKError(num_classes, top5),
                                     "mean_class_acc": MeanClassAccuracy(num_classes)})
         self.train_metrics = metrics.clone(prefix="train/")
+        self.train_loss = MeanMetric()  # the epoch's mean training loss, kept in mid-epoch checkpoints
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        self._restored: dict[str, Any] | None = None  # what on_load_checkpoint read, applied at on_train_start
 
     def train(self, mode: bool = True) -> ImageClassifier:
         """As ``nn.Module.train``, but the fixed layers always stay in eval mode."""
@@ -139,17 +157,69 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         if not torch.isfinite(loss):
-            # Raised before backward and the optimizer step, so the weights (and every checkpoint) stay as
-            # they were; resuming from the last checkpoint with a lower LR is the usual way out.
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer else float("nan")
-            raise NonFiniteLossError(
-                f"train/loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step} "
-                f"(lr={lr:g}). Training stopped before this step's update; the last checkpoint is intact. "
-                "Resume with ckpt_path=last and a lower module.lr, or check the inputs (data.preprocess).")
+            # Raised before backward and the optimizer step: the diverged weights are never stepped further,
+            # and no checkpoint is written from them (see callbacks.ResumeCheckpoint).
+            raise NonFiniteLossError(self._divergence_message(loss.item()))
         self.train_metrics.update(logits.detach(), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        self.train_loss.update(loss.detach(), weight=labels.numel())
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=False)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=False)
         return loss
+
+    def _divergence_message(self, loss: float) -> str:
+        trainer = self._trainer
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer is not None and trainer.optimizers else None
+        where = f"train/loss is {loss} at epoch {self.current_epoch + 1}, global step {self.global_step}"
+        where += f" (lr={lr:g})" if lr is not None else ""
+        latest = next((c.latest_checkpoint for c in (trainer.checkpoint_callbacks if trainer else [])
+                       if getattr(c, "latest_checkpoint", None)), None)
+        # Tenfold lower, and at most the paper's 0.01: from a wildly wrong lr one resume is enough.
+        lower = f"module.lr={min(lr / 10, PAPER_LR):g}" if lr is not None else "a lower module.lr"
+        if latest is None:
+            return (f"{where}. Training stopped before this step's update. This run wrote no checkpoint to resume "
+                    f"from: start again with {lower}, or check the inputs (data.preprocess).")
+        path, step = latest
+        return (f"{where}. Training stopped before this step's update; the newest checkpoint, {path} (global step "
+                f"{step}), holds the weights from before the divergence. Resume from it with a lower learning "
+                f"rate: python train.py ckpt_path=last {lower} (and the rest of this run's overrides).")
+
+    # -- resuming ------------------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["random_state"] = random_state()
+        trainer = self._trainer
+        if trainer is not None and trainer.training and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # Mid-epoch: the epoch's metrics so far (torchmetrics keeps its states out of state_dict). At the
+            # epoch's end they belong to the finished epoch, and the resumed run starts the next one afresh.
+            checkpoint["train_metric_states"] = {"metrics": _metric_states(self.train_metrics),
+                                                 "loss": _metric_states(self.train_loss)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored = checkpoint
+
+    def on_train_start(self) -> None:
+        """Apply a resumed checkpoint's random states, epoch metrics and changed optimizer settings, now that
+        Lightning has restored the optimizer and the sanity check has run."""
+        restored, self._restored = self._restored, None
+        if restored is None:
+            return
+        if restored.get("random_state") is not None:
+            set_random_state(restored["random_state"])
+        if restored.get("train_metric_states") is not None:
+            _load_metric_states(self.train_metrics, restored["train_metric_states"]["metrics"])
+            _load_metric_states(self.train_loss, restored["train_metric_states"]["loss"])
+            self.train_metrics.to(self.device), self.train_loss.to(self.device)
+        before = restored.get("hyper_parameters") or {}
+        for key in RESUMABLE_SETTINGS:
+            old, new = before.get(key), self.hparams[key]
+            if old is None or old == new:
+                continue
+            for optimizer in self.trainer.optimizers:
+                for group in optimizer.param_groups:
+                    current, group[key] = group[key], new
+                    if key == "lr":
+                        group["initial_lr"] = new
+            log.info("module.%s=%g replaces the checkpoint's %g (its optimizer was at %g)", key, new, old, current)
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
         images, labels = batch
@@ -172,6 +242,22 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
 
+    def on_validation_epoch_end(self) -> None:
+        """Step the plateau scheduler on this epoch's validation error here, not after the epoch's end as
+        Lightning would: the epoch's checkpoint, written when validation ends, then holds the stepped scheduler,
+        and a run resumed from it anneals the LR as the uninterrupted run did."""
+        trainer = self.trainer
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        for config in trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, ReduceLROnPlateau):
+                config.scheduler.step(self.val_metrics.compute()[config.monitor])
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if isinstance(scheduler, ReduceLROnPlateau):
+            return  # stepped in on_validation_epoch_end
+        super().lr_scheduler_step(scheduler, metric)
+
     def configure_optimizers(self):
         hp = self.hparams
         trainable = [p for p in self.parameters() if p.requires_grad]
@@ -179,13 +265,30 @@ class ImageClassifier(L.LightningModule):
         if not hp.lr_plateau:
             return optimizer
         # The paper anneals "manually when the validation error plateaus": automated here.
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **hp.lr_plateau)
+        scheduler = ReduceLROnPlateau(optimizer, mode="min", **hp.lr_plateau)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": "val/top1_err", "interval": "epoch"}}
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
+
+
+def _metric_states(metric: nn.Module) -> dict[str, Any]:
+    """A torchmetrics metric's (or collection's) accumulated states, which its ``state_dict`` leaves out."""
+    metric.persistent(True)
+    try:
+        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in metric.state_dict().items()}
+    finally:
+        metric.persistent(False)
+
+
+def _load_metric_states(metric: nn.Module, states: dict[str, Any]) -> None:
+    metric.persistent(True)
+    try:
+        metric.load_state_dict(states, strict=False)
+    finally:
+        metric.persistent(False)
 
 
 def is_finite_model(model: nn.Module) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from zfexp.render import save_png
+from zfexp.errors import InvalidValueError
 
 
 def file_key(key: str) -> str:
@@ -68,7 +69,7 @@ def write_table(run_dir: str | Path, loggers: Sequence, key: str, rows: Sequence
     """``rows`` (dicts with the same keys) as ``<run_dir>/tables/<key>.csv`` and as a table in every logger
     that takes tables (a W&B table)."""
     if not rows:
-        raise ValueError(f"write_table({key!r}): no rows")
+        raise InvalidValueError(f"write_table({key!r}): no rows")
     columns = list(rows[0])
     path = write_csv(Path(run_dir) / "tables" / (file_key(key) + ".csv"), rows)
     data = [[_plain(row[c]) for c in columns] for row in rows]

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 from torchvision.utils import save_image
+from zfexp.errors import InvalidValueError
 
 NORMALISE = ("symmetric", "minmax", "none")
 
@@ -19,7 +20,7 @@ NORMALISE = ("symmetric", "minmax", "none")
 def normalise_tiles(tiles: torch.Tensor, mode: str = "symmetric") -> torch.Tensor:
     """Scale each tile of ``[..., C, h, w]`` into [0, 1] on its own."""
     if mode not in NORMALISE:
-        raise ValueError(f"normalise={mode!r}: valid values are {', '.join(NORMALISE)}")
+        raise InvalidValueError(f"normalise={mode!r}: valid values are {', '.join(NORMALISE)}")
     t = tiles.detach().float()
     if mode == "none":
         return t.clamp(0, 1)
@@ -39,7 +40,7 @@ def image_grid(tiles: torch.Tensor, normalise: str = "symmetric", pad: int = 1, 
     Tiles smaller than ``min_tile`` are enlarged by a whole factor (nearest), so a 5x5 conv1 field is visible.
     """
     if tiles.dim() != 5:
-        raise ValueError(f"tiles must be [rows, cols, C, h, w]; got shape {tuple(tiles.shape)}")
+        raise InvalidValueError(f"tiles must be [rows, cols, C, h, w]; got shape {tuple(tiles.shape)}")
     t = normalise_tiles(tiles, normalise)
     scale = max(1, -(-min_tile // max(tiles.shape[-2:])))
     if scale > 1:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,9 @@ import zfexp.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from zfexp.loggers import finish_wandb
 from zfexp.module import ImageClassifier
 from zfexp.transfer import check_compatible, load_all_but_classifier_, load_pretrained
+from zfexp.checkpoints import RESUMABLE, check_checkpoint_file, newest_resumable
+from zfexp.errors import CheckpointError, InvalidValueError
+from zfexp.reporting import user_message
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +46,61 @@ def output_dir(cfg: DictConfig) -> Path:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str, current_run: Path) -> str | None:
-    """``"last"`` -> the newest ``last.ckpt`` among this task's earlier runs; a path must exist."""
+    """``"last"`` -> the newest complete ``last.ckpt`` or ``last_step.ckpt`` among this task's earlier runs; a
+    path must be a complete checkpoint file."""
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "last":
         runs = Path(log_dir) / task_name / "runs"
-        candidates = [p for p in runs.glob("*/checkpoints/last.ckpt") if p.parent.parent != current_run]
-        if not candidates:
-            raise FileNotFoundError(f"ckpt_path=last: no earlier run of task {task_name!r} has a last.ckpt "
-                                    f"(looked for {runs}/*/checkpoints/last.ckpt); give a checkpoint path instead")
-        return str(max(candidates, key=lambda p: p.stat().st_mtime))
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file; valid: a .ckpt path, 'last' "
-                                "(newest last.ckpt of this task) or null")
-    return str(ckpt_path)
+        newest = newest_resumable(runs, exclude=current_run)
+        if newest is None:
+            raise CheckpointError(f"ckpt_path=last: no earlier run of task {task_name!r} has a complete checkpoint to "
+                                  f"resume from (looked for {runs}/*/checkpoints/{{{','.join(RESUMABLE)}}}); give a "
+                                  "checkpoint path instead, or null to start afresh")
+        log.info("ckpt_path=last: resuming %s", newest)
+        return str(newest)
+    return str(check_checkpoint_file(ckpt_path, "ckpt_path"))
+
+
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's generator accepts, and so seed_everything
+
+
+def check_seed(seed: Any) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or
+                             not SEED_RANGE[0] <= seed <= SEED_RANGE[1]):
+        raise InvalidValueError(f"seed={seed!r}: must be an integer in {SEED_RANGE[0]}..{SEED_RANGE[1]}, or null (a "
+                                "seed is drawn and recorded in metrics.json)")
+
+
+def run_seed(seed: int | None) -> int:
+    """The seed this process runs with: the configured one; for ``seed=null`` one drawn from the OS, except in
+    the extra processes Lightning's DDP launches (``LOCAL_RANK`` > 0), which take rank zero's from
+    ``PL_GLOBAL_SEED`` so that every rank draws the same numbers."""
+    if seed is not None:
+        return int(seed)
+    if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("PL_GLOBAL_SEED"):
+        return int(os.environ["PL_GLOBAL_SEED"])
+    return secrets.randbelow(SEED_RANGE[1] + 1)
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """The epoch and step counts of ``trainer``: a run that would train nothing is an error, not a result."""
+    t = cfg.trainer
+    max_epochs, max_steps, min_epochs = t.get("max_epochs"), t.get("max_steps", -1), t.get("min_epochs")
+    for key, value in (("max_epochs", max_epochs), ("max_steps", max_steps), ("min_epochs", min_epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidValueError(f"trainer.{key}={value!r}: must be an integer")
+    if max_steps is not None and max_steps != -1 and max_steps < 1:
+        raise InvalidValueError(f"trainer.max_steps={max_steps}: must be a positive number of steps, or -1 (no limit: "
+                                "trainer.max_epochs decides)")
+    unlimited_steps = max_steps is None or max_steps == -1
+    if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
+        raise InvalidValueError(f"trainer.max_epochs={max_epochs}: must be at least 1 (the number of training "
+                                "epochs; paper: 70)")
+    if max_epochs == -1 and unlimited_steps:
+        raise InvalidValueError("trainer.max_epochs=-1 (no limit) needs trainer.max_steps: a run would never end")
+    if min_epochs is not None and max_epochs not in (None, -1) and not 0 <= min_epochs <= max_epochs:
+        raise InvalidValueError(f"trainer.min_epochs={min_epochs}: must be in 0..trainer.max_epochs={max_epochs}")
 
 
 def check_ablation_row(cfg: DictConfig) -> None:
@@ -62,7 +108,7 @@ def check_ablation_row(cfg: DictConfig) -> None:
     ablation = cfg.get("ablation") or {}
     rows, row = ablation.get("rows"), ablation.get("row")
     if rows is not None and row not in rows:
-        raise ValueError(f"ablation.row={row!r} is not a row of sweep {cfg.get('sweep_name')!r}; "
+        raise InvalidValueError(f"ablation.row={row!r} is not a row of sweep {cfg.get('sweep_name')!r}; "
                          f"valid: {', '.join(rows)}")
 
 
@@ -112,7 +158,7 @@ def build_module(cfg: DictConfig, datamodule) -> ImageClassifier:
     from_scratch, freeze = bool(cfg.get("from_scratch", False)), cfg.get("freeze")
     if not cfg.get("pretrained_ckpt"):
         if freeze is not None and not from_scratch:
-            raise ValueError(f"freeze={freeze}: fixing layers needs pretrained_ckpt=<a train.py checkpoint>; "
+            raise InvalidValueError(f"freeze={freeze}: fixing layers needs pretrained_ckpt=<a train.py checkpoint>; "
                              "or set freeze=null")
         return ImageClassifier(net=cfg.model, **dims, **options)
     pretrained = load_pretrained(cfg.pretrained_ckpt)
@@ -144,9 +190,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # The resolved config beside Hydra's unresolved .hydra/config.yaml: what this run really used.
         # Resolving first also stops a run with a missing mandatory value (e.g. data.root) before anything else.
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        if cfg.get("seed") is not None:
-            L.seed_everything(cfg.seed, workers=True)
+        check_seed(cfg.get("seed"))
+        check_trainer(cfg)
         ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, run_dir)
+        # Seeded before anything is built. What draws from the global generators from here on: the weights'
+        # initialisation and dropout. The data's order and augmentations have generators of their own.
+        metrics["seed"] = L.seed_everything(run_seed(cfg.get("seed")), workers=True, verbose=False)
 
         datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
         module = build_module(cfg, datamodule)
@@ -178,7 +227,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                        best_checkpoint=best)
         return metrics
     except BaseException as err:
-        metrics.update(status="failed", error=f"{type(err).__name__}: {err}")
+        metrics.update(status="failed", error=f"{type(err).__name__}: {user_message(err) or err}")
         raise
     finally:
         metrics["wall_time_s"] = round(time.time() - start, 2)

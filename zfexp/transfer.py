@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from zfexp.checkpoints import read_checkpoint
+from zfexp.errors import CheckpointError, InvalidValueError
 
 NEW_LAYER = "fc8"  # the classifier: always new, its width is the new number of classes
 
@@ -29,16 +31,14 @@ class Pretrained:
     mean_image: torch.Tensor | None  # the mean image its inputs were normalised with, when the checkpoint has it
 
 
-def load_pretrained(path: str | Path) -> Pretrained:
-    """Read a checkpoint written by ``train.py`` (a Lightning checkpoint of :class:`ImageClassifier`)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"pretrained_ckpt={path}: no such file; give a .ckpt written by train.py "
-                                "(logs/train/runs/<time>/checkpoints/last.ckpt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+def load_pretrained(path: str | Path, key: str = "pretrained_ckpt") -> Pretrained:
+    """Read a checkpoint written by ``train.py`` (a Lightning checkpoint of :class:`ImageClassifier`); errors
+    name the config ``key`` that gave the path."""
+    ckpt = read_checkpoint(path, key)
     hparams = ckpt.get("hyper_parameters") or {}
     if "net" not in hparams or "state_dict" not in ckpt:
-        raise ValueError(f"pretrained_ckpt={path}: not a checkpoint of zfexp's ImageClassifier (it has no "
-                         "hyper_parameters.net or state_dict); give a .ckpt written by train.py")
+        raise CheckpointError(f"{key}={path}: not a checkpoint of zfexp's ImageClassifier (it has no "
+                              "hyper_parameters.net or state_dict); give a .ckpt written by train.py")
     state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     # Lightning keeps a datamodule's state under its class name; ours holds the mean image.
     mean = next((v["mean_image"] for v in ckpt.values() if isinstance(v, dict) and "mean_image" in v), None)
@@ -49,7 +49,7 @@ def load_pretrained(path: str | Path) -> Pretrained:
 def check_compatible(pretrained: Pretrained, in_channels: int, input_size: int) -> None:
     """The new data must give the network images of the kind it was trained on."""
     if (pretrained.in_channels, pretrained.input_size) != (in_channels, input_size):
-        raise ValueError(
+        raise InvalidValueError(
             f"pretrained_ckpt={pretrained.path}: the network takes {pretrained.in_channels}-channel "
             f"{pretrained.input_size} px images, the data gives {in_channels}-channel {input_size} px ones; set "
             f"data.preprocess.input_size={pretrained.input_size} and use data with {pretrained.in_channels} channel(s)")
@@ -61,6 +61,6 @@ def load_all_but_classifier_(net: nn.Module, pretrained: Pretrained) -> list[str
     missing, unexpected = net.load_state_dict(kept, strict=False)
     wrong = [k for k in missing if not k.startswith(f"{NEW_LAYER}.")] + list(unexpected)
     if wrong:
-        raise ValueError(f"pretrained_ckpt={pretrained.path}: its weights do not fit the network built from its "
+        raise InvalidValueError(f"pretrained_ckpt={pretrained.path}: its weights do not fit the network built from its "
                          f"own config (mismatched keys {wrong[:6]})")
     return sorted(kept)

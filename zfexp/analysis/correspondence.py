@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from zfexp.analysis.layers import check_feature_layers, layer_outputs
+from zfexp.errors import InvalidValueError
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), inclusive, as receptive_field returns
 
@@ -53,11 +54,11 @@ def pairwise_sign_hamming(eps: torch.Tensor) -> torch.Tensor:
 
 def _check_boxes(name: str, boxes: Sequence[Box], n: int, height: int, width: int) -> None:
     if len(boxes) != n:
-        raise ValueError(f"correspondence: part {name!r} has {len(boxes)} boxes for {n} images; give one per image")
+        raise InvalidValueError(f"correspondence: part {name!r} has {len(boxes)} boxes for {n} images; give one per image")
     for box in boxes:
         top, left, bottom, right = box
         if not (0 <= top <= bottom < height and 0 <= left <= right < width):
-            raise ValueError(f"correspondence: part {name!r} box {tuple(box)} is not inside the {height}x{width} "
+            raise InvalidValueError(f"correspondence: part {name!r} box {tuple(box)} is not inside the {height}x{width} "
                              "image; boxes are (top, left, bottom, right), inclusive")
 
 
@@ -74,11 +75,11 @@ def correspondence(model: nn.Module, images: torch.Tensor, parts: Mapping[str, S
     """
     n, _, height, width = images.shape
     if n < 2:
-        raise ValueError(f"correspondence needs at least 2 images; got {n}")
+        raise InvalidValueError(f"correspondence needs at least 2 images; got {n}")
     if not parts:
-        raise ValueError("correspondence: parts is empty; give {part name: one box per image}")
+        raise InvalidValueError("correspondence: parts is empty; give {part name: one box per image}")
     if n_random < 0:
-        raise ValueError(f"correspondence: n_random={n_random} must be >= 0")
+        raise InvalidValueError(f"correspondence: n_random={n_random} must be >= 0")
     for name, boxes in parts.items():
         _check_boxes(name, boxes, n, height, width)
     check_feature_layers(model, layers)

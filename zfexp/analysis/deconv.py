@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from zfexp.errors import InvalidValueError
 
 RULES = ("deconvnet", "guided", "gradient")
 PASS_THROUGH = (nn.LocalResponseNorm, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
@@ -55,14 +56,14 @@ def forward_prefix(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
     names = [n for n, _ in leaves]
     convs = [n for n, m in leaves if isinstance(m, nn.Conv2d)]
     if layer not in convs:
-        raise ValueError(f"layer={layer!r} is not a conv layer of the model; valid: {', '.join(convs)}")
+        raise InvalidValueError(f"layer={layer!r} is not a conv layer of the model; valid: {', '.join(convs)}")
     end = names.index(layer)
     prefix = leaves[: end + 1]
     if end + 1 < len(leaves) and isinstance(leaves[end + 1][1], nn.ReLU):
         prefix.append(leaves[end + 1])
     for name, module in prefix:
         if not isinstance(module, SUPPORTED):
-            raise ValueError(f"the deconvnet cannot invert {type(module).__name__} at {name!r}; it supports "
+            raise InvalidValueError(f"the deconvnet cannot invert {type(module).__name__} at {name!r}; it supports "
                              f"{', '.join(t.__name__ for t in SUPPORTED)} below the projected layer")
     return prefix
 
@@ -82,7 +83,7 @@ class DeconvNet:
         picks whichever does fewer multiply-adds for the layer (whole maps win on small images).
         ``rule``: how the ReLUs are inverted, one of :data:`RULES` (see the module's docstring)."""
         if rule not in RULES:
-            raise ValueError(f"rule={rule!r}; valid: {', '.join(RULES)}")
+            raise InvalidValueError(f"rule={rule!r}; valid: {', '.join(RULES)}")
         self.model = model
         self.rule = rule
         self.max_elements = int(max_elements)
@@ -143,12 +144,12 @@ class DeconvNet:
         activation of the layer is zeroed before going down.
         """
         if mode not in ("max", "map"):
-            raise ValueError(f"mode={mode!r}: valid values are 'max' and 'map'")
+            raise InvalidValueError(f"mode={mode!r}: valid values are 'max' and 'map'")
         acts, steps = self.forward_record(images, layer)
         n, c_l = acts.shape[:2]
         chan = torch.arange(c_l) if channels is None else torch.as_tensor(channels, dtype=torch.long).flatten()
         if chan.numel() and (chan.min() < 0 or chan.max() >= c_l):
-            raise ValueError(f"channels must lie in 0..{c_l - 1} for layer {layer!r}; got {chan.tolist()}")
+            raise InvalidValueError(f"channels must lie in 0..{c_l - 1} for layer {layer!r}; got {chan.tolist()}")
         chan = chan.to(acts.device)
         selected = acts[:, chan]  # [N, K, H_l, W_l]
         k = chan.numel()
@@ -173,13 +174,13 @@ class DeconvNet:
         """Pairwise projections: channel ``channels[i]`` of image ``i``, ``[N, C, H, W]``. This is what a
         top-k search needs (each map's strongest units sit in different images)."""
         if mode not in ("max", "map"):
-            raise ValueError(f"mode={mode!r}: valid values are 'max' and 'map'")
+            raise InvalidValueError(f"mode={mode!r}: valid values are 'max' and 'map'")
         acts, steps = self.forward_record(images, layer)
         chan = torch.as_tensor(channels, dtype=torch.long, device=acts.device).flatten()
         if chan.numel() != acts.shape[0]:
-            raise ValueError(f"project_units needs one channel per image: {acts.shape[0]} images, {chan.numel()} channels")
+            raise InvalidValueError(f"project_units needs one channel per image: {acts.shape[0]} images, {chan.numel()} channels")
         if chan.numel() and (chan.min() < 0 or chan.max() >= acts.shape[1]):
-            raise ValueError(f"channels must lie in 0..{acts.shape[1] - 1} for layer {layer!r}; got {chan.tolist()}")
+            raise InvalidValueError(f"channels must lie in 0..{acts.shape[1] - 1} for layer {layer!r}; got {chan.tolist()}")
         selected = acts[torch.arange(acts.shape[0], device=acts.device), chan].unsqueeze(0)  # [1, N, H, W]
         if mode == "max" and self._use_windows(steps):
             value, where = selected[0].flatten(1).max(1)
@@ -307,9 +308,9 @@ class DeconvNet:
 def _check_conv(step: _Step) -> None:
     conv: nn.Conv2d = step.module
     if conv.groups != 1:
-        raise ValueError(f"grouped convolution at {step.name!r} is not supported by the deconvnet")
+        raise InvalidValueError(f"grouped convolution at {step.name!r} is not supported by the deconvnet")
     if isinstance(conv.padding, str):
-        raise ValueError(f"padding={conv.padding!r} at {step.name!r}: the deconvnet needs numeric padding")
+        raise InvalidValueError(f"padding={conv.padding!r} at {step.name!r}: the deconvnet needs numeric padding")
 
 
 def _pool_geometry(pool: nn.MaxPool2d):

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from zfexp.errors import InvalidValueError
 
 
 def conv_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Conv2d]:
@@ -17,7 +18,7 @@ def conv_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[s
     chosen = {}
     for name in layers:
         if name not in convs:
-            raise ValueError(f"layers: {name!r} is not a conv layer of the model; valid: {', '.join(convs) or 'none'}")
+            raise InvalidValueError(f"layers: {name!r} is not a conv layer of the model; valid: {', '.join(convs) or 'none'}")
         chosen[name] = convs[name]
     return chosen
 
@@ -46,7 +47,7 @@ def renormalize_filter_masks_(model: nn.Module, radius: float = 0.1, layers: Ite
     """As :func:`renormalize_filters_`, returning per layer a bool mask ``[out_channels]`` of the rescaled
     filters. The masks stay on the weights' device, so calling this every step never synchronises a GPU."""
     if radius <= 0:
-        raise ValueError(f"radius={radius}: must be positive")
+        raise InvalidValueError(f"radius={radius}: must be positive")
     renormed = {}
     for name, conv in conv_layers(model, layers).items():
         w = conv.weight

@@ -12,6 +12,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from zfexp.analysis.layers import check_feature_layers, layer_outputs
+from zfexp.errors import InvalidValueError
 
 TRANSFORMS = ("translate", "scale", "rotate")
 
@@ -51,7 +52,7 @@ def default_values(transform: str, image_size: int) -> torch.Tensor:
         return torch.linspace(1.0, 1.8, 9)
     if transform == "rotate":
         return torch.arange(0, 360, 10, dtype=torch.float32)
-    raise ValueError(f"transform={transform!r}; valid: {', '.join(TRANSFORMS)}")
+    raise InvalidValueError(f"transform={transform!r}; valid: {', '.join(TRANSFORMS)}")
 
 
 def transformed(images: torch.Tensor, transform: str, value: float, fill: float = 0.0) -> torch.Tensor:
@@ -59,12 +60,12 @@ def transformed(images: torch.Tensor, transform: str, value: float, fill: float 
     ``value`` (scale) or rotated by ``value`` degrees counter-clockwise (rotate); uncovered pixels take
     ``fill`` (0 = the dataset mean for mean-subtracted inputs). Bilinear, torchvision's affine."""
     if transform not in TRANSFORMS:
-        raise ValueError(f"transform={transform!r}; valid: {', '.join(TRANSFORMS)}")
+        raise InvalidValueError(f"transform={transform!r}; valid: {', '.join(TRANSFORMS)}")
     translate = [0.0, float(value)] if transform == "translate" else [0.0, 0.0]
     scale = float(value) if transform == "scale" else 1.0
     angle = -float(value) if transform == "rotate" else 0.0  # affine turns clockwise; we follow rotate()
     if scale <= 0:
-        raise ValueError(f"scale value {value} must be positive")
+        raise InvalidValueError(f"scale value {value} must be positive")
     if translate == [0.0, 0.0] and scale == 1.0 and angle % 360 == 0:
         return images.clone()  # the identity, exactly (resampling would add rounding noise)
     return TF.affine(images, angle=angle, translate=translate, scale=scale, shear=[0.0, 0.0],
@@ -79,12 +80,12 @@ def invariance_curves(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     """Fig. 5 for ``images [N, C, H, W]`` with true ``labels [N]``: one forward pass per value (all images
     at once); ``values`` default to the paper's range for ``transform``."""
     if transform not in TRANSFORMS:
-        raise ValueError(f"transform={transform!r}; valid: {', '.join(TRANSFORMS)}")
+        raise InvalidValueError(f"transform={transform!r}; valid: {', '.join(TRANSFORMS)}")
     check_feature_layers(model, layers)
     n = images.shape[0]
     labels = torch.as_tensor(labels, dtype=torch.long, device=images.device).flatten()
     if labels.numel() != n:
-        raise ValueError(f"invariance_curves: {n} images but {labels.numel()} labels")
+        raise InvalidValueError(f"invariance_curves: {n} images but {labels.numel()} labels")
     values = default_values(transform, images.shape[-1]) if values is None else torch.as_tensor(values).float()
     probabilities = probabilities or (lambda logits: logits.softmax(-1))
     _, reference = layer_outputs(model, images, layers)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from zfexp.errors import InvalidValueError
 
 NAMED = (nn.Conv2d, nn.Linear)
 
@@ -20,7 +21,7 @@ def _output_module(model: nn.Module, layer: str) -> nn.Module:
     leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
     names = [n for n, _ in leaves]
     if layer not in names or not isinstance(leaves[names.index(layer)][1], NAMED):
-        raise ValueError(f"layer={layer!r} is not a conv or linear layer of the model; valid: "
+        raise InvalidValueError(f"layer={layer!r} is not a conv or linear layer of the model; valid: "
                          f"{', '.join(feature_layers(model))}")
     i = names.index(layer)
     if i + 1 < len(leaves) and isinstance(leaves[i + 1][1], nn.ReLU):

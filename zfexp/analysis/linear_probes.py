@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from zfexp.analysis.layers import layer_outputs
+from zfexp.errors import InvalidValueError
 
 CLASSIFIERS = ("svm", "softmax")
 
@@ -46,7 +47,7 @@ def make_classifier(kind: str, C: float = 1.0, max_iter: int = 2000, seed: int =
     elif kind == "softmax":
         model = LogisticRegression(C=C, max_iter=max_iter, random_state=seed)
     else:
-        raise ValueError(f"classifier {kind!r}; valid: {', '.join(CLASSIFIERS)}")
+        raise InvalidValueError(f"classifier {kind!r}; valid: {', '.join(CLASSIFIERS)}")
     return make_pipeline(StandardScaler(), model)
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from zfexp.analysis.deconv import DeconvNet, forward_prefix
+from zfexp.errors import InvalidValueError
 
 POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
 
@@ -101,12 +102,12 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
     n, c, height, width = images.shape
     labels = torch.as_tensor(labels, dtype=torch.long, device=images.device).flatten()
     if labels.numel() != n:
-        raise ValueError(f"occlusion_maps: {n} images but {labels.numel()} labels")
+        raise InvalidValueError(f"occlusion_maps: {n} images but {labels.numel()} labels")
     for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"occlusion_maps: {name}={value!r} must be a positive integer")
+            raise InvalidValueError(f"occlusion_maps: {name}={value!r} must be a positive integer")
     if patch > min(height, width):
-        raise ValueError(f"occlusion_maps: patch={patch} is larger than the {height}x{width} image; "
+        raise InvalidValueError(f"occlusion_maps: patch={patch} is larger than the {height}x{width} image; "
                          f"valid: 1..{min(height, width)}")
     prefix = forward_prefix(model, feature_layer)  # names a bad layer with the valid ones
     probabilities = probabilities or (lambda logits: logits.softmax(-1))
@@ -116,7 +117,7 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
     if incremental is None:
         incremental = leaves is not None
     if incremental and leaves is None:
-        raise ValueError("occlusion_maps: incremental=True needs a model that is a plain nn.Sequential of its "
+        raise InvalidValueError("occlusion_maps: incremental=True needs a model that is a plain nn.Sequential of its "
                          f"leaf modules with zero-padded convs; {type(model).__name__} is not (use incremental=False)")
 
     deconv = DeconvNet(model)
@@ -161,7 +162,7 @@ def _fill_image(fill, images: torch.Tensor) -> torch.Tensor:
     if fill.dim() == 1 and fill.numel() == shape[0]:
         fill = fill.view(-1, 1, 1)
     if fill.dim() not in (0, 3) or (fill.dim() == 3 and fill.shape != shape and fill.shape[1:] != (1, 1)):
-        raise ValueError(f"occlusion_maps: fill of shape {tuple(fill.shape)}; valid: a number, [C]={shape[0]} "
+        raise InvalidValueError(f"occlusion_maps: fill of shape {tuple(fill.shape)}; valid: a number, [C]={shape[0]} "
                          f"or [C, H, W]={tuple(shape)}")
     return fill.expand(shape).contiguous()
 
@@ -323,7 +324,7 @@ def _footprint(module, lo, size, out_hw):
     """The window of ``module``'s output reached by a change in its input window (offsets ``lo``, ``size``):
     per-item offsets and one size for all, kept inside the output map."""
     if isinstance(module.padding, str):
-        raise ValueError(f"occlusion_maps: padding={module.padding!r} is not supported incrementally; "
+        raise InvalidValueError(f"occlusion_maps: padding={module.padding!r} is not supported incrementally; "
                          "use incremental=False")
     kernel, stride, padding, dilation = _geometry(module)
     out_lo, out_size = [], []

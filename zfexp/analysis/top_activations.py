@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from zfexp.analysis.deconv import DeconvNet
+from zfexp.errors import InvalidValueError
 
 
 @dataclass
@@ -32,10 +33,10 @@ def top_activations(model: nn.Module, dataloader: DataLoader, layer: str, channe
     """One pass over ``dataloader`` (batches of ``(images, labels)`` in dataset order) keeping a running
     top-``k`` per channel on the device: each image counts once per channel, at its map's maximum."""
     if isinstance(getattr(dataloader, "sampler", None), RandomSampler):
-        raise ValueError("top_activations needs the dataset order to report indices: use a dataloader with "
+        raise InvalidValueError("top_activations needs the dataset order to report indices: use a dataloader with "
                          "shuffle=False")
     if k < 1:
-        raise ValueError(f"k={k}: must be at least 1")
+        raise InvalidValueError(f"k={k}: must be at least 1")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     deconv = DeconvNet(model)
     best_val = best_idx = best_pos = None
@@ -56,7 +57,7 @@ def top_activations(model: nn.Module, dataloader: DataLoader, layer: str, channe
         best_val, best_pos, best_idx = val.gather(0, order), pos.gather(0, order), idx.gather(0, order)
         width = acts.shape[-1]
     if best_val is None:
-        raise ValueError("top_activations got an empty dataloader")
+        raise InvalidValueError("top_activations got an empty dataloader")
     positions = torch.stack([best_pos // width, best_pos % width], -1)  # [k, K, 2]
     return TopActivations(channels=chan.cpu(), indices=best_idx.T.cpu(), positions=positions.transpose(0, 1).cpu(),
                           values=best_val.T.cpu())

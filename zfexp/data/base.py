@@ -24,10 +24,13 @@ from typing import Any
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 
 from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
+from zfexp.data.sampling import SEED_BITS, SeededItems, SeededSampler, private_generator
 from zfexp.data.transforms import Preprocessing, base_transform, paper_transform
+from zfexp.errors import InvalidValueError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,8 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
                        desc: str = "mean image") -> torch.Tensor:
     """Per-pixel mean ``[C, H, W]`` (float64 accumulation) over a dataset of ``(image [C, H, W], label)``."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                        generator=private_generator(0))
     total: torch.Tensor | None = None
     count = 0
     for images, _ in tqdm(loader, desc=desc, unit="batch"):
@@ -61,7 +65,7 @@ def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int
         total = batch_sum if total is None else total + batch_sum
         count += images.shape[0]
     if total is None:
-        raise ValueError("cannot compute a mean image over an empty training set")
+        raise InvalidValueError("cannot compute a mean image over an empty training set")
     return (total / count).float()
 
 
@@ -70,6 +74,11 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     Batches are ``(images [B, C, S, S], labels [B])`` for training and, with ``ten_crop``, evaluation
     batches are ``(images [B, 10, C, S, S], labels [B])``.
+
+    The training order and every random crop and flip come from the data seed (the run's seed,
+    ``torch.initial_seed()`` when training starts, kept in checkpoints) through :class:`SeededSampler`, never
+    from the global random generators; the training loader is torchdata's ``StatefulDataLoader``, so a run
+    resumed from a mid-epoch checkpoint sees the rest of the epoch's batches, augmented as they would have been.
     """
 
     name = "dataset"
@@ -93,17 +102,18 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.root = Path(os.path.expanduser(str(root)))
         self.preprocess = Preprocessing(**dict(preprocess or {}))
         if batch_size <= 0:
-            raise ValueError(f"data.batch_size={batch_size}: must be a positive integer")
+            raise InvalidValueError(f"data.batch_size={batch_size}: must be a positive integer")
         if num_workers < 0:
-            raise ValueError(f"data.num_workers={num_workers}: must be >= 0")
+            raise InvalidValueError(f"data.num_workers={num_workers}: must be >= 0")
         if subset_size is not None and subset_size <= 0:
-            raise ValueError(f"data.subset_size={subset_size}: must be a positive integer or null (all images)")
+            raise InvalidValueError(f"data.subset_size={subset_size}: must be a positive integer or null (all images)")
         if not self.has_val_split and val_size <= 0:
-            raise ValueError(f"data.val_size={val_size}: {self.name} has no validation set, so a positive number "
+            raise InvalidValueError(f"data.val_size={val_size}: {self.name} has no validation set, so a positive number "
                              "of training images must be held out for it")
         self.class_subset = list(class_subset) if class_subset is not None else None
         self.exclude_classes = list(exclude_classes or [])
         self.mean: torch.Tensor | None = None
+        self.seed: int | None = None  # the data seed; set when the training loader is first made
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
@@ -166,7 +176,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             train_idx, val_idx = order, []
         else:
             if self.hparams.val_size >= n_train_full:
-                raise ValueError(f"data.val_size={self.hparams.val_size} leaves no training images "
+                raise InvalidValueError(f"data.val_size={self.hparams.val_size} leaves no training images "
                                  f"({self.name} has {n_train_full}); valid: 1..{n_train_full - 1}")
             val_idx, train_idx = order[: self.hparams.val_size], order[self.hparams.val_size:]
         if self.hparams.subset_size:
@@ -247,7 +257,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """The ``split`` ("val" or "test") as the analyses want it: one centre crop per image ``[C, H, W]``
         even when evaluation uses 10 crops; same images, same order."""
         if split not in ("val", "test"):
-            raise ValueError(f"split={split!r}; valid: 'val', 'test'")
+            raise InvalidValueError(f"split={split!r}; valid: 'val', 'test'")
         if self.data_train is None:
             self.setup("fit")
         if not self.preprocess.ten_crop:
@@ -257,27 +267,54 @@ class ImageClassificationDataModule(L.LightningDataModule):
             self._analysis_splits = self._eval_splits(single)
         return self._analysis_splits[0 if split == "val" else 1]
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader_options(self) -> dict[str, Any]:
         workers = self.hparams.num_workers
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
-                          drop_last=False)
+        # A generator of the loader's own: each iteration draws the workers' base seed from it, not from (and
+        # advancing) the global generator that dropout and weight initialisation use.
+        return dict(batch_size=self.hparams.batch_size, num_workers=workers, persistent_workers=workers > 0,
+                    pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+                    generator=private_generator(self.data_seed))
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, shuffle=True)
+    @property
+    def data_seed(self) -> int:
+        """The seed of the training order and augmentations: the process's torch seed (the run's ``seed``)
+        when first asked, or the one restored from a checkpoint."""
+        if self.seed is None:
+            self.seed = torch.initial_seed() % 2**SEED_BITS
+        return self.seed
+
+    def train_epoch_size(self) -> int | None:
+        """Images per training epoch; ``None``: one pass over the training set."""
+        return None
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = SeededSampler(len(self.data_train), self.data_seed, epoch_size=self.train_epoch_size(),
+                                num_replicas=world, rank=rank)
+        if trainer is not None:
+            # The epoch Lightning passes to set_epoch before each epoch; a resumed run makes its first iterator
+            # (the one that skips to the checkpoint's position) before that call, so it is set here already.
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        return StatefulDataLoader(SeededItems(self.data_train), sampler=sampler, **self._loader_options())
 
     # -- state kept in checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The mean image goes into every checkpoint: a network transferred from it sees its inputs
-        normalised as in its training."""
-        return {"mean_image": self.mean} if self.mean is not None else {}
+        normalised as in its training. The data seed too: a resumed run continues the interrupted run's order and augmentations."""
+        state: dict[str, Any] = {"data_seed": self.data_seed}
+        if self.mean is not None:
+            state["mean_image"] = self.mean
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("mean_image") is not None:
             self.mean = state_dict["mean_image"]
+        if state_dict.get("data_seed") is not None:
+            self.seed = int(state_dict["data_seed"])
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, shuffle=False)
+        return DataLoader(self.data_val, shuffle=False, **self._loader_options())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, shuffle=False)
+        return DataLoader(self.data_test, shuffle=False, **self._loader_options())

@@ -10,20 +10,21 @@ from collections.abc import Sequence
 from functools import cached_property
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
+from torch.utils.data import Dataset, Subset
 
 from zfexp.data.base import ImageClassificationDataModule
 from zfexp.data.classes import dataset_targets
 from zfexp.data.transforms import paper_transform
+from zfexp.errors import InvalidValueError
 
 
 def check_split_args(train_per_class: int, test_per_class: int | None, fold: int) -> None:
     if train_per_class < 1:
-        raise ValueError(f"data.train_per_class={train_per_class}: must be at least 1")
+        raise InvalidValueError(f"data.train_per_class={train_per_class}: must be at least 1")
     if test_per_class is not None and test_per_class < 1:
-        raise ValueError(f"data.test_per_class={test_per_class}: must be at least 1, or null (all the rest)")
+        raise InvalidValueError(f"data.test_per_class={test_per_class}: must be at least 1, or null (all the rest)")
     if fold < 0:
-        raise ValueError(f"data.fold={fold}: must be >= 0")
+        raise InvalidValueError(f"data.fold={fold}: must be >= 0")
 
 
 def few_shot_split(targets: Sequence[int], train_per_class: int, test_per_class: int | None = 50,
@@ -44,7 +45,7 @@ def few_shot_split(targets: Sequence[int], train_per_class: int, test_per_class:
         items = np.flatnonzero(labels == label)
         if len(items) <= train_per_class:
             name = f"{int(label)} ({class_names[int(label)]})" if class_names is not None else str(int(label))
-            raise ValueError(f"data.train_per_class={train_per_class}: class {name} has only {len(items)} "
+            raise InvalidValueError(f"data.train_per_class={train_per_class}: class {name} has only {len(items)} "
                              f"images, so none is left to test on; valid: at most {len(items) - 1} for this pool")
         order = rng.permutation(items)
         train += order[:train_per_class].tolist()
@@ -75,7 +76,7 @@ class FewShotDataModule(ImageClassificationDataModule):
         kwargs.setdefault("val_size", 0)
         super().__init__(root, **kwargs)
         if epoch_size is not None and epoch_size < 1:
-            raise ValueError(f"data.epoch_size={epoch_size}: must be a positive number of images, or null")
+            raise InvalidValueError(f"data.epoch_size={epoch_size}: must be a positive number of images, or null")
         self.train_per_class, self.test_per_class = train_per_class, test_per_class
         self.fold, self.epoch_size = fold, epoch_size
         check_split_args(train_per_class, test_per_class, fold)  # before anything is read
@@ -110,11 +111,6 @@ class FewShotDataModule(ImageClassificationDataModule):
         test = Subset(self._split("train", transform), self.split_indices[1])
         return test, test
 
-    def train_dataloader(self) -> DataLoader:
-        if self.epoch_size is None:
-            return super().train_dataloader()
-        workers = self.hparams.num_workers
+    def train_epoch_size(self) -> int | None:
         # Without replacement: every image is seen equally often within an epoch.
-        sampler = RandomSampler(self.data_train, replacement=False, num_samples=self.epoch_size)
-        return DataLoader(self.data_train, batch_size=self.hparams.batch_size, sampler=sampler, num_workers=workers,
-                          persistent_workers=workers > 0)
+        return self.epoch_size

@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 
 from zfexp.data.imagenet import load_rgb
 from zfexp.data.transforms import Preprocessing, ScalePixels, SubtractMeanImage
-from zfexp.errors import DatasetNotFoundError
+from zfexp.errors import DatasetNotFoundError, InvalidValueError
 
 
 def photo_transform(preprocess: Preprocessing, mean: torch.Tensor | None, in_channels: int) -> v2.Compose:
@@ -25,7 +25,7 @@ def photo_transform(preprocess: Preprocessing, mean: torch.Tensor | None, in_cha
               v2.CenterCrop(preprocess.crop or size), v2.ToDtype(torch.float32, scale=True)]
     if preprocess.mean_image:
         if mean is None:
-            raise ValueError("preprocess.mean_image=true but the datamodule has no mean image (call setup first)")
+            raise InvalidValueError("preprocess.mean_image=true but the datamodule has no mean image (call setup first)")
         steps.append(SubtractMeanImage(mean))
     steps += [ScalePixels(preprocess.pixel_scale), v2.CenterCrop(size)]
     return v2.Compose(steps)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchvision.transforms import v2
+from zfexp.errors import InvalidValueError
 
 
 @dataclass(frozen=True)
@@ -31,14 +32,14 @@ class Preprocessing:
         for key in ("resize", "crop"):
             value = getattr(self, key)
             if value is not None and value <= 0:
-                raise ValueError(f"preprocess.{key}={value}: must be a positive size or null")
+                raise InvalidValueError(f"preprocess.{key}={value}: must be a positive size or null")
         if self.input_size <= 0:
-            raise ValueError(f"preprocess.input_size={self.input_size}: must be positive")
+            raise InvalidValueError(f"preprocess.input_size={self.input_size}: must be positive")
         if self.crop is not None and self.input_size > self.crop:
-            raise ValueError(f"preprocess.input_size={self.input_size} is larger than preprocess.crop={self.crop}; "
+            raise InvalidValueError(f"preprocess.input_size={self.input_size} is larger than preprocess.crop={self.crop}; "
                              "the network's crops are cut from the centre-cropped image")
         if self.pixel_scale <= 0:
-            raise ValueError(f"preprocess.pixel_scale={self.pixel_scale}: must be positive")
+            raise InvalidValueError(f"preprocess.pixel_scale={self.pixel_scale}: must be positive")
 
 
 class SubtractMeanImage(nn.Module):
@@ -50,7 +51,7 @@ class SubtractMeanImage(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape[-3:] != self.mean.shape:
-            raise ValueError(f"image of shape {tuple(image.shape[-3:])} does not match the mean image "
+            raise InvalidValueError(f"image of shape {tuple(image.shape[-3:])} does not match the mean image "
                              f"{tuple(self.mean.shape)}; was the mean computed with other resize/crop settings?")
         return image - self.mean
 
@@ -89,7 +90,7 @@ def paper_transform(p: Preprocessing, mean: torch.Tensor | None, train: bool) ->
     steps: list[nn.Module] = [base_transform(p)]
     if p.mean_image:
         if mean is None:
-            raise ValueError("preprocess.mean_image=true but no mean image was computed (call prepare_data first)")
+            raise InvalidValueError("preprocess.mean_image=true but no mean image was computed (call prepare_data first)")
         steps.append(SubtractMeanImage(mean))
     steps.append(ScalePixels(p.pixel_scale))
     if train:

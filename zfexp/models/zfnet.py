@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from zfexp.errors import InvalidValueError
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 FC_NAMES = ("fc6", "fc7", "fc8")
@@ -120,12 +121,12 @@ def _apply_width_factors(arch: str, conv: Mapping[str, ConvSpec], fc: Mapping[st
     base = {**{n: s.out_channels for n, s in conv.items()}, **fc}
     for name, factor in factors.items():
         if name not in base:
-            raise ValueError(f"width_factors: {name!r} is not a layer of {arch} whose width can be set; "
+            raise InvalidValueError(f"width_factors: {name!r} is not a layer of {arch} whose width can be set; "
                              f"valid: {', '.join(base)}")
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
-            raise ValueError(f"width_factors.{name}={factor!r}: a factor must be a positive number")
+            raise InvalidValueError(f"width_factors.{name}={factor!r}: a factor must be a positive number")
         if name in widths:
-            raise ValueError(f"{name} is set in both widths ({widths[name]}) and width_factors ({factor}); "
+            raise InvalidValueError(f"{name} is set in both widths ({widths[name]}) and width_factors ({factor}); "
                              "give one")
         widths[name] = max(1, round(base[name] * factor))
     return widths
@@ -137,23 +138,23 @@ def _check_options(arch: str, present: Sequence[str], remove: Sequence[str], wid
     removable = [n for n in present if n != "fc8"]
     for name in remove:
         if name not in removable:
-            raise ValueError(f"remove: {name!r} is not a removable layer of {arch}; "
+            raise InvalidValueError(f"remove: {name!r} is not a removable layer of {arch}; "
                              f"valid: {', '.join(removable)} (fc8, the classifier, always stays)")
     if all(c in remove for c in CONV_NAMES):
-        raise ValueError(f"remove={list(remove)} removes every conv layer of {arch}; keep at least one of "
+        raise InvalidValueError(f"remove={list(remove)} removes every conv layer of {arch}; keep at least one of "
                          f"{', '.join(CONV_NAMES)}")
     for name, width in widths.items():
         if name not in removable:
-            raise ValueError(f"widths: {name!r} is not a layer of {arch} whose width can be set; "
+            raise InvalidValueError(f"widths: {name!r} is not a layer of {arch} whose width can be set; "
                              f"valid: {', '.join(removable)} (fc8's width is num_classes)")
         if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-            raise ValueError(f"widths.{name}={width!r}: a width must be a positive integer")
+            raise InvalidValueError(f"widths.{name}={width!r}: a width must be a positive integer")
     if norm not in NORMS:
-        raise ValueError(f"norm={norm!r}: valid values are {', '.join(NORMS)}")
+        raise InvalidValueError(f"norm={norm!r}: valid values are {', '.join(NORMS)}")
     if init not in INITS:
-        raise ValueError(f"init={init!r}: valid values are {', '.join(INITS)}")
+        raise InvalidValueError(f"init={init!r}: valid values are {', '.join(INITS)}")
     if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout={dropout!r}: must be in [0, 1)")
+        raise InvalidValueError(f"dropout={dropout!r}: must be in [0, 1)")
 
 
 def build_zfnet_family(
@@ -183,7 +184,7 @@ def build_zfnet_family(
     widths = _apply_width_factors(arch, conv, fc, dict(widths or {}), dict(width_factors or {}))
     _check_options(arch, LAYER_NAMES, remove, widths, norm, init, dropout)
     if num_classes < 1:
-        raise ValueError(f"num_classes={num_classes}: must be at least 1")
+        raise InvalidValueError(f"num_classes={num_classes}: must be at least 1")
     lrn_params = {**DEFAULT_LRN, **(lrn or {})}
 
     layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -211,7 +212,7 @@ def build_zfnet_family(
             flat = features.eval()(torch.zeros(1, in_channels, input_size, input_size)).shape[1]
         features.train()
     except RuntimeError as err:
-        raise ValueError(f"input_size={input_size} is too small for {arch} with remove={remove}: "
+        raise InvalidValueError(f"input_size={input_size} is too small for {arch} with remove={remove}: "
                          f"the feature map vanishes ({err})") from err
 
     units = flat
