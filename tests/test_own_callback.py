@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from callbacks import (DeconvSnapshots, FilterDiagnostics, FilterRenorm, GuidedBackpropSnapshots, InvarianceCurves,
-                       OcclusionMaps, TopActivations)
+from callbacks import (BestCheckpoint, DeconvSnapshots, FilterDiagnostics, FilterRenorm, GuidedBackpropSnapshots,
+                       InvarianceCurves, OcclusionMaps, ResumeCheckpoint, TopActivations)
 from callbacks.common import ScheduledAnalysis
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from tests.conftest import ROOT, TINY_RUN, compose_train, train_cmd
 from tests.wandb_records import history
 from zfexp.module import ImageClassifier
@@ -129,13 +129,13 @@ def test_a_bad_layer_stops_the_run_before_training(run_dir):
     assert not list(run_dir.glob("checkpoints/*.ckpt"))
 
 
-DEFAULT = {ModelCheckpoint, "CrashSafeCheckpoint", LearningRateMonitor, "RichProgressBar", FilterRenorm}
+DEFAULT = {BestCheckpoint, ResumeCheckpoint, LearningRateMonitor, "RichProgressBar", FilterRenorm}
 FIGURES = {DeconvSnapshots, TopActivations, FilterDiagnostics, OcclusionMaps, InvarianceCurves}
 
 
 def kinds(objects) -> set:
     """Classes of instantiated callbacks; Lightning's own subclasses by name where ours subclass them."""
-    names = {"CrashSafeCheckpoint", "RichProgressBar"}
+    names = {"RichProgressBar"}
     return {type(o).__name__ if type(o).__name__ in names else type(o) for o in objects}
 
 

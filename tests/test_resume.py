@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import DATA_DIR, ROOT, train_cmd
+from tests.conftest import ROOT, train_cmd
 
 # Long enough epochs to kill one in the middle (3000 // 32 = 94 steps), dropout on so that the global
 # generator matters, the paper's random crops and flips (resize 32 -> 28 px crops) so that augmentation does.

@@ -1,7 +1,6 @@
 """train.py end to end on small slices of real Fashion-MNIST: outputs, W&B offline run, resume, bad input."""
 
 import json
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -44,7 +43,7 @@ def test_tiny_run_writes_metrics_checkpoints_config_and_a_wandb_run(run_dir):
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     rows = history(wandb_file)
     logged = {k: v for row in rows for k, v in row.items()}
-    for key in ("train/loss_epoch", "train/top1_err", "val/top1_err", "renorm/conv1", "test/top1_err"):
+    for key in ("train/loss", "train/loss_step", "train/top1_err", "val/top1_err", "renorm/conv1", "test/top1_err"):
         assert key in logged, key
     assert logged["test/top1_err"] == pytest.approx(on_disk["test/top1_err"], abs=1e-3)
     cfg = wandb_config(wandb_file)
@@ -119,39 +118,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     for ckpt in second.glob("checkpoints/*.ckpt"):  # whatever was saved on the way out is finite
         state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
-
-
-def test_run_killed_mid_epoch_resumes_with_ckpt_path_last(tmp_path):
-    log_dir = tmp_path / "logs"
-    common = ["experiment=quickstart", f"paths.log_dir={log_dir}", "logger=csv", "data.num_workers=0",
-              "data.subset_size=3000", "data.batch_size=32", "trainer.max_epochs=3",
-              "callbacks.crash_checkpoint.every_n_train_steps=5", "callbacks.rich_progress_bar=null",
-              "callbacks.deconv_snapshots.epochs=[1]", "callbacks.top_activations.max_images=64",
-              "trainer.enable_progress_bar=false"]
-    proc = subprocess.Popen(train_cmd(*common), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
-    last = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list(log_dir.glob("train/runs/*/checkpoints/last.ckpt"))
-        if found:
-            last = found[0]
-            break
-        time.sleep(0.1)
-    assert last is not None, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "no checkpoint"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (last.parent.parent / "metrics.json").exists()  # killed: it never finished
-    steps_per_epoch = -(-3000 // 32)
-    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < killed_at < 3 * steps_per_epoch
-
-    done = subprocess.run(train_cmd(*common, "ckpt_path=last"), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    (resumed,) = [p for p in log_dir.glob("train/runs/*/metrics.json")]
-    metrics = json.loads(resumed.read_text())
-    assert metrics["status"] == "completed" and metrics["resumed_from"] == str(last)
-    assert metrics["epochs"] == 3 and metrics["global_step"] > killed_at
 
 
 def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree(tmp_path):

@@ -23,8 +23,9 @@ def check_checkpoint_file(path: str | Path, key: str = "ckpt_path") -> Path:
     Reads only the archive's index, not the tensors."""
     path = Path(path).expanduser()
     if not path.is_file():
+        latest = "; or ckpt_path=last (the newest of this task's runs)" if key == "ckpt_path" else ""
         raise CheckpointError(f"{key}={path}: no such file; give a .ckpt written by train.py "
-                              "(logs/train/runs/<time>/checkpoints/last.ckpt)")
+                              f"(logs/train/runs/<time>/checkpoints/last.ckpt){latest}")
     try:
         with zipfile.ZipFile(path) as archive:
             if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist()):

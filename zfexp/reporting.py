@@ -66,4 +66,4 @@ def reported_errors() -> Iterator[None]:
         message = user_message(err)
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        raise ReportedError(f"Error: {message}") from err
+        raise ReportedError(f"Error: {message}") from None  # Hydra would print an OmegaConf cause too

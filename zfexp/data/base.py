@@ -101,6 +101,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self.root = Path(os.path.expanduser(str(root)))
         self.preprocess = Preprocessing(**dict(preprocess or {}))
+        if self.image_size is not None:
+            self.preprocess.check_native_size(self.image_size)
         if batch_size <= 0:
             raise InvalidValueError(f"data.batch_size={batch_size}: must be a positive integer")
         if num_workers < 0:
@@ -122,6 +124,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
     # -- what subclasses provide -------------------------------------------------------------------
     all_classes: list[str]  # the dataset's class names, index = the dataset's label
     num_channels: int
+    image_size: int | None = None  # the side of every image, for datasets of one size (checked against preprocess)
 
     def _train_dataset(self, transform) -> Dataset:
         raise NotImplementedError

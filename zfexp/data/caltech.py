@@ -14,12 +14,12 @@ from functools import cached_property
 from pathlib import Path
 
 from PIL import Image
-from torchvision.datasets import Caltech101, Caltech256, ImageFolder
+from torchvision.datasets import Caltech101, Caltech256
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.transforms import v2
 
 from zfexp.data.few_shot import FewShotDataModule
-from zfexp.data.imagenet import load_rgb
+from zfexp.data.imagenet import image_folder
 from zfexp.errors import DatasetNotFoundError
 
 
@@ -105,4 +105,4 @@ class ImageFolderFewShotDataModule(FewShotDataModule):
         self.all_classes  # noqa: B018  (raises when there is no class folder with images)
 
     def _train_dataset(self, transform):
-        return ImageFolder(str(self.root), transform=transform, loader=load_rgb)
+        return image_folder(self.root, transform, key="data.root")

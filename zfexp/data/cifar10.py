@@ -13,6 +13,7 @@ class CIFAR10DataModule(ImageClassificationDataModule):
 
     name = "cifar10"
     num_channels = 3
+    image_size = 32
     all_classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
     def __init__(self, root: str, download: bool = True, **kwargs):

@@ -29,6 +29,7 @@ class FashionMNISTDataModule(ImageClassificationDataModule):
 
     name = "fashion_mnist"
     num_channels = 1
+    image_size = 28
     all_classes = list(FashionMNIST.classes)
     RAW_SHAPES = {"train-images-idx3-ubyte": (60000, 28, 28), "train-labels-idx1-ubyte": (60000,),
                   "t10k-images-idx3-ubyte": (10000, 28, 28), "t10k-labels-idx1-ubyte": (10000,)}

@@ -28,6 +28,16 @@ def load_rgb(path: str) -> Image.Image:
                                 f"the split folders must be an image ({', '.join(IMG_EXTENSIONS)}).") from err
 
 
+def image_folder(path: Path, transform, key: str) -> ImageFolder:
+    """torchvision's ``ImageFolder`` of ``path``, with an error naming the config ``key`` and the folder when a
+    class folder holds no image."""
+    try:
+        return ImageFolder(str(path), transform=transform, loader=load_rgb)
+    except FileNotFoundError as err:
+        raise DatasetNotFoundError(f"{key}: {path} has class folders without images ({err}). Every class folder "
+                                   "needs at least one image; remove the empty ones or fill them.") from err
+
+
 class ImageFolderDataModule(ImageClassificationDataModule):
     """Train/val folders in the ImageFolder layout; the paper's defaults are for ImageNet at 224."""
 
@@ -73,7 +83,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         path = self._split_path(split)
         # Map val/test onto the training class indices, so a val folder missing a class keeps labels aligned.
         class_to_idx = {c: i for i, c in enumerate(self.all_classes)}
-        folder = ImageFolder(str(path), transform=transform, loader=load_rgb)
+        folder = image_folder(path, transform, key="data.root")
         if folder.class_to_idx != class_to_idx:
             folder.samples = [(p, class_to_idx[folder.classes[y]]) for p, y in folder.samples]
             folder.targets = [y for _, y in folder.samples]

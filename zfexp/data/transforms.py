@@ -31,16 +31,38 @@ class Preprocessing:
     def __post_init__(self) -> None:
         for key in ("resize", "crop"):
             value = getattr(self, key)
-            if value is not None and value <= 0:
-                raise InvalidValueError(f"preprocess.{key}={value}: must be a positive size or null")
-        if self.input_size <= 0:
-            raise InvalidValueError(f"preprocess.input_size={self.input_size}: must be positive")
-        if self.crop is not None and self.input_size > self.crop:
-            raise InvalidValueError(f"preprocess.input_size={self.input_size} is larger than preprocess.crop={self.crop}; "
-                             "the network's crops are cut from the centre-cropped image")
-        if self.pixel_scale <= 0:
-            raise InvalidValueError(f"preprocess.pixel_scale={self.pixel_scale}: must be positive")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise InvalidValueError(f"data.preprocess.{key}={value!r}: must be a positive size in pixels, or null")
+        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or self.input_size <= 0:
+            raise InvalidValueError(f"data.preprocess.input_size={self.input_size!r}: must be a positive size in pixels")
+        if self.resize is not None and self.crop is not None and self.crop > self.resize:
+            raise InvalidValueError(
+                f"data.preprocess.crop={self.crop} is larger than data.preprocess.resize={self.resize}: the centre crop is "
+                f"cut from the image resized to {self.resize} px (smaller side); valid: 1..{self.resize}, or raise "
+                "resize (the paper: resize 256, crop 256)")
+        outer = self.crop if self.crop is not None else self.resize
+        if outer is not None and self.input_size > outer:
+            key = "crop" if self.crop is not None else "resize"
+            raise InvalidValueError(
+                f"data.preprocess.input_size={self.input_size} is larger than data.preprocess.{key}={outer}: the "
+                f"network's crops are cut from that image; valid: 1..{outer} (the paper: 224 of 256)")
+        if not self.pixel_scale > 0:
+            raise InvalidValueError(f"data.preprocess.pixel_scale={self.pixel_scale}: must be positive (255: the paper's "
+                                    "[-128, 128] range)")
 
+    def check_native_size(self, side: int) -> None:
+        """For a dataset whose images all have ``side`` x ``side`` pixels: nothing may be cut larger than them
+        (a larger crop would pad the images with zeros)."""
+        if self.resize is not None:
+            return
+        for key in ("crop", "input_size"):
+            value = getattr(self, key)
+            if value is not None and value > side:
+                raise InvalidValueError(
+                    f"data.preprocess.{key}={value} is larger than the images ({side} x {side} px) with "
+                    f"data.preprocess.resize=null; valid: 1..{side}, or set data.preprocess.resize")
+            if key == "crop" and value is not None:
+                break  # input_size is checked against the crop already
 
 class SubtractMeanImage(nn.Module):
     """``x - mean`` for an image ``[C, H, W]`` (or a batch) and a mean image ``[C, H, W]`` of the same size."""
