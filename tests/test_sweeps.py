@@ -2,6 +2,7 @@
 failing row, the summariser, and Lightning DDP on two CPU processes."""
 
 import json
+from pathlib import Path
 import subprocess
 import time
 
@@ -157,17 +158,49 @@ def test_summary_marks_unfinished_jobs(tmp_path):
         summarize(tmp_path / "sweep" / "0")
 
 
-def test_rows_repeated_over_seeds_are_told_apart_by_their_seed(tmp_path):
+def write_job(sweep: Path, job: int, row: str, seed: int | None, metrics: dict | None) -> None:
+    """A job dir as Hydra and train.py leave it, with ``metrics`` (None: the job never finished)."""
+    path = sweep / str(job)
+    (path / ".hydra").mkdir(parents=True)
+    seed_override = f"- seed={seed}\n" if seed is not None else ""
+    (path / ".hydra" / "overrides.yaml").write_text(f"- ablation.row={row}\n{seed_override}- sweep=[table3_zfnet,seeds]\n")
+    (path / "config.yaml").write_text(f"sweep_name: seeds\nablation: {{table: table3_zfnet, row: {row}}}\n")
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_jobs_that_differ_only_in_their_seed_make_one_row_with_mean_std_and_n(tmp_path):
     sweep = tmp_path / "sweep"
-    for job, seed in enumerate((1, 2)):
-        (sweep / str(job) / ".hydra").mkdir(parents=True)
-        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(
-            f"- ablation.row=zfnet\n- seed={seed}\n- sweep=[table3_zfnet,seeds]\n")
-        (sweep / str(job) / "config.yaml").write_text("sweep_name: seeds\nablation: {table: table3_zfnet, row: zfnet}\n")
-        (sweep / str(job) / "metrics.json").write_text(json.dumps({"status": "completed", "val/top1_err": 10.0 + seed}))
+    for job, (seed, val) in enumerate(((1, 10.0), (2, 11.0), (3, 13.0))):
+        write_job(sweep, job, "zfnet", seed, {"status": "completed", "train/top1_err": 9.0, "val/top1_err": val})
+    write_job(sweep, 3, "fc67_8192", 1, {"status": "completed", "train/top1_err": 8.0, "val/top1_err": 12.0})
+    write_job(sweep, 4, "fc67_8192", 2, {"status": "failed", "error": "NonFiniteLossError: train/loss is nan"})
+    write_job(sweep, 5, "fc67_2048", 7, {"status": "completed", "train/top1_err": 7.5, "val/top1_err": 14.0})
+    zfnet, wide, narrow = summarize(sweep)
+    # By hand: mean(10, 11, 13) = 11.33; sample std = sqrt((1.78 + 0.11 + 2.78) / 2) = 1.53.
+    assert (zfnet["row"], zfnet["n"], zfnet["seeds"], zfnet["status"]) == ("ZFNet (Fig. 3)", 3, "1,2,3", "completed")
+    assert zfnet["val top-1"] == 11.33 and zfnet["val top-1 std"] == 1.53
+    assert zfnet["train top-1"] == 9.0 and zfnet["train top-1 std"] == 0.0 and zfnet["paper val top-1"] == 38.4
+    # The failed seed is left out of the mean, counted in the status and shown with its error.
+    assert (wide["n"], wide["val top-1"], wide["val top-1 std"]) == (1, 12.0, None)
+    assert wide["status"] == "1 of 2 failed" and "train/loss is nan" in wide["error"]
+    # A row run with one seed stays as it is.
+    assert (narrow["n"], narrow["val top-1"], narrow["val top-1 std"], narrow["seeds"]) == (1, 14.0, None, "7")
+    text = (sweep / "summary.md").read_text()
+    assert "| ZFNet (Fig. 3) | completed | 3 | 9.0 +- 0.0 | 11.3 +- 1.5 |" in text, text
+    assert "| - layers 6,7 at 2048 units | completed | 1 | 7.5 | 14.0 |" in text, text
+    csv = (sweep / "summary.csv").read_text().splitlines()
+    assert "val top-1 std" in csv[0] and ",1.53," in csv[1]
+    assert (sweep / "summary.png").stat().st_size > 0
+
+
+def test_a_sweep_without_repeated_seeds_keeps_one_row_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    write_job(sweep, 0, "zfnet", None, {"status": "completed", "val/top1_err": 11.0})
+    write_job(sweep, 1, "fc67_2048", None, {"status": "completed", "val/top1_err": 12.0})
     table = summarize(sweep)
-    assert [r["row"] for r in table] == ["ZFNet (Fig. 3) seed=1", "ZFNet (Fig. 3) seed=2"]
-    assert [r["val top-1"] for r in table] == [11.0, 12.0] and table[0]["paper val top-1"] == 38.4
+    assert [(r["row"], r["val top-1"]) for r in table] == [("ZFNet (Fig. 3)", 11.0), ("- layers 6,7 at 2048 units", 12.0)]
+    assert all("n" not in r and "val top-1 std" not in r for r in table)
 
 
 def test_ddp_on_two_cpu_processes_writes_each_image_once(tmp_path):

@@ -6,13 +6,16 @@
 
 Writes ``summary.md``, ``summary.csv`` and ``summary.png`` (bar chart) into the sweep dir. A job without
 ``metrics.json`` (killed, or still running) is "unfinished", one whose status is not "completed" is "failed";
-both stay in the table with their error instead of stopping the summary.
+both stay in the table with their error instead of stopping the summary. Jobs that differ only in ``seed``
+(``'sweep=[table3_zfnet,seeds]'``) make one row: each metric's mean +- standard deviation over the completed
+jobs and their number n; a row run with one seed stays as it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,7 @@ from zfexp.sweeps.paper import TABLE3, PaperRow
 METRICS = (("train/top1_err", "train top-1"), ("val/top1_err", "val top-1"), ("val/top5_err", "val top-5"))
 # Shown when some job has it: Fig. 6's dead layer-1 filters (FilterDiagnostics, as a fraction in metrics.json).
 EXTRA_METRICS = (("filters/dead_frac/conv1", "conv1 dead %", 100.0),)
+SEED = "seed="
 
 
 @dataclass
@@ -44,12 +48,19 @@ class Job:
     def paper(self) -> PaperRow | None:
         return TABLE3.get(self.table or "", {}).get(self.row or "")
 
-    def label(self, common: set[str] = frozenset()) -> str:
+    def label(self, common: set[str] = frozenset(), without_seed: bool = False) -> str:
         """The paper's wording of the row (else the row name), followed by the other overrides that set this
-        job apart (``seed=2`` in ``'sweep=[table3_zfnet,seeds]'``); else those overrides alone."""
-        own = " ".join(o for o in self.overrides if o not in common and not o.startswith("ablation.row="))
+        job apart (``seed=2`` in ``'sweep=[table3_zfnet,seeds]'``, left out with ``without_seed``); else those
+        overrides alone."""
+        own = " ".join(o for o in self.overrides if o not in common and not o.startswith("ablation.row=")
+                       and not (without_seed and o.startswith(SEED)))
         row = self.paper.label if self.paper is not None else self.row
         return " ".join(filter(None, (row, own))) or self.path.name
+
+    @property
+    def seedless(self) -> tuple:
+        """What the job ran, but for its seed: jobs with the same value were repeated over seeds."""
+        return self.table, self.row, tuple(sorted(o for o in self.overrides if not o.startswith((SEED, "sweep="))))
 
 
 def read_job(path: Path) -> Job:
@@ -91,39 +102,67 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def rows(jobs: list[Job]) -> list[dict]:
-    """One dict per job: label, overrides, status, ours and the paper's errors (None where missing)."""
+    """One dict per job, or per group of jobs that differ only in their seed: label, overrides, status, ours and
+    the paper's errors (None where missing); a group's metrics are means, with ``<metric> std`` and ``n``."""
     common = set.intersection(*(set(j.overrides) for j in jobs)) if len(jobs) > 1 else set()
-    out = []
+    groups: dict[tuple, list[Job]] = {}
     for job in jobs:
-        row = {"job": job.path.name, "row": job.label(common), "overrides": " ".join(job.overrides),
-               "status": job.status}
-        for key, name in METRICS:
-            value = job.metrics.get(key)
-            row[name] = round(float(value), 2) if value is not None else None
-        for key, name, scale in EXTRA_METRICS:
-            value = job.metrics.get(key)
-            row[name] = round(float(value) * scale, 2) if value is not None else None
-        paper = job.paper
+        groups.setdefault(job.seedless, []).append(job)
+    seeded = any(len(group) > 1 for group in groups.values())
+    out = []
+    for group in groups.values():
+        first = group[0]
+        if len(group) == 1 and not seeded:
+            row = {"job": first.path.name, "row": first.label(common), "overrides": " ".join(first.overrides),
+                   "status": first.status}
+        else:
+            row = {"job": ",".join(j.path.name for j in group), "row": first.label(common, without_seed=True),
+                   "overrides": " ".join(o for o in first.overrides if not o.startswith(SEED)),
+                   "seeds": ",".join(_seed_of(j) for j in group)}
+        # A lone job shows what it has, finished or not; a group averages its completed jobs only.
+        done = group if "seeds" not in row else [j for j in group if j.status == "completed"]
+        failed = [j for j in group if j.status != "completed"]
+        if "seeds" in row:
+            row["status"] = "completed" if not failed else f"{len(failed)} of {len(group)} {failed[0].status}"
+            row["n"] = len(done)
+        for key, name, scale in (*((k, n, 1.0) for k, n in METRICS), *EXTRA_METRICS):
+            values = [float(j.metrics[key]) * scale for j in done if j.metrics.get(key) is not None]
+            row[name] = round(statistics.fmean(values), 2) if values else None
+            if "seeds" in row:
+                row[f"{name} std"] = round(statistics.stdev(values), 2) if len(values) > 1 else None
+        paper = first.paper
         row.update({"paper train top-1": paper.train_top1 if paper else None,
                     "paper val top-1": paper.val_top1 if paper else None,
-                    "paper val top-5": paper.val_top5 if paper else None, "error": job.error})
+                    "paper val top-5": paper.val_top5 if paper else None,
+                    "error": failed[0].error if failed else None})
         out.append(row)
     return out
 
 
+def _seed_of(job: Job) -> str:
+    return next((o.removeprefix(SEED) for o in job.overrides if o.startswith(SEED)),
+                str(job.config.get("seed", "?")))
+
+
 def markdown(table: list[dict]) -> str:
-    def cell(value) -> str:
-        return "-" if value is None else (f"{value:.1f}" if isinstance(value, float) else str(value))
+    def cell(row: dict, name: str) -> str:
+        value, std = row.get(name), row.get(f"{name} std")
+        if value is None:
+            return "-"
+        text = f"{value:.1f}" if isinstance(value, float) else str(value)
+        return f"{text} +- {std:.1f}" if std is not None else text
 
     ours = [name for _, name in METRICS]
     optional = [name for _, name, _ in EXTRA_METRICS] + ["paper train top-1", "paper val top-1", "paper val top-5"]
-    # Extra metrics and the paper's columns only where some row has them (Fig. 6 has no paper errors).
-    head = ["row", "status", *ours, *(h for h in optional if any(r[h] is not None for r in table))]
+    # Extra metrics and the paper's columns only where some row has them (Fig. 6 has no paper errors); n where
+    # jobs were repeated over seeds.
+    head = ["row", "status", *(["n"] if any("n" in r for r in table) else []), *ours,
+            *(h for h in optional if any(r[h] is not None for r in table))]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         error = " ".join(str(r["error"]).split())  # one line: a table cell
-        status = r["status"] if r["status"] == "completed" else f"**{r['status']}**: {error[:200]}"
-        lines.append("| " + " | ".join([r["row"], status] + [cell(r[h]) for h in head[2:]]) + " |")
+        status = r["status"] if r["error"] is None else f"**{r['status']}**: {error[:200]}"
+        lines.append("| " + " | ".join([r["row"], status] + [cell(r, h) for h in head[2:]]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,8 +183,10 @@ def bar_chart(table: list[dict], path: Path) -> Path:
         highest = 0.0
         for name, offset in (("train top-1", -0.2), ("val top-1", 0.2)):
             values = [r[prefix + name] if r[prefix + name] is not None else 0.0 for r in table]
-            ax.bar([i + offset for i in x], values, width=0.4, label=name)
-            highest = max([highest, *values])
+            spread = [r.get(f"{prefix}{name} std") or 0.0 for r in table]  # seeds' standard deviation
+            ax.bar([i + offset for i in x], values, width=0.4, label=name,
+                   yerr=spread if any(spread) else None, capsize=3)
+            highest = max([highest, *(v + e for v, e in zip(values, spread))])
         ax.set_ylim(0, 1.25 * highest or 1.0)  # room for the legend above the bars
         ax.set_xticks(list(x))
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
