@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class ResumeCheckpoint(Checkpoint):
-    """``<dirpath>/last.ckpt`` at the end of every epoch and before the first step (so a run that diverges at once can still be resumed with other settings), and
-    ``<dirpath>/last_step.ckpt`` every ``every_n_train_steps`` steps within an epoch. Never from weights that are
-    NaN or infinite, and never on an exception, whose state may be half a step.
-    ``python train.py ckpt_path=last`` resumes the newest of them.
+    """``<dirpath>/last.ckpt`` at the end of every epoch and before the first step (so a run that diverges at
+    once can still be resumed with other settings), and ``<dirpath>/last_step.ckpt`` every ``every_n_train_steps``
+    steps within an epoch. Never from weights that are NaN or infinite, and never on an exception, whose state may
+    be half a step. ``python train.py ckpt_path=last`` resumes the newest of them.
 
     Args:
         dirpath: the run's checkpoint folder.

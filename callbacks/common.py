@@ -35,7 +35,8 @@ def check_epochs(owner: str, epochs: Sequence[int]) -> list[int]:
     """Epoch numbers count from 1 (epoch 1 = after the first pass over the data), as in the paper."""
     bad = [e for e in epochs if isinstance(e, bool) or not isinstance(e, int) or e < 1]
     if bad:
-        raise InvalidValueError(f"{owner}: epochs={list(epochs)} has {bad}; epochs are integers >= 1 (1 = after the first)")
+        raise InvalidValueError(f"{owner}: epochs={list(epochs)} has {bad}; epochs are integers >= 1 (1 = after the "
+                                "first)")
     return sorted(set(epochs))
 
 
@@ -43,7 +44,7 @@ def check_epochs_fit(owner: str, epochs: Sequence[int], trainer: L.Trainer) -> N
     max_epochs = trainer.max_epochs
     if max_epochs is not None and max_epochs > 0 and any(e > max_epochs for e in epochs):
         raise InvalidValueError(f"{owner}: epochs {[e for e in epochs if e > max_epochs]} are beyond "
-                         f"trainer.max_epochs={max_epochs}; valid: 1..{max_epochs}")
+                                f"trainer.max_epochs={max_epochs}; valid: 1..{max_epochs}")
 
 
 def check_layers(owner: str, model: nn.Module, layers: Sequence[str]) -> None:

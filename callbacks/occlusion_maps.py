@@ -37,8 +37,8 @@ class OcclusionMaps(ProbedAnalysis):
         check_layers("OcclusionMaps", network_of(pl_module), [self.feature_layer])
         size = getattr(pl_module, "hparams", {}).get("input_size")
         if self.patch is not None and size is not None and self.patch > size:
-            raise InvalidValueError(f"OcclusionMaps: patch={self.patch} is larger than the {size}x{size} input; "
-                             f"valid: 1..{size}")
+            raise InvalidValueError(f"OcclusionMaps: patch={self.patch} is larger than the {size}x{size} input; valid: "
+                                    f"1..{size}")
 
     def geometry(self, image_side: int) -> tuple[int, int]:
         patch = self.patch or max(1, image_side // 4)

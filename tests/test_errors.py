@@ -61,7 +61,8 @@ BAD_VALUES = {
     "checkpoint interval": (["callbacks.resume_checkpoint.every_n_train_steps=0"],
                             ["every_n_train_steps=0", "positive"]),
     "an unknown norm": (["model.norm=group"], ["model.norm='group'", "lrn, batchnorm, none"]),
-    "a missing checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path=/no/such.ckpt", "no such file", "ckpt_path=last"]),
+    "a missing "
+    "checkpoint": (["ckpt_path=/no/such.ckpt"], ["ckpt_path=/no/such.ckpt", "no such file", "ckpt_path=last"]),
     "nothing to resume": (["ckpt_path=last"], ["ckpt_path=last", "no earlier run"]),
     "a truncated checkpoint": (lambda tmp: [f"ckpt_path={truncated_checkpoint(tmp)}"], ["cut.ckpt", "truncated"]),
     "a pretrained file that is not a checkpoint": (

@@ -46,7 +46,8 @@ def test_ten_crop_evaluation_averages_the_softmax():
 def test_nan_loss_stops_with_a_clear_message():
     module = make_module()
     images = torch.full((2, 1, 28, 28), float("nan"))
-    with pytest.raises(NonFiniteLossError, match=r"train/loss is nan at epoch 1, global step 0.*no checkpoint.*lower module.lr"):
+    with pytest.raises(NonFiniteLossError,
+                       match=r"train/loss is nan at epoch 1, global step 0.*no checkpoint.*lower module.lr"):
         module.training_step((images, torch.tensor([0, 1])), 0)
 
 

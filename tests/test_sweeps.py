@@ -131,8 +131,8 @@ def test_a_failing_row_does_not_stop_the_others_and_is_marked(tmp_path):
     assert done.returncode != 0  # the multirun reports the failure, after running every job
     table = summarize(only_sweep(log_dir))
     assert [r["status"] for r in table] == ["completed", "failed", "completed"]
-    assert table[1]["error"] == ("ValueError: ablation.row='typo' is not a row of sweep 'table3_zfnet'; valid: "
-                                 + ", ".join(TABLE3["table3_zfnet"]))
+    assert table[1]["error"] == ("InvalidValueError: ablation.row='typo' is not a row of sweep 'table3_zfnet'; "
+                                 "valid: " + ", ".join(TABLE3["table3_zfnet"]))
     assert table[1]["paper val top-1"] is None
     assert "**failed**" in (only_sweep(log_dir) / "summary.md").read_text()
     # --wandb: the table as one more (offline) run of the launch's group
@@ -163,7 +163,8 @@ def write_job(sweep: Path, job: int, row: str, seed: int | None, metrics: dict |
     path = sweep / str(job)
     (path / ".hydra").mkdir(parents=True)
     seed_override = f"- seed={seed}\n" if seed is not None else ""
-    (path / ".hydra" / "overrides.yaml").write_text(f"- ablation.row={row}\n{seed_override}- sweep=[table3_zfnet,seeds]\n")
+    (path / ".hydra" / "overrides.yaml").write_text(
+        f"- ablation.row={row}\n{seed_override}- sweep=[table3_zfnet,seeds]\n")
     (path / "config.yaml").write_text(f"sweep_name: seeds\nablation: {{table: table3_zfnet, row: {row}}}\n")
     if metrics is not None:
         (path / "metrics.json").write_text(json.dumps(metrics))
@@ -199,7 +200,8 @@ def test_a_sweep_without_repeated_seeds_keeps_one_row_per_job(tmp_path):
     write_job(sweep, 0, "zfnet", None, {"status": "completed", "val/top1_err": 11.0})
     write_job(sweep, 1, "fc67_2048", None, {"status": "completed", "val/top1_err": 12.0})
     table = summarize(sweep)
-    assert [(r["row"], r["val top-1"]) for r in table] == [("ZFNet (Fig. 3)", 11.0), ("- layers 6,7 at 2048 units", 12.0)]
+    assert [(r["row"], r["val top-1"]) for r in table] == [("ZFNet (Fig. 3)", 11.0),
+                                                         ("- layers 6,7 at 2048 units", 12.0)]
     assert all("n" not in r and "val top-1 std" not in r for r in table)
 
 

@@ -37,13 +37,14 @@ def test_tiny_run_writes_metrics_checkpoints_config_and_a_wandb_run(run_dir):
     assert on_disk["num_parameters"] == metrics["num_parameters"] > 0 and on_disk["wall_time_s"] > 0
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert Path(on_disk["best_checkpoint"]).exists()
+    assert Path(on_disk["best_checkpoint"]).name == "best_epoch001.ckpt"  # after the first epoch: counted from 1
     resolved = (run_dir / "config.yaml").read_text()
     assert "${" not in resolved and "subset_size: 256" in resolved
 
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     rows = history(wandb_file)
     logged = {k: v for row in rows for k, v in row.items()}
-    for key in ("train/loss", "train/loss_step", "train/top1_err", "val/top1_err", "renorm/conv1", "test/top1_err"):
+    for key in ("train/loss", "train/top1_err", "val/top1_err", "renorm/conv1", "test/top1_err"):
         assert key in logged, key
     assert logged["test/top1_err"] == pytest.approx(on_disk["test/top1_err"], abs=1e-3)
     cfg = wandb_config(wandb_file)
@@ -78,7 +79,7 @@ def test_filter_renorm_runs_every_step_of_a_fit(run_dir, enabled):
     (["data.root=/nonexistent/fmnist", "data.download=false", "data.debian_dir=null"], DatasetNotFoundError,
      ["/nonexistent/fmnist", "apt-get install dataset-fashion-mnist"]),
     (["callbacks.filter_renorm.layers=[conv9]"], ValueError, ["'conv9'", "conv1"]),
-    (["ckpt_path=/no/such.ckpt"], FileNotFoundError, ["/no/such.ckpt", "'last'"]),
+    (["ckpt_path=/no/such.ckpt"], FileNotFoundError, ["/no/such.ckpt", "ckpt_path=last"]),
     (["data=imagenet"], MissingMandatoryValue, ["data.root"]),  # mandatory, no default
 ])
 def test_bad_input_stops_before_training_with_a_clear_message(run_dir, overrides, error, words):

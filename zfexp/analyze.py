@@ -120,7 +120,8 @@ class Analysis:
         if self.labelled:
             chosen = [i for i in range(len(self.dataset)) if int(self.dataset[i][1]) == c.class_index]
             if len(chosen) < 2:
-                raise InvalidValueError(f"correspondence.class_index={c.class_index}: fewer than 2 images of that class")
+                raise InvalidValueError(f"correspondence.class_index={c.class_index}: fewer than 2 images of that "
+                                        "class")
             images, _ = stack_dataset(self.dataset, chosen[: c.num_images])
         else:
             images, _ = stack_dataset(self.dataset, range(min(c.num_images, len(self.dataset))))
@@ -152,8 +153,8 @@ class Analysis:
 def _box(frac, height: int, width: int) -> tuple[int, int, int, int]:
     """Fractions ``(top, left, bottom, right)`` of the image side -> an inclusive pixel box."""
     if len(frac) != 4 or not all(0.0 <= float(f) <= 1.0 for f in frac) or frac[0] > frac[2] or frac[1] > frac[3]:
-        raise InvalidValueError(f"correspondence.parts: box {list(frac)}; valid: [top, left, bottom, right] as fractions "
-                         "of the side in [0, 1], top <= bottom, left <= right")
+        raise InvalidValueError(f"correspondence.parts: box {list(frac)}; valid: [top, left, bottom, right] as "
+                                "fractions of the side in [0, 1], top <= bottom, left <= right")
     top, left = int(float(frac[0]) * (height - 1)), int(float(frac[1]) * (width - 1))
     return top, left, int(float(frac[2]) * (height - 1)), int(float(frac[3]) * (width - 1))
 
@@ -166,7 +167,7 @@ def check_config(cfg: DictConfig) -> None:
     bad = [t for t in cfg.invariance.transforms if t not in TRANSFORMS]
     if bad:
         raise InvalidValueError(f"invariance.transforms={list(cfg.invariance.transforms)} has {bad}; valid: "
-                         f"{', '.join(TRANSFORMS)}")
+                                f"{', '.join(TRANSFORMS)}")
     check_device(cfg.device)
     load_pretrained(cfg.ckpt_path, key="ckpt_path")  # a complete checkpoint of ours, before anything is built
 
@@ -178,7 +179,7 @@ def data_config(cfg: DictConfig) -> DictConfig:
     run_config = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
     if not run_config.is_file():
         raise InvalidValueError(f"data: not given and {run_config} (the checkpoint run's config) does not exist; pass "
-                         "data=<fashion_mnist|cifar10|imagenet> to say which data the model was trained on")
+                                "data=<fashion_mnist|cifar10|imagenet> to say which data the model was trained on")
     return OmegaConf.load(run_config).data
 
 

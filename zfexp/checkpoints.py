@@ -31,8 +31,8 @@ def check_checkpoint_file(path: str | Path, key: str = "ckpt_path") -> Path:
             if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist()):
                 raise zipfile.BadZipFile("no data.pkl in the archive")
     except (zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"{key}={path}: not a complete checkpoint ({err}): the file is truncated (a copy or "
-                              "a save that was cut short) or is not a file written by torch.save. Give another "
+        raise CheckpointError(f"{key}={path}: not a complete checkpoint ({err}): the file is truncated (a copy or a "
+                              "save that was cut short) or is not a file written by torch.save. Give another "
                               "checkpoint; ckpt_path=last picks the newest complete one.") from err
     return path
 
@@ -43,11 +43,11 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, AttributeError, ImportError) as err:
-        raise CheckpointError(f"{key}={path}: the file cannot be read as a checkpoint ({type(err).__name__}: "
-                              f"{err}); give a .ckpt written by train.py") from err
+        raise CheckpointError(f"{key}={path}: the file cannot be read as a checkpoint ({type(err).__name__}: {err}); "
+                              "give a .ckpt written by train.py") from err
     if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{key}={path}: holds a {type(ckpt).__name__}, not a checkpoint; give a .ckpt "
-                              "written by train.py")
+        raise CheckpointError(f"{key}={path}: holds a {type(ckpt).__name__}, not a checkpoint; give a .ckpt written by "
+                              "train.py")
     return ckpt
 
 

@@ -36,7 +36,8 @@ from zfexp.reporting import reported_errors
 def check_config(cfg: DictConfig) -> None:
     """Stop on a bad value before anything is loaded."""
     if not cfg.classifiers or any(c not in CLASSIFIERS for c in cfg.classifiers):
-        raise InvalidValueError(f"classifiers={list(cfg.classifiers)}; valid: a non-empty list of {', '.join(CLASSIFIERS)}")
+        raise InvalidValueError(f"classifiers={list(cfg.classifiers)}; valid: a non-empty list of "
+                                f"{', '.join(CLASSIFIERS)}")
     if not isinstance(cfg.folds, int) or cfg.folds < 1:
         raise InvalidValueError(f"folds={cfg.folds}: must be a positive integer (paper: 5)")
     check_device(cfg.device)
@@ -49,7 +50,7 @@ def fold_datamodules(cfg: DictConfig) -> list[FewShotDataModule]:
     target = cfg.data.get("_target_")
     if not target or not issubclass(get_class(target), FewShotDataModule):
         raise InvalidValueError(f"data={target}: features by layer needs a few-shot dataset with N images per class; "
-                         "valid: data=caltech101, caltech256, image_folder_few_shot, fashion_mnist_few_shot")
+                                "valid: data=caltech101, caltech256, image_folder_few_shot, fashion_mnist_few_shot")
     modules = []
     for fold in range(cfg.folds):
         data_cfg = cfg.data.copy()
@@ -97,7 +98,7 @@ def features_by_layer(cfg: DictConfig) -> dict[str, Any]:
         missing = [layer for layer in cfg.layers if layer not in getattr(net, "layer_names", ())]
         if missing:
             raise InvalidValueError(f"layers={list(cfg.layers)}: {missing} not in the network; valid: "
-                             f"{', '.join(n for n in net.layer_names if n != 'fc8')}")
+                                    f"{', '.join(n for n in net.layer_names if n != 'fc8')}")
         first = folds[0]
         first.prepare_data()
         check_compatible(pretrained, first.num_channels, first.input_size)

@@ -59,7 +59,7 @@ def frozen_children(net: nn.Module, freeze: str | None) -> list[str]:
     paper = [n for n in getattr(net, "layer_names", ()) if n != "fc8"]
     if freeze not in paper:
         raise InvalidValueError(f"freeze={freeze!r} is not a layer of this network that can be fixed; valid: "
-                         f"{', '.join(paper)} (layers 1 up to this one stay fixed), or null (train everything)")
+                                f"{', '.join(paper)} (layers 1 up to this one stay fixed), or null (train everything)")
     names = [n for n, _ in net.named_children()]
     following = paper[paper.index(freeze) + 1:] + ["fc8"]
     return names[: names.index(following[0])]
@@ -181,8 +181,8 @@ class ImageClassifier(L.LightningModule):
                     f"from: start again with {lower}, or check the inputs (data.preprocess).")
         path, step = latest
         return (f"{where}. Training stopped before this step's update; the newest checkpoint, {path} (global step "
-                f"{step}), holds the weights from before the divergence. Resume from it with a lower learning "
-                f"rate: python train.py ckpt_path=last {lower} (and the rest of this run's overrides).")
+                f"{step}), holds finite weights from before this step. Resume from it with a lower learning rate: "
+                f"python train.py ckpt_path=last {lower} (and the rest of this run's overrides).")
 
     # -- resuming ------------------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -244,8 +244,8 @@ class ImageClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Step the plateau scheduler on this epoch's validation error here, not after the epoch's end as
-        Lightning would: the epoch's checkpoint, written when validation ends, then holds the stepped scheduler,
-        and a run resumed from it anneals the LR as the uninterrupted run did."""
+        Lightning would: the epoch's checkpoint, written at the epoch's end hooks, then holds the stepped
+        scheduler, and a run resumed from it anneals the LR as the uninterrupted run did."""
         trainer = self.trainer
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return

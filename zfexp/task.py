@@ -95,8 +95,8 @@ def check_trainer(cfg: DictConfig) -> None:
                                 "trainer.max_epochs decides)")
     unlimited_steps = max_steps is None or max_steps == -1
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
-        raise InvalidValueError(f"trainer.max_epochs={max_epochs}: must be at least 1 (the number of training "
-                                "epochs; paper: 70)")
+        raise InvalidValueError(f"trainer.max_epochs={max_epochs}: must be at least 1 (the number of training epochs; "
+                                "paper: 70)")
     if max_epochs == -1 and unlimited_steps:
         raise InvalidValueError("trainer.max_epochs=-1 (no limit) needs trainer.max_steps: a run would never end")
     if min_epochs is not None and max_epochs not in (None, -1) and not 0 <= min_epochs <= max_epochs:
@@ -108,8 +108,8 @@ def check_ablation_row(cfg: DictConfig) -> None:
     ablation = cfg.get("ablation") or {}
     rows, row = ablation.get("rows"), ablation.get("row")
     if rows is not None and row not in rows:
-        raise InvalidValueError(f"ablation.row={row!r} is not a row of sweep {cfg.get('sweep_name')!r}; "
-                         f"valid: {', '.join(rows)}")
+        raise InvalidValueError(f"ablation.row={row!r} is not a row of sweep {cfg.get('sweep_name')!r}; valid: "
+                                f"{', '.join(rows)}")
 
 
 def name_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
@@ -158,8 +158,8 @@ def build_module(cfg: DictConfig, datamodule) -> ImageClassifier:
     from_scratch, freeze = bool(cfg.get("from_scratch", False)), cfg.get("freeze")
     if not cfg.get("pretrained_ckpt"):
         if freeze is not None and not from_scratch:
-            raise InvalidValueError(f"freeze={freeze}: fixing layers needs pretrained_ckpt=<a train.py checkpoint>; "
-                             "or set freeze=null")
+            raise InvalidValueError(f"freeze={freeze}: fixing layers needs pretrained_ckpt=<a train.py checkpoint>; or "
+                                    "set freeze=null")
         return ImageClassifier(net=cfg.model, **dims, **options)
     pretrained = load_pretrained(cfg.pretrained_ckpt)
     check_compatible(pretrained, datamodule.num_channels, datamodule.input_size)

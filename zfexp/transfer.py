@@ -62,5 +62,5 @@ def load_all_but_classifier_(net: nn.Module, pretrained: Pretrained) -> list[str
     wrong = [k for k in missing if not k.startswith(f"{NEW_LAYER}.")] + list(unexpected)
     if wrong:
         raise InvalidValueError(f"pretrained_ckpt={pretrained.path}: its weights do not fit the network built from its "
-                         f"own config (mismatched keys {wrong[:6]})")
+                                f"own config (mismatched keys {wrong[:6]})")
     return sorted(kept)

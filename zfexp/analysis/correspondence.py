@@ -54,12 +54,13 @@ def pairwise_sign_hamming(eps: torch.Tensor) -> torch.Tensor:
 
 def _check_boxes(name: str, boxes: Sequence[Box], n: int, height: int, width: int) -> None:
     if len(boxes) != n:
-        raise InvalidValueError(f"correspondence: part {name!r} has {len(boxes)} boxes for {n} images; give one per image")
+        raise InvalidValueError(f"correspondence: part {name!r} has {len(boxes)} boxes for {n} images; give one per "
+                                "image")
     for box in boxes:
         top, left, bottom, right = box
         if not (0 <= top <= bottom < height and 0 <= left <= right < width):
-            raise InvalidValueError(f"correspondence: part {name!r} box {tuple(box)} is not inside the {height}x{width} "
-                             "image; boxes are (top, left, bottom, right), inclusive")
+            raise InvalidValueError(f"correspondence: part {name!r} box {tuple(box)} is not inside the "
+                                    f"{height}x{width} image; boxes are (top, left, bottom, right), inclusive")
 
 
 @torch.no_grad()

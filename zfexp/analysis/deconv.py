@@ -64,7 +64,7 @@ def forward_prefix(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
     for name, module in prefix:
         if not isinstance(module, SUPPORTED):
             raise InvalidValueError(f"the deconvnet cannot invert {type(module).__name__} at {name!r}; it supports "
-                             f"{', '.join(t.__name__ for t in SUPPORTED)} below the projected layer")
+                                    f"{', '.join(t.__name__ for t in SUPPORTED)} below the projected layer")
     return prefix
 
 
@@ -178,9 +178,11 @@ class DeconvNet:
         acts, steps = self.forward_record(images, layer)
         chan = torch.as_tensor(channels, dtype=torch.long, device=acts.device).flatten()
         if chan.numel() != acts.shape[0]:
-            raise InvalidValueError(f"project_units needs one channel per image: {acts.shape[0]} images, {chan.numel()} channels")
+            raise InvalidValueError(f"project_units needs one channel per image: {acts.shape[0]} images, "
+                                    f"{chan.numel()} channels")
         if chan.numel() and (chan.min() < 0 or chan.max() >= acts.shape[1]):
-            raise InvalidValueError(f"channels must lie in 0..{acts.shape[1] - 1} for layer {layer!r}; got {chan.tolist()}")
+            raise InvalidValueError(f"channels must lie in 0..{acts.shape[1] - 1} for layer {layer!r}; got "
+                                    f"{chan.tolist()}")
         selected = acts[torch.arange(acts.shape[0], device=acts.device), chan].unsqueeze(0)  # [1, N, H, W]
         if mode == "max" and self._use_windows(steps):
             value, where = selected[0].flatten(1).max(1)

@@ -18,7 +18,8 @@ def conv_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[s
     chosen = {}
     for name in layers:
         if name not in convs:
-            raise InvalidValueError(f"layers: {name!r} is not a conv layer of the model; valid: {', '.join(convs) or 'none'}")
+            raise InvalidValueError(f"layers: {name!r} is not a conv layer of the model; valid: "
+                                    f"{', '.join(convs) or 'none'}")
         chosen[name] = convs[name]
     return chosen
 

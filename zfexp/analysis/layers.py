@@ -22,7 +22,7 @@ def _output_module(model: nn.Module, layer: str) -> nn.Module:
     names = [n for n, _ in leaves]
     if layer not in names or not isinstance(leaves[names.index(layer)][1], NAMED):
         raise InvalidValueError(f"layer={layer!r} is not a conv or linear layer of the model; valid: "
-                         f"{', '.join(feature_layers(model))}")
+                                f"{', '.join(feature_layers(model))}")
     i = names.index(layer)
     if i + 1 < len(leaves) and isinstance(leaves[i + 1][1], nn.ReLU):
         return leaves[i + 1][1]

@@ -107,8 +107,8 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidValueError(f"occlusion_maps: {name}={value!r} must be a positive integer")
     if patch > min(height, width):
-        raise InvalidValueError(f"occlusion_maps: patch={patch} is larger than the {height}x{width} image; "
-                         f"valid: 1..{min(height, width)}")
+        raise InvalidValueError(f"occlusion_maps: patch={patch} is larger than the {height}x{width} image; valid: "
+                                f"1..{min(height, width)}")
     prefix = forward_prefix(model, feature_layer)  # names a bad layer with the valid ones
     probabilities = probabilities or (lambda logits: logits.softmax(-1))
     fill_image = _fill_image(fill, images)
@@ -118,7 +118,8 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
         incremental = leaves is not None
     if incremental and leaves is None:
         raise InvalidValueError("occlusion_maps: incremental=True needs a model that is a plain nn.Sequential of its "
-                         f"leaf modules with zero-padded convs; {type(model).__name__} is not (use incremental=False)")
+                                f"leaf modules with zero-padded convs; {type(model).__name__} is not (use "
+                                "incremental=False)")
 
     deconv = DeconvNet(model)
     feats = deconv.features(images, feature_layer)  # [N, C_l, H_l, W_l]
@@ -163,7 +164,7 @@ def _fill_image(fill, images: torch.Tensor) -> torch.Tensor:
         fill = fill.view(-1, 1, 1)
     if fill.dim() not in (0, 3) or (fill.dim() == 3 and fill.shape != shape and fill.shape[1:] != (1, 1)):
         raise InvalidValueError(f"occlusion_maps: fill of shape {tuple(fill.shape)}; valid: a number, [C]={shape[0]} "
-                         f"or [C, H, W]={tuple(shape)}")
+                                f"or [C, H, W]={tuple(shape)}")
     return fill.expand(shape).contiguous()
 
 
@@ -324,8 +325,8 @@ def _footprint(module, lo, size, out_hw):
     """The window of ``module``'s output reached by a change in its input window (offsets ``lo``, ``size``):
     per-item offsets and one size for all, kept inside the output map."""
     if isinstance(module.padding, str):
-        raise InvalidValueError(f"occlusion_maps: padding={module.padding!r} is not supported incrementally; "
-                         "use incremental=False")
+        raise InvalidValueError(f"occlusion_maps: padding={module.padding!r} is not supported incrementally; use "
+                                "incremental=False")
     kernel, stride, padding, dilation = _geometry(module)
     out_lo, out_size = [], []
     for d in range(2):

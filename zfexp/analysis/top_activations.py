@@ -34,7 +34,7 @@ def top_activations(model: nn.Module, dataloader: DataLoader, layer: str, channe
     top-``k`` per channel on the device: each image counts once per channel, at its map's maximum."""
     if isinstance(getattr(dataloader, "sampler", None), RandomSampler):
         raise InvalidValueError("top_activations needs the dataset order to report indices: use a dataloader with "
-                         "shuffle=False")
+                                "shuffle=False")
     if k < 1:
         raise InvalidValueError(f"k={k}: must be at least 1")
     device = torch.device(device) if device is not None else next(model.parameters()).device

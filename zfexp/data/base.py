@@ -110,8 +110,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if subset_size is not None and subset_size <= 0:
             raise InvalidValueError(f"data.subset_size={subset_size}: must be a positive integer or null (all images)")
         if not self.has_val_split and val_size <= 0:
-            raise InvalidValueError(f"data.val_size={val_size}: {self.name} has no validation set, so a positive number "
-                             "of training images must be held out for it")
+            raise InvalidValueError(f"data.val_size={val_size}: {self.name} has no validation set, so a positive "
+                                    "number of training images must be held out for it")
         self.class_subset = list(class_subset) if class_subset is not None else None
         self.exclude_classes = list(exclude_classes or [])
         self.mean: torch.Tensor | None = None
@@ -179,8 +179,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
             train_idx, val_idx = order, []
         else:
             if self.hparams.val_size >= n_train_full:
-                raise InvalidValueError(f"data.val_size={self.hparams.val_size} leaves no training images "
-                                 f"({self.name} has {n_train_full}); valid: 1..{n_train_full - 1}")
+                raise InvalidValueError(f"data.val_size={self.hparams.val_size} leaves no training images ({self.name} "
+                                        f"has {n_train_full}); valid: 1..{n_train_full - 1}")
             val_idx, train_idx = order[: self.hparams.val_size], order[self.hparams.val_size:]
         if self.hparams.subset_size:
             train_idx, val_idx = train_idx[: self.hparams.subset_size], val_idx[: self.hparams.subset_size]
@@ -304,7 +304,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
     # -- state kept in checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The mean image goes into every checkpoint: a network transferred from it sees its inputs
-        normalised as in its training. The data seed too: a resumed run continues the interrupted run's order and augmentations."""
+        normalised as in its training. The data seed too: a resumed run continues the interrupted run's order
+        and augmentations."""
         state: dict[str, Any] = {"data_seed": self.data_seed}
         if self.mean is not None:
             state["mean_image"] = self.mean

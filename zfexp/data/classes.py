@@ -21,14 +21,15 @@ def select_classes(names: Sequence[str], keep: Sequence[int | str] | None = None
         if isinstance(item, str) and item in names:
             return list(names).index(item)
         shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-        raise InvalidValueError(f"data.{key}: {item!r} is not a class of this dataset; valid: a label 0..{len(names) - 1} "
-                         f"or a name ({shown})")
+        raise InvalidValueError(f"data.{key}: {item!r} is not a class of this dataset; valid: a label "
+                                f"0..{len(names) - 1} or a name ({shown})")
 
     kept = set(range(len(names))) if keep is None else {label(c, "class_subset") for c in keep}
     kept -= {label(c, "exclude_classes") for c in exclude}
     if len(kept) < 2:
-        raise InvalidValueError(f"data.class_subset={list(keep) if keep is not None else None}, data.exclude_classes="
-                         f"{list(exclude)} keep {len(kept)} class(es); a classifier needs at least 2")
+        raise InvalidValueError(f"data.class_subset={list(keep) if keep is not None else None}, "
+                                f"data.exclude_classes={list(exclude)} keep {len(kept)} class(es); a classifier needs "
+                                "at least 2")
     return sorted(kept)
 
 

@@ -57,13 +57,15 @@ class FashionMNISTDataModule(ImageClassificationDataModule):
         missing = [str(self.raw_dir / n) for n in self.RAW_SHAPES if not (self.raw_dir / n).exists()]
         if missing:
             if not self.download:
-                raise DatasetNotFoundError(f"Fashion-MNIST is missing under data.root={self.root}: {', '.join(missing)} "
-                                           f"not found (data.download=false). To get it: {HOW_TO_GET}.")
+                raise DatasetNotFoundError(f"Fashion-MNIST is missing under data.root={self.root}: "
+                                           f"{', '.join(missing)} not found (data.download=false). To get it: "
+                                           f"{HOW_TO_GET}.")
             try:
                 FashionMNIST(str(self.root), train=True, download=True)  # fetches train and test files
             except (RuntimeError, OSError) as err:
-                raise DatasetNotFoundError(f"Fashion-MNIST is missing under data.root={self.root} ({', '.join(missing)}) "
-                                           f"and the download failed: {err}. To get it: {HOW_TO_GET}.") from err
+                raise DatasetNotFoundError(f"Fashion-MNIST is missing under data.root={self.root} "
+                                           f"({', '.join(missing)}) and the download failed: {err}. To get it: "
+                                           f"{HOW_TO_GET}.") from err
         for name, shape in self.RAW_SHAPES.items():
             self._check_raw_file(self.raw_dir / name, shape)
 

@@ -46,7 +46,8 @@ def few_shot_split(targets: Sequence[int], train_per_class: int, test_per_class:
         if len(items) <= train_per_class:
             name = f"{int(label)} ({class_names[int(label)]})" if class_names is not None else str(int(label))
             raise InvalidValueError(f"data.train_per_class={train_per_class}: class {name} has only {len(items)} "
-                             f"images, so none is left to test on; valid: at most {len(items) - 1} for this pool")
+                                    f"images, so none is left to test on; valid: at most {len(items) - 1} for this "
+                                    "pool")
         order = rng.permutation(items)
         train += order[:train_per_class].tolist()
         end = None if test_per_class is None else train_per_class + test_per_class

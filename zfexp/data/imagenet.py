@@ -34,8 +34,8 @@ def image_folder(path: Path, transform, key: str) -> ImageFolder:
     try:
         return ImageFolder(str(path), transform=transform, loader=load_rgb)
     except FileNotFoundError as err:
-        raise DatasetNotFoundError(f"{key}: {path} has class folders without images ({err}). Every class folder "
-                                   "needs at least one image; remove the empty ones or fill them.") from err
+        raise DatasetNotFoundError(f"{key}: {path} has class folders without images ({err}). Every class folder needs "
+                                   "at least one image; remove the empty ones or fill them.") from err
 
 
 class ImageFolderDataModule(ImageClassificationDataModule):
@@ -55,9 +55,9 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         if not path.is_dir():
             raise DatasetNotFoundError(
                 f"data.root={self.root}: no {split} folder {path}. Expected the ImageFolder layout "
-                f"<root>/{self.split_dirs['train']}/<class>/<image> and <root>/{self.split_dirs['val']}/<class>/<image>; "
-                "for ImageNet, extract ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar into it (val sorted "
-                "into class folders).")
+                f"<root>/{self.split_dirs['train']}/<class>/<image> and "
+                f"<root>/{self.split_dirs['val']}/<class>/<image>; for ImageNet, extract ILSVRC2012_img_train.tar and "
+                "ILSVRC2012_img_val.tar into it (val sorted into class folders).")
         return path
 
     @cached_property
@@ -76,8 +76,9 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         train_classes = set(self.all_classes)
         val_classes = set(find_classes(str(self._split_path("val")))[0])
         if not val_classes <= train_classes:
-            raise DatasetNotFoundError(f"data.root={self.root}: validation classes {sorted(val_classes - train_classes)} "
-                                       "have no training folder; val/ must use the class names of train/")
+            raise DatasetNotFoundError(f"data.root={self.root}: validation classes "
+                                       f"{sorted(val_classes - train_classes)} have no training folder; val/ must use "
+                                       "the class names of train/")
 
     def _folder(self, split: str, transform) -> ImageFolder:
         path = self._split_path(split)

@@ -34,12 +34,13 @@ class Preprocessing:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise InvalidValueError(f"data.preprocess.{key}={value!r}: must be a positive size in pixels, or null")
         if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or self.input_size <= 0:
-            raise InvalidValueError(f"data.preprocess.input_size={self.input_size!r}: must be a positive size in pixels")
+            raise InvalidValueError(f"data.preprocess.input_size={self.input_size!r}: must be a positive size in "
+                                    "pixels")
         if self.resize is not None and self.crop is not None and self.crop > self.resize:
             raise InvalidValueError(
-                f"data.preprocess.crop={self.crop} is larger than data.preprocess.resize={self.resize}: the centre crop is "
-                f"cut from the image resized to {self.resize} px (smaller side); valid: 1..{self.resize}, or raise "
-                "resize (the paper: resize 256, crop 256)")
+                f"data.preprocess.crop={self.crop} is larger than data.preprocess.resize={self.resize}: the centre "
+                f"crop is cut from the image resized to {self.resize} px (smaller side); valid: 1..{self.resize}, or "
+                "raise resize (the paper: resize 256, crop 256)")
         outer = self.crop if self.crop is not None else self.resize
         if outer is not None and self.input_size > outer:
             key = "crop" if self.crop is not None else "resize"
@@ -47,8 +48,8 @@ class Preprocessing:
                 f"data.preprocess.input_size={self.input_size} is larger than data.preprocess.{key}={outer}: the "
                 f"network's crops are cut from that image; valid: 1..{outer} (the paper: 224 of 256)")
         if not self.pixel_scale > 0:
-            raise InvalidValueError(f"data.preprocess.pixel_scale={self.pixel_scale}: must be positive (255: the paper's "
-                                    "[-128, 128] range)")
+            raise InvalidValueError(f"data.preprocess.pixel_scale={self.pixel_scale}: must be positive (255: the "
+                                    "paper's [-128, 128] range)")
 
     def check_native_size(self, side: int) -> None:
         """For a dataset whose images all have ``side`` x ``side`` pixels: nothing may be cut larger than them
@@ -74,7 +75,7 @@ class SubtractMeanImage(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape[-3:] != self.mean.shape:
             raise InvalidValueError(f"image of shape {tuple(image.shape[-3:])} does not match the mean image "
-                             f"{tuple(self.mean.shape)}; was the mean computed with other resize/crop settings?")
+                                    f"{tuple(self.mean.shape)}; was the mean computed with other resize/crop settings?")
         return image - self.mean
 
 
@@ -112,7 +113,8 @@ def paper_transform(p: Preprocessing, mean: torch.Tensor | None, train: bool) ->
     steps: list[nn.Module] = [base_transform(p)]
     if p.mean_image:
         if mean is None:
-            raise InvalidValueError("preprocess.mean_image=true but no mean image was computed (call prepare_data first)")
+            raise InvalidValueError("preprocess.mean_image=true but no mean image was computed (call prepare_data "
+                                    "first)")
         steps.append(SubtractMeanImage(mean))
     steps.append(ScalePixels(p.pixel_scale))
     if train:

@@ -121,13 +121,13 @@ def _apply_width_factors(arch: str, conv: Mapping[str, ConvSpec], fc: Mapping[st
     base = {**{n: s.out_channels for n, s in conv.items()}, **fc}
     for name, factor in factors.items():
         if name not in base:
-            raise InvalidValueError(f"width_factors: {name!r} is not a layer of {arch} whose width can be set; "
-                             f"valid: {', '.join(base)}")
+            raise InvalidValueError(f"width_factors: {name!r} is not a layer of {arch} whose width can be set; valid: "
+                                    f"{', '.join(base)}")
         if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
             raise InvalidValueError(f"width_factors.{name}={factor!r}: a factor must be a positive number")
         if name in widths:
-            raise InvalidValueError(f"{name} is set in both widths ({widths[name]}) and width_factors ({factor}); "
-                             "give one")
+            raise InvalidValueError(f"{name} is set in both widths ({widths[name]}) and width_factors ({factor}); give "
+                                    "one")
         widths[name] = max(1, round(base[name] * factor))
     return widths
 
@@ -138,15 +138,15 @@ def _check_options(arch: str, present: Sequence[str], remove: Sequence[str], wid
     removable = [n for n in present if n != "fc8"]
     for name in remove:
         if name not in removable:
-            raise InvalidValueError(f"remove: {name!r} is not a removable layer of {arch}; "
-                             f"valid: {', '.join(removable)} (fc8, the classifier, always stays)")
+            raise InvalidValueError(f"remove: {name!r} is not a removable layer of {arch}; valid: "
+                                    f"{', '.join(removable)} (fc8, the classifier, always stays)")
     if all(c in remove for c in CONV_NAMES):
         raise InvalidValueError(f"remove={list(remove)} removes every conv layer of {arch}; keep at least one of "
-                         f"{', '.join(CONV_NAMES)}")
+                                f"{', '.join(CONV_NAMES)}")
     for name, width in widths.items():
         if name not in removable:
-            raise InvalidValueError(f"widths: {name!r} is not a layer of {arch} whose width can be set; "
-                             f"valid: {', '.join(removable)} (fc8's width is num_classes)")
+            raise InvalidValueError(f"widths: {name!r} is not a layer of {arch} whose width can be set; valid: "
+                                    f"{', '.join(removable)} (fc8's width is num_classes)")
         if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
             raise InvalidValueError(f"widths.{name}={width!r}: a width must be a positive integer")
     if norm not in NORMS:
@@ -212,8 +212,8 @@ def build_zfnet_family(
             flat = features.eval()(torch.zeros(1, in_channels, input_size, input_size)).shape[1]
         features.train()
     except RuntimeError as err:
-        raise InvalidValueError(f"input_size={input_size} is too small for {arch} with remove={remove}: "
-                         f"the feature map vanishes ({err})") from err
+        raise InvalidValueError(f"input_size={input_size} is too small for {arch} with remove={remove}: the feature "
+                                f"map vanishes ({err})") from err
 
     units = flat
     for name, width in fc.items():
