@@ -195,7 +195,10 @@ class ImageClassifier(L.LightningModule):
                                                  "loss": _metric_states(self.train_loss)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._restored = checkpoint
+        hparams = checkpoint.get("hyper_parameters") or {}
+        self._restored = {"random_state": checkpoint.get("random_state"),
+                          "train_metric_states": checkpoint.get("train_metric_states"),
+                          "hyper_parameters": {k: hparams.get(k) for k in RESUMABLE_SETTINGS}}
 
     def on_train_start(self) -> None:
         """Apply a resumed checkpoint's random states, epoch metrics and changed optimizer settings, now that
