@@ -18,11 +18,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from zfexp.analysis import forward_prefix
-from zfexp.data.transforms import displayable
 from zfexp.data.sampling import probe_indices, stack_dataset
+from zfexp.data.transforms import displayable
+from zfexp.errors import InvalidValueError
 from zfexp.outputs import write_figure, write_image, write_table
 from zfexp.pictures import chosen_maps  # noqa: F401  (one of the pieces callbacks reuse)
-from zfexp.errors import InvalidValueError
 from zfexp.random_state import preserved_random_state
 
 

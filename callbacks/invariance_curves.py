@@ -11,8 +11,8 @@ from callbacks.common import (ProbedAnalysis, class_names, evaluating, log_figur
                               occluder_fill, tag)
 from zfexp.analysis import TRANSFORMS, invariance_curves
 from zfexp.analysis.layers import check_feature_layers
-from zfexp.figures import invariance_figure
 from zfexp.errors import InvalidValueError
+from zfexp.figures import invariance_figure
 
 
 class InvarianceCurves(ProbedAnalysis):

@@ -14,12 +14,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from PIL import Image
 
 from callbacks import (BestCheckpoint, DeconvSnapshots, FilterDiagnostics, FilterRenorm, GuidedBackpropSnapshots,
                        InvarianceCurves, OcclusionMaps, ResumeCheckpoint, TopActivations)
 from callbacks.common import ScheduledAnalysis
-from lightning.pytorch.callbacks import LearningRateMonitor
 from tests.conftest import ROOT, TINY_RUN, compose_train, train_cmd
 from tests.wandb_records import history
 from zfexp.module import ImageClassifier

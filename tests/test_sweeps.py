@@ -2,9 +2,9 @@
 failing row, the summariser, and Lightning DDP on two CPU processes."""
 
 import json
-from pathlib import Path
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch

@@ -56,8 +56,8 @@ def test_filter_renorm_runs_every_step_of_a_fit(run_dir, enabled):
     train(compose_train(run_dir, ["experiment=quickstart", *TINY, "logger=csv", "test=false",
                                   "callbacks.filter_renorm.radius=0.02", "module.lr=0.1",
                                   f"callbacks.filter_renorm.enabled={str(enabled).lower()}"]))
-    from zfexp.module import ImageClassifier
     from zfexp.analysis import filter_rms
+    from zfexp.module import ImageClassifier
 
     net = ImageClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt").net
     largest = {name: filter_rms(net.get_submodule(name).weight).max().item()

@@ -22,20 +22,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from zfexp.analysis import (TRANSFORMS, correspondence, invariance_curves, occlude_boxes, occlusion_maps,
-                            top_activations)
+from zfexp.analysis import TRANSFORMS, correspondence, invariance_curves, occlude_boxes, occlusion_maps, top_activations
 from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.data.transforms import displayable
+from zfexp.errors import InvalidValueError
 from zfexp.figures import invariance_figure, occlusion_figure
 from zfexp.jobs import check_device, closing_wandb, device_of, job_loggers, start_run_dir, write_summary
 from zfexp.module import ImageClassifier
 from zfexp.outputs import write_figure, write_image, write_table
 from zfexp.pictures import chosen_maps, strongest_unit_tiles, top_k_sheet
 from zfexp.render import image_grid
-from zfexp.errors import InvalidValueError
-from zfexp.transfer import load_pretrained
 from zfexp.reporting import reported_errors
+from zfexp.transfer import load_pretrained
 
 ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
 

@@ -24,13 +24,13 @@ from torch.utils.data import Subset
 
 from zfexp.analysis.linear_probes import CLASSIFIERS, extract_features, probe_accuracy
 from zfexp.data.few_shot import FewShotDataModule
+from zfexp.errors import InvalidValueError
 from zfexp.jobs import check_device, closing_wandb, device_of, job_loggers, start_run_dir, write_summary
 from zfexp.module import ImageClassifier
 from zfexp.outputs import write_table
+from zfexp.reporting import reported_errors
 from zfexp.sweeps.paper import TABLE7
 from zfexp.transfer import check_compatible, load_pretrained
-from zfexp.errors import InvalidValueError
-from zfexp.reporting import reported_errors
 
 
 def check_config(cfg: DictConfig) -> None:

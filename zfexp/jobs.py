@@ -13,9 +13,9 @@ import torch
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from zfexp.errors import InvalidValueError
 from zfexp.loggers import finish_wandb
 from zfexp.task import instantiate_dict, output_dir
-from zfexp.errors import InvalidValueError
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zfexp.render import save_png
 from zfexp.errors import InvalidValueError
+from zfexp.render import save_png
 
 
 def file_key(key: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 from torchvision.utils import save_image
+
 from zfexp.errors import InvalidValueError
 
 NORMALISE = ("symmetric", "minmax", "none")

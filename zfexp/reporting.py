@@ -17,6 +17,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from zfexp.errors import UserError
 
+
 class ReportedError(CompactHydraException):
     """Raised by an entry point with the user's message: Hydra prints it without a traceback."""
 

@@ -23,12 +23,12 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 import zfexp.resolvers  # noqa: F401  (registers the resolvers the configs use)
-from zfexp.loggers import finish_wandb
-from zfexp.module import ImageClassifier
-from zfexp.transfer import check_compatible, load_all_but_classifier_, load_pretrained
 from zfexp.checkpoints import RESUMABLE, check_checkpoint_file, newest_resumable
 from zfexp.errors import CheckpointError, InvalidValueError
+from zfexp.loggers import finish_wandb
+from zfexp.module import ImageClassifier
 from zfexp.reporting import user_message
+from zfexp.transfer import check_compatible, load_all_but_classifier_, load_pretrained
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from zfexp.checkpoints import read_checkpoint
 from zfexp.errors import CheckpointError, InvalidValueError
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
 from zfexp.errors import InvalidValueError
 
 RULES = ("deconvnet", "guided", "gradient")

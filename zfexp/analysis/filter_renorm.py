@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+
 from zfexp.errors import InvalidValueError
 
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
 from zfexp.errors import InvalidValueError
 
 NAMED = (nn.Conv2d, nn.Linear)

@@ -11,13 +11,12 @@ their images only, relabelled 0..k-1 in the dataset's order.
 from __future__ import annotations
 
 import dataclasses
-from functools import cached_property
 import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 from torch.utils.data import Dataset
+
 from zfexp.errors import InvalidValueError
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
+
 from zfexp.errors import InvalidValueError
 
 SEED_BITS = 62  # seeds stay positive int64 values, so ``seed + epoch`` never overflows a torch seed

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchvision.transforms import v2
+
 from zfexp.errors import InvalidValueError
 
 

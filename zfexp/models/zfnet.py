@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+
 from zfexp.errors import InvalidValueError
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
