@@ -73,7 +73,8 @@ class ResumeCheckpoint(Checkpoint):
         path = self.dirpath / name
         self._saved_at = at
         self.latest_checkpoint = (str(path), trainer.global_step)
-        trainer.save_checkpoint(path)  # atomic on a local disk: Lightning writes a temporary file and renames it
+        # Atomic on a local disk: Lightning writes a temporary file and renames it.
+        trainer.save_checkpoint(path, weights_only=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"saved_at": self._saved_at}
