@@ -4,9 +4,8 @@ A checkpoint is only worth resuming from when it holds a state the uninterrupted
 that Lightning's loops resume from as such: all batches before it trained, none after, the data loader's
 position, the LR scheduler stepped. Three points of a fit are such states: before the first step, the end of
 an epoch (after its validation: the module steps its plateau scheduler when validation ends), and the end of a
-training batch.
-``ResumeCheckpoint`` writes only there, the epoch's and the batch's under names of their own, so a mid-epoch
-checkpoint never replaces the epoch's.
+training batch. ``ResumeCheckpoint`` writes only there, the epoch's and the batch's under names of their own,
+so a mid-epoch checkpoint never replaces the epoch's.
 """
 
 from __future__ import annotations
