@@ -49,28 +49,23 @@ class SeededSampler(DistributedSampler):
         dataset_size: number of items of the dataset.
         seed: the run's data seed.
         epoch_size: items per epoch (all ranks together); ``None``: ``dataset_size``.
-        shuffle: ``False`` keeps the dataset's order (the seeds are still drawn).
         num_replicas, rank: DDP world size and this process's rank.
     """
 
-    def __init__(self, dataset_size: int, seed: int, epoch_size: int | None = None, shuffle: bool = True,
-                 num_replicas: int = 1, rank: int = 0):
+    def __init__(self, dataset_size: int, seed: int, epoch_size: int | None = None, num_replicas: int = 1,
+                 rank: int = 0):
         if dataset_size <= 0:
             raise InvalidValueError(f"SeededSampler: the dataset is empty (dataset_size={dataset_size})")
         self.dataset_size = dataset_size
         self.epoch_size = epoch_size or dataset_size
-        super().__init__(range(self.epoch_size), num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+        super().__init__(range(self.epoch_size), num_replicas=num_replicas, rank=rank, shuffle=True,
                          seed=seed % 2**SEED_BITS, drop_last=False)
 
     def epoch_items(self) -> tuple[list[int], list[int]]:
         """``(indices, sample_seeds)`` of this rank for the current epoch, each of length ``len(self)``."""
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        if self.shuffle:
-            rounds = -(-self.epoch_size // self.dataset_size)
-            order = torch.cat([torch.randperm(self.dataset_size, generator=g) for _ in range(rounds)])
-        else:
-            order = torch.arange(self.epoch_size) % self.dataset_size
-        order = order[: self.epoch_size]
+        rounds = -(-self.epoch_size // self.dataset_size)
+        order = torch.cat([torch.randperm(self.dataset_size, generator=g) for _ in range(rounds)])[: self.epoch_size]
         seeds = torch.randint(0, 2**SEED_BITS, (self.epoch_size,),
                               generator=torch.Generator().manual_seed(derived_seed(self.seed, self.epoch)))
         padding = self.total_size - self.epoch_size  # DistributedSampler's rule: repeat from the start
@@ -82,9 +77,6 @@ class SeededSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return iter(list(zip(*self.epoch_items())))
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class SeededItems(Dataset):

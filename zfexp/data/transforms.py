@@ -57,14 +57,13 @@ class Preprocessing:
         (a larger crop would pad the images with zeros)."""
         if self.resize is not None:
             return
-        for key in ("crop", "input_size"):
-            value = getattr(self, key)
-            if value is not None and value > side:
-                raise InvalidValueError(
-                    f"data.preprocess.{key}={value} is larger than the images ({side} x {side} px) with "
-                    f"data.preprocess.resize=null; valid: 1..{side}, or set data.preprocess.resize")
-            if key == "crop" and value is not None:
-                break  # input_size is checked against the crop already
+        key = "crop" if self.crop is not None else "input_size"  # input_size <= crop is checked already
+        value = getattr(self, key)
+        if value > side:
+            raise InvalidValueError(
+                f"data.preprocess.{key}={value} is larger than the images ({side} x {side} px) with "
+                f"data.preprocess.resize=null; valid: 1..{side}, or set data.preprocess.resize")
+
 
 class SubtractMeanImage(nn.Module):
     """``x - mean`` for an image ``[C, H, W]`` (or a batch) and a mean image ``[C, H, W]`` of the same size."""
