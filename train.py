@@ -5,19 +5,15 @@
     python train.py ckpt_path=last                            # resume the newest run's last checkpoint
     python train.py -m model.remove=[],[conv3,conv4]          # a multirun
 
-Writes checkpoints, metrics.json and the resolved config into logs/<task_name>/runs/<time>/.
+Writes checkpoints, metrics.json and the resolved config into logs/<task_name>/runs/<time>/; the task itself is
+``zfexp.training.train``.
 """
 
-import os
-from pathlib import Path
+import hydra
+from omegaconf import DictConfig
 
-os.environ.setdefault("ZFEXP_ROOT", str(Path(__file__).resolve().parent))
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from zfexp.reporting import reported_errors  # noqa: E402
-from zfexp.task import train  # noqa: E402
+from zfexp.runs.reporting import reported_errors
+from zfexp.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

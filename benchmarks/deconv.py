@@ -22,7 +22,7 @@ from torch.nn import functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import timed  # noqa: E402
-from zfexp.analysis import DeconvNet  # noqa: E402
+from zfexp.analysis import DeconvNet, layer_activations  # noqa: E402
 from zfexp.models import zfnet  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def captum_project(net, images, layer: str, channels) -> torch.Tensor:
     from captum.attr import NeuronDeconvolution
 
     relu = net.get_submodule("relu" + layer[-1])
-    acts = DeconvNet(net).features(images, layer)
+    acts = layer_activations(net, images, [layer])[layer]
     method = NeuronDeconvolution(net, relu)
     outs = []
     rows = torch.arange(images.shape[0])
@@ -110,7 +110,7 @@ def main() -> None:
 
             def loop():
                 rec, x5 = mirror.forward(images)
-                acts = x5 if layer == "conv5" else DeconvNet(net).features(images, "conv3")
+                acts = x5 if layer == "conv5" else layer_activations(net, images, ["conv3"])["conv3"]
                 return torch.stack([mirror.project_one(rec, acts, ch, layer) for ch in range(n_maps)], 1)
 
             t, theirs = timed(loop, device)

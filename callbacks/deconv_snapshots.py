@@ -8,10 +8,18 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
-from callbacks.common import (ProbedAnalysis, check_layers, check_positive, chosen_maps, evaluating, is_quiet,
-                              log_image, network_of)
-from zfexp.pictures import strongest_unit_tiles
-from zfexp.render import image_grid
+from callbacks.scheduled_analysis import (
+    ProbedAnalysis,
+    check_layers,
+    check_positive,
+    chosen_maps,
+    evaluating,
+    is_quiet,
+    log_image,
+    network_of,
+)
+from zfexp.figures.feature_tiles import strongest_unit_tiles
+from zfexp.figures.grid import image_grid
 
 PAPER_EPOCHS = (1, 2, 5, 10, 20, 30, 40, 64)
 PAPER_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from callbacks.common import ProbedAnalysis, evaluating, log_image, log_scalars, network_of, tag
-from zfexp.analysis import DeconvNet, conv_layers, filter_rms
-from zfexp.pictures import filter_grid
+from callbacks.scheduled_analysis import ProbedAnalysis, evaluating, log_image, log_scalars, network_of, tag
+from zfexp.analysis import conv_layers, filter_rms, layer_activations
+from zfexp.figures.feature_tiles import filter_grid
 
 
 class FilterDiagnostics(ProbedAnalysis):
@@ -36,7 +36,7 @@ class FilterDiagnostics(ProbedAnalysis):
         stats = {}
         convs = conv_layers(net)
         with evaluating(net):
-            all_acts = DeconvNet(net).features_of(images, list(convs))  # one pass
+            all_acts = layer_activations(net, images, list(convs))  # one pass
             for name, conv in convs.items():
                 acts = all_acts[name]  # [N, C, H, W], post-ReLU
                 dead = (acts.amax(dim=(0, 2, 3)) <= 0).float().mean()

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.common import network_of
+from callbacks.scheduled_analysis import network_of
 from zfexp.analysis import conv_layers, renormalize_filter_masks_
 from zfexp.errors import InvalidValueError
 
@@ -45,7 +45,8 @@ class FilterRenorm(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._hit = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
         # global_step counts optimizer steps, so gradient accumulation and skipped steps are handled.
         if not self.enabled or not self._trained or trainer.global_step == self._last_step:
             return

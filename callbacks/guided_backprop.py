@@ -6,10 +6,18 @@ from collections.abc import Sequence
 
 import torch
 
-from callbacks.common import (ProbedAnalysis, check_layers, check_positive, chosen_maps, evaluating, log_image,
-                              network_of, tag)
-from zfexp.pictures import strongest_unit_tiles
-from zfexp.render import image_grid
+from callbacks.scheduled_analysis import (
+    ProbedAnalysis,
+    check_layers,
+    check_positive,
+    chosen_maps,
+    evaluating,
+    log_image,
+    network_of,
+    tag,
+)
+from zfexp.figures.feature_tiles import strongest_unit_tiles
+from zfexp.figures.grid import image_grid
 
 
 class GuidedBackpropSnapshots(ProbedAnalysis):

@@ -7,12 +7,20 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from callbacks.common import (ProbedAnalysis, class_names, evaluating, log_figure, log_table, network_of,
-                              occluder_fill, tag)
+from callbacks.scheduled_analysis import (
+    ProbedAnalysis,
+    class_names,
+    evaluating,
+    log_figure,
+    log_table,
+    network_of,
+    occluder_fill,
+    tag,
+)
 from zfexp.analysis import TRANSFORMS, invariance_curves
-from zfexp.analysis.layers import check_feature_layers
+from zfexp.analysis.activations import check_feature_layers
 from zfexp.errors import InvalidValueError
-from zfexp.figures import invariance_figure
+from zfexp.figures.plots import invariance_figure
 
 
 class InvarianceCurves(ProbedAnalysis):

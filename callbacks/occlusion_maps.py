@@ -7,11 +7,21 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from callbacks.common import (ProbedAnalysis, check_layers, class_names, evaluating, for_display, log_figure,
-                              log_table, network_of, occluder_fill, tag)
+from callbacks.scheduled_analysis import (
+    ProbedAnalysis,
+    check_layers,
+    class_names,
+    evaluating,
+    for_display,
+    log_figure,
+    log_table,
+    network_of,
+    occluder_fill,
+    tag,
+)
 from zfexp.analysis import occlusion_maps
 from zfexp.errors import InvalidValueError
-from zfexp.figures import occlusion_figure
+from zfexp.figures.plots import occlusion_figure
 
 
 class OcclusionMaps(ProbedAnalysis):

@@ -9,11 +9,20 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from callbacks.common import (ScheduledAnalysis, check_layers, check_positive, chosen_maps, eval_dataset, evaluating,
-                              log_image, network_of, tag)
 from callbacks.deconv_snapshots import PAPER_LAYERS
+from callbacks.scheduled_analysis import (
+    ScheduledAnalysis,
+    check_layers,
+    check_positive,
+    chosen_maps,
+    eval_dataset,
+    evaluating,
+    log_image,
+    network_of,
+    tag,
+)
 from zfexp.analysis import top_activations
-from zfexp.pictures import top_k_sheet
+from zfexp.figures.feature_tiles import top_k_sheet
 
 
 class TopActivations(ScheduledAnalysis):

@@ -13,7 +13,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("ZFEXP_ROOT", str(ROOT))
 os.environ.setdefault("WANDB_SILENT", "true")
 DATA_DIR = ROOT / "data"  # shared across tests: Fashion-MNIST is extracted and mean images cached once
 

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import DATA_DIR, ROOT, TINY, compose_config, compose_train
 from zfexp.analyze import analyze
 from zfexp.errors import CorruptImageError
-from zfexp.task import train
+from zfexp.training import train
 
 FAST = ["deconv.num_images=32", "top9.max_images=64", "occlusion.num_images=2", "occlusion.stride=4",
         "invariance.num_images=2", "correspondence.num_images=3", "correspondence.n_random=2"]
@@ -34,7 +34,7 @@ def photos(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     sample = load_sample_images()
-    for name, image in zip(sample.filenames, sample.images):
+    for name, image in zip(sample.filenames, sample.images, strict=True):
         Image.fromarray(image).save(folder / name.split("/")[-1])  # china.jpg, flower.jpg: 427x640 colour
     return folder
 
@@ -50,7 +50,7 @@ def test_every_analysis_on_the_test_split_lands_in_the_run_dir_and_wandb(checkpo
     summary = analyze(compose_config("analyze", out, [f"ckpt_path={checkpoint}", *FAST]))
     layers = ["conv1", "conv2", "conv3", "conv4", "conv5"]
     images = {p.name for p in (out / "images").glob("*.png")}
-    assert images == ({f"deconv_{l}.png" for l in layers} | {f"top9_{l}.png" for l in layers}
+    assert images == ({f"deconv_{layer}.png" for layer in layers} | {f"top9_{layer}.png" for layer in layers}
                       | {"occlusion_panel.png", "invariance_curves.png", "correspondence_occluded.png"})
     tables = {p.name for p in (out / "tables").glob("*.csv")}
     assert tables == {"occlusion_table.csv", "invariance_table.csv", "correspondence_table.csv"}

@@ -9,9 +9,15 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from tests.conftest import DATA_DIR
+from zfexp.data import (
+    CIFAR10DataModule,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+    Preprocessing,
+    compute_mean_image,
+    paper_transform,
+)
 from zfexp.data.base import write_atomic
-from zfexp.data import (CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule, Preprocessing, compute_mean_image,
-                        paper_transform)
 from zfexp.errors import CorruptImageError, DatasetNotFoundError
 
 
@@ -166,7 +172,7 @@ def test_image_folder_trains_with_ten_crop_eval(tmp_path):
 
 def test_image_folder_missing_root_names_layout(tmp_path):
     with pytest.raises(DatasetNotFoundError) as err:
-        folder_dm(tmp_path / "imagenet").num_classes
+        _ = folder_dm(tmp_path / "imagenet").num_classes
     assert str(tmp_path / "imagenet" / "train") in str(err.value) and "<class>" in str(err.value)
 
 

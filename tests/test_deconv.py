@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models import alexnet as tv_alexnet
 from torchvision.models import vgg16 as tv_vgg16
 
-from zfexp.analysis import DeconvNet, forward_prefix, receptive_field
+from zfexp.analysis import DeconvNet, forward_prefix, layer_activations, receptive_field
 from zfexp.models import zfnet
 
 
@@ -212,7 +212,7 @@ def test_max_mode_is_zero_outside_the_receptive_field():
     model = zfnet(num_classes=10, init="kaiming")
     images = torch.randn(1, 3, 224, 224)
     deconv = DeconvNet(model)
-    acts = deconv.features(images, "conv3")[0, 12]
+    acts = layer_activations(model, images, ["conv3"])["conv3"][0, 12]
     row, col = divmod(int(acts.flatten().argmax()), acts.shape[-1])
     top, left, bottom, right = receptive_field(model, "conv3", (row, col), 224)
     assert 0 < bottom - top < 223  # a real box, not the whole image
@@ -253,7 +253,7 @@ def test_top_activations_equal_a_brute_force_search():
     loader = DataLoader(TensorDataset(images, torch.zeros(23)), batch_size=5)
     channels = [0, 3, 30]
     top = top_activations(model, loader, "conv4", channels, k=4, progress=False)
-    acts = DeconvNet(model).features(images, "conv4")[:, channels].flatten(2)  # [23, 3, H*W]
+    acts = layer_activations(model, images, ["conv4"])["conv4"][:, channels].flatten(2)  # [23, 3, H*W]
     per_image, where = acts.max(2)
     for j in range(len(channels)):
         order = per_image[:, j].argsort(descending=True)[:4]
@@ -288,7 +288,7 @@ def test_receptive_field_size_matches_the_unclipped_box():
 
 
 def test_grid_layout_and_per_tile_normalisation():
-    from zfexp.render import image_grid
+    from zfexp.figures.grid import image_grid
 
     tiles = torch.zeros(2, 3, 1, 4, 4)
     tiles[0, 0] = 5.0  # positive everywhere -> white
@@ -300,11 +300,14 @@ def test_grid_layout_and_per_tile_normalisation():
     assert torch.all(grid[:, 0, :] == 1.0)  # padding
 
 
-def test_features_of_several_layers_in_one_pass_equal_one_at_a_time():
+def test_layer_activations_of_several_layers_equal_the_deconvnets_own_forward_pass():
     torch.manual_seed(7)
-    model = zfnet(num_classes=10, init="kaiming")
+    model = zfnet(num_classes=10, init="kaiming").train()
     images = torch.randn(2, 3, 224, 224)
-    deconv = DeconvNet(model)
-    together = deconv.features_of(images, ["conv1", "conv3", "conv5"])
+    ran_fc6 = []
+    model.fc6.register_forward_hook(lambda *args: ran_fc6.append(True))
+    together = layer_activations(model, images, ["conv1", "conv3", "conv5"])
+    assert not ran_fc6  # the pass stops at the deepest layer asked for
+    assert model.training  # and leaves the model in the mode it was in
     for layer in ("conv1", "conv3", "conv5"):
-        assert torch.equal(together[layer], deconv.features(images, layer)), layer
+        assert torch.equal(together[layer], DeconvNet(model).forward_record(images, layer)[0]), layer

@@ -26,7 +26,8 @@ ZF_CONV = (conv_params(3, 96, 7) + conv_params(96, 256, 5) + conv_params(256, 38
 
 def test_zfnet_has_the_papers_parameter_count():
     assert n_params(zfnet(num_classes=1000)) == 62_357_608
-    assert n_params(zfnet(num_classes=1000)) == ZF_CONV + fc_params(9216, 4096) + fc_params(4096, 4096) + fc_params(4096, 1000)
+    fc = fc_params(9216, 4096) + fc_params(4096, 4096) + fc_params(4096, 1000)
+    assert n_params(zfnet(num_classes=1000)) == ZF_CONV + fc
 
 
 def test_zfnet_feature_sizes_match_fig3():

@@ -15,7 +15,7 @@ from torch import nn
 
 from tests.conftest import ROOT, train_cmd
 from tests.wandb_records import history, run_info
-from zfexp.sweeps.paper import TABLE3
+from zfexp.sweeps.paper_numbers import TABLE3
 from zfexp.sweeps.summarize import summarize
 
 # One epoch on a slice of Fashion-MNIST; the analysis callbacks of the quickstart off, except where tested.
@@ -116,7 +116,7 @@ def test_table3_zfnet_rows_run_in_parallel_on_ray_each_its_own_wandb_run(tmp_pat
     assert busy > elapsed  # the jobs ran side by side: together they took longer than the whole launch
     table = summarize(sweep)
     assert [r["row"] for r in table] == [TABLE3["table3_zfnet"][r].label for r in rows]
-    for r, key in zip(table, rows):
+    for r, key in zip(table, rows, strict=True):
         assert r["status"] == "completed" and r["val top-1"] is not None
         assert r["paper val top-1"] == TABLE3["table3_zfnet"][key].val_top1
     assert (sweep / "summary.md").read_text().count("| completed |") == len(rows)
@@ -150,7 +150,8 @@ def test_summary_marks_unfinished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     (sweep / "0" / ".hydra").mkdir(parents=True)
     (sweep / "0" / ".hydra" / "overrides.yaml").write_text("- ablation.row=fc67_8192\n")
-    (sweep / "0" / "config.yaml").write_text("sweep_name: table3_zfnet\nablation: {table: table3_zfnet, row: fc67_8192}\n")
+    (sweep / "0" / "config.yaml").write_text("sweep_name: table3_zfnet\n"
+                                             "ablation: {table: table3_zfnet, row: fc67_8192}\n")
     (table,) = summarize(sweep)
     assert table["status"] == "unfinished" and table["row"] == "- layers 6,7 at 8192 units"
     assert table["paper train top-1"] == 22.0

@@ -17,7 +17,7 @@ from tests.wandb_records import config as wandb_config
 from tests.wandb_records import history
 from zfexp.errors import DatasetNotFoundError, NonFiniteLossError
 from zfexp.models import zfnet
-from zfexp.task import train
+from zfexp.training import train
 
 
 def read_metrics(run_dir: Path) -> dict:
@@ -112,8 +112,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     good = (first / "checkpoints" / "last.ckpt").read_bytes()
     time.sleep(0.01)
     with pytest.raises(NonFiniteLossError, match="train/loss is nan"):
-        train(compose_train(second, ["experiment=quickstart", *TINY, "logger=csv", "ckpt_path=last", "trainer.max_epochs=2",
-                                     "data.preprocess.pixel_scale=inf"]))
+        train(compose_train(second, ["experiment=quickstart", *TINY, "logger=csv", "ckpt_path=last",
+                                     "trainer.max_epochs=2", "data.preprocess.pixel_scale=inf"]))
     assert (first / "checkpoints" / "last.ckpt").read_bytes() == good
     assert "NonFiniteLossError" in read_metrics(second)["error"]
     for ckpt in second.glob("checkpoints/*.ckpt"):  # whatever was saved on the way out is finite

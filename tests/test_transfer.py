@@ -14,13 +14,18 @@ from PIL import Image
 
 from tests.conftest import ROOT, compose_config, compose_train
 from zfexp.analysis.linear_probes import mean_class_accuracy, probe_accuracy
-from zfexp.data import (Caltech101DataModule, Caltech256DataModule, FashionMNISTFewShotDataModule,
-                        ImageFolderFewShotDataModule, few_shot_split)
+from zfexp.data import (
+    Caltech101DataModule,
+    Caltech256DataModule,
+    FashionMNISTFewShotDataModule,
+    ImageFolderFewShotDataModule,
+    few_shot_split,
+)
 from zfexp.data.classes import dataset_targets
 from zfexp.errors import DatasetNotFoundError
 from zfexp.module import ImageClassifier, MeanClassAccuracy
 from zfexp.sweeps.summarize import main, summarize
-from zfexp.task import train
+from zfexp.training import train
 
 SMALL = {"resize": 16, "crop": 16, "input_size": 12}
 # A short transfer or pretraining run on a slice of Fashion-MNIST, analysis callbacks off.
@@ -122,7 +127,7 @@ def test_image_folder_pool(tmp_path):
     assert per_class(dm, dm.split_indices[0]) == {0: 2, 1: 2} and per_class(dm, dm.split_indices[1]) == {0: 4, 1: 2}
     too_many = ImageFolderFewShotDataModule(root=str(tmp_path), train_per_class=4, preprocess=SMALL, num_workers=0)
     with pytest.raises(ValueError, match=r"class 1 \(car\) has only 4 images.*at most 3"):
-        too_many.split_indices
+        _ = too_many.split_indices
 
 
 def test_too_few_images_and_missing_files_are_clear_errors(tmp_path):
@@ -134,7 +139,7 @@ def test_too_few_images_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"101_ObjectCategories.*data.caltech.edu"):
         dm.prepare_data()
     with pytest.raises(ValueError, match=r"class_subset: 'Bagz'.*valid"):
-        FashionMNISTFewShotDataModule(root=str(tmp_path), class_subset=["Bag", "Bagz"]).kept_classes
+        _ = FashionMNISTFewShotDataModule(root=str(tmp_path), class_subset=["Bag", "Bagz"]).kept_classes
 
 
 def test_fashion_mnist_class_subset_is_relabelled(fashion_mnist_raw):
@@ -270,8 +275,8 @@ def test_transfer_curve_sweep_runs_every_cell(tmp_path, pretrained_ckpt):
     from tests.test_sweeps import multirun_cmd, only_sweep
 
     log_dir = tmp_path / "logs"
-    cmd = multirun_cmd("sweep=transfer_curve", *TRANSFER, f"pretrained_ckpt={pretrained_ckpt}", f"paths.log_dir={log_dir}",
-                       "data.train_per_class=1,3", "data.fold=0,1")
+    cmd = multirun_cmd("sweep=transfer_curve", *TRANSFER, f"pretrained_ckpt={pretrained_ckpt}",
+                       f"paths.log_dir={log_dir}", "data.train_per_class=1,3", "data.fold=0,1")
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
     rows = summarize(only_sweep(log_dir))
     assert [r["images per class"] for r in rows] == [1, 3]

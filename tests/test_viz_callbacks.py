@@ -8,7 +8,7 @@ import torch
 
 from callbacks import DeconvSnapshots, FilterDiagnostics, InvarianceCurves, OcclusionMaps, TopActivations
 from tests.conftest import TINY, compose_train
-from zfexp.task import train
+from zfexp.training import train
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
@@ -18,8 +18,9 @@ def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir)
                                   "callbacks.deconv_snapshots.epochs=[1,2]", "callbacks.filter_diagnostics.epochs=[1]",
                                   "test=false"]))
     images = {p.name for p in (run_dir / "images").glob("*.png")}
-    expected = ({f"deconv_{l}_epoch00{e}.png" for l in LAYERS for e in (1, 2)}
-                | {f"deconv_{l}_evolution.png" for l in LAYERS} | {f"top9_{l}_final.png" for l in LAYERS}
+    expected = ({f"deconv_{layer}_epoch00{e}.png" for layer in LAYERS for e in (1, 2)}
+                | {f"deconv_{layer}_evolution.png" for layer in LAYERS}
+                | {f"top9_{layer}_final.png" for layer in LAYERS}
                 | {"filters_conv1_epoch001.png", "filters_conv1_final.png"}
                 | {"occlusion_panel_final.png", "invariance_curves_final.png"})
     assert images == expected
@@ -55,7 +56,8 @@ def test_evolution_grid_is_maps_by_epochs(run_dir):
     from PIL import Image
 
     train(compose_train(run_dir, ["experiment=quickstart", *TINY, "trainer.max_epochs=2", "logger=csv",
-                                  "callbacks.deconv_snapshots.epochs=[1,2]", "callbacks.deconv_snapshots.maps_per_layer=3",
+                                  "callbacks.deconv_snapshots.epochs=[1,2]",
+                                  "callbacks.deconv_snapshots.maps_per_layer=3",
                                   "callbacks.top_activations=null", "callbacks.filter_diagnostics=null", "test=false"]))
     one = Image.open(run_dir / "images" / "deconv_conv1_epoch001.png")
     grid = Image.open(run_dir / "images" / "deconv_conv1_evolution.png")

@@ -12,9 +12,7 @@ numbers behind the occlusion, invariance and correspondence figures, also W&B ta
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
-from typing import Any
 
 import hydra
 import torch
@@ -23,18 +21,20 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from zfexp.analysis import TRANSFORMS, correspondence, invariance_curves, occlude_boxes, occlusion_maps, top_activations
+from zfexp.analysis.map_choice import chosen_maps
 from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.data.transforms import displayable
 from zfexp.errors import InvalidValueError
-from zfexp.figures import invariance_figure, occlusion_figure
-from zfexp.jobs import check_device, closing_wandb, device_of, job_loggers, start_run_dir, write_summary
+from zfexp.figures.feature_tiles import strongest_unit_tiles, top_k_sheet
+from zfexp.figures.grid import image_grid
+from zfexp.figures.plots import invariance_figure, occlusion_figure
 from zfexp.module import ImageClassifier
-from zfexp.outputs import write_figure, write_image, write_table
-from zfexp.pictures import chosen_maps, strongest_unit_tiles, top_k_sheet
-from zfexp.render import image_grid
-from zfexp.reporting import reported_errors
-from zfexp.transfer import load_pretrained
+from zfexp.pretrained import load_pretrained
+from zfexp.runs.devices import check_device, device_of
+from zfexp.runs.lifecycle import Run, task_wrapper
+from zfexp.runs.outputs import write_figure, write_image, write_table
+from zfexp.runs.reporting import reported_errors
 
 ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
 
@@ -182,33 +182,29 @@ def data_config(cfg: DictConfig) -> DictConfig:
     return OmegaConf.load(run_config).data
 
 
-def analyze(cfg: DictConfig) -> dict[str, Any]:
+@task_wrapper("analyze.json")
+def analyze(cfg: DictConfig, run: Run) -> None:
+    """The analyses of ``cfg.analyses`` on a checkpoint; what was written goes to ``<run dir>/analyze.json``."""
     check_config(cfg)
-    run_dir = start_run_dir(cfg)
     device = device_of(cfg.device)
-    start = time.time()
-    with closing_wandb():
-        module = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location=device)
-        net = module.net.to(device).eval()
-        datamodule = instantiate(data_config(cfg), _convert_="all")
-        datamodule.prepare_data()
-        datamodule.setup("test")
-        if str(cfg.images) == "test":
-            dataset, labelled = datamodule.analysis_dataset("test"), True
-        else:
-            dataset = ImageFiles(os.path.expanduser(str(cfg.images)),
-                                 photo_transform(datamodule.preprocess, datamodule.mean, datamodule.num_channels))
-            labelled = False
-        with job_loggers(cfg) as loggers:
-            job = Analysis(cfg, net, dataset, labelled, run_dir, loggers, device, datamodule)
-            with torch.no_grad():
-                for name in cfg.analyses:
-                    getattr(job, name)()
-        summary = {"ckpt_path": str(cfg.ckpt_path), "images": str(cfg.images), "analyses": list(cfg.analyses),
-                   "outputs": job.written, "wall_time_s": round(time.time() - start, 2)}
-        write_summary(run_dir, "analyze.json", summary)
-        print(f"analyses written to {run_dir}")
-        return summary
+    run.record.update(ckpt_path=str(cfg.ckpt_path), images=str(cfg.images), analyses=list(cfg.analyses))
+    module = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location=device)
+    net = module.net.to(device).eval()
+    datamodule = instantiate(data_config(cfg), _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    if str(cfg.images) == "test":
+        dataset, labelled = datamodule.analysis_dataset("test"), True
+    else:
+        dataset = ImageFiles(os.path.expanduser(str(cfg.images)),
+                             photo_transform(datamodule.preprocess, datamodule.mean, datamodule.num_channels))
+        labelled = False
+    job = Analysis(cfg, net, dataset, labelled, run.dir, run.open_loggers(cfg), device, datamodule)
+    run.record["outputs"] = job.written
+    with torch.no_grad():
+        for name in cfg.analyses:
+            getattr(job, name)()
+    print(f"analyses written to {run.dir}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
@@ -218,5 +214,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("ZFEXP_ROOT", str(Path(__file__).resolve().parents[1]))
     main()

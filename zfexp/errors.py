@@ -1,7 +1,7 @@
 """Errors with messages meant for the user: each names the bad value or file and what would be valid.
 
 Every one of them is a :class:`UserError`; the entry points (``train.py``, ``zfexp.analyze``,
-``zfexp.features``) end on one with its message alone (see :func:`zfexp.reporting.reported_errors`).
+``zfexp.features``) end on one with its message alone (see :func:`zfexp.runs.reporting.reported_errors`).
 """
 
 

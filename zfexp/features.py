@@ -11,11 +11,7 @@ to ``logs/features/runs/<time>/`` and the table to W&B.
 
 from __future__ import annotations
 
-import os
 import statistics
-import time
-from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.utils import get_class, instantiate
@@ -25,12 +21,13 @@ from torch.utils.data import Subset
 from zfexp.analysis.linear_probes import CLASSIFIERS, extract_features, probe_accuracy
 from zfexp.data.few_shot import FewShotDataModule
 from zfexp.errors import InvalidValueError
-from zfexp.jobs import check_device, closing_wandb, device_of, job_loggers, start_run_dir, write_summary
 from zfexp.module import ImageClassifier
-from zfexp.outputs import write_table
-from zfexp.reporting import reported_errors
-from zfexp.sweeps.paper import TABLE7
-from zfexp.transfer import check_compatible, load_pretrained
+from zfexp.pretrained import check_compatible, load_pretrained
+from zfexp.runs.devices import check_device, device_of
+from zfexp.runs.lifecycle import Run, task_wrapper
+from zfexp.runs.outputs import write_table
+from zfexp.runs.reporting import reported_errors
+from zfexp.sweeps.paper_numbers import TABLE7
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -86,58 +83,53 @@ def markdown(rows: list[dict], title: str, dims: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def features_by_layer(cfg: DictConfig) -> dict[str, Any]:
+@task_wrapper("features.json")
+def features_by_layer(cfg: DictConfig, run: Run) -> None:
+    """Table 7 for a checkpoint; the rows and what they came from go to ``<run dir>/features.json``."""
     check_config(cfg)
-    run_dir = start_run_dir(cfg)
     device = device_of(cfg.device)
-    start = time.time()
-    with closing_wandb():
-        folds = fold_datamodules(cfg)
-        pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path")
-        net = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu").net.eval()
-        missing = [layer for layer in cfg.layers if layer not in getattr(net, "layer_names", ())]
-        if missing:
-            raise InvalidValueError(f"layers={list(cfg.layers)}: {missing} not in the network; valid: "
-                                    f"{', '.join(n for n in net.layer_names if n != 'fc8')}")
-        first = folds[0]
-        first.prepare_data()
-        check_compatible(pretrained, first.num_channels, first.input_size)
-        if pretrained.mean_image is not None and first.preprocess.mean_image:
-            first.mean = pretrained.mean_image  # the inputs normalised as the network was trained
-        splits = [dm.split_indices for dm in folds]
-        used = sorted({i for train, test in splits for i in (*train, *test)})
-        position = {index: row for row, index in enumerate(used)}
-        feats, labels = extract_features(net, Subset(first.pool_dataset(), used), list(cfg.layers),
-                                         max_side=cfg.max_side, batch_size=cfg.batch_size, device=device,
-                                         num_workers=first.hparams.num_workers)
-        scores: dict[tuple[str, str], list[float]] = {(k, layer): [] for k in cfg.classifiers for layer in cfg.layers}
-        for fold, (train, test) in enumerate(splits):
-            tr, te = [position[i] for i in train], [position[i] for i in test]
-            for layer in cfg.layers:
-                x = feats[layer]
-                for kind in cfg.classifiers:
-                    acc = probe_accuracy(kind, x[tr], labels[tr], x[te], labels[te], seed=cfg.seed,
-                                         **OmegaConf.to_container(cfg[kind]))
-                    scores[(kind, layer)].append(acc)
-                    print(f"fold {fold} {kind:>7} {layer:>5}: {acc:.1f}%", flush=True)
-        rows = table7_rows(scores)
-        dims = {layer: int(t.shape[1]) for layer, t in feats.items()}
-        classes = ", ".join(first.classes) if len(first.classes) <= 10 else f"{len(first.classes)} classes"
-        title = (f"Mean per-class test accuracy % by layer, {type(first).__name__.removesuffix('DataModule')} "
-                 f"({classes}): {first.train_per_class} training and up to {first.test_per_class} test "
-                 f"images per class, mean +- std over {cfg.folds} folds; features of {cfg.ckpt_path}")
-        text = markdown(rows, title, dims)
-        (run_dir / "features.md").write_text(text)
-        with job_loggers(cfg) as loggers:
-            write_table(run_dir, loggers, "features/table7", rows, 0)
-        summary = {"ckpt_path": str(cfg.ckpt_path), "data": cfg.data._target_,
-                   "train_per_class": first.train_per_class, "folds": cfg.folds, "images": len(used),
-                   "feature_dims": dims, "rows": rows,
-                   "wall_time_s": round(time.time() - start, 2)}
-        write_summary(run_dir, "features.json", summary)
-        print(text, end="")
-        print(f"written to {run_dir}")
-        return summary
+    folds = fold_datamodules(cfg)
+    pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path")
+    net = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu").net.eval()
+    missing = [layer for layer in cfg.layers if layer not in getattr(net, "layer_names", ())]
+    if missing:
+        raise InvalidValueError(f"layers={list(cfg.layers)}: {missing} not in the network; valid: "
+                                f"{', '.join(n for n in net.layer_names if n != 'fc8')}")
+    first = folds[0]
+    first.prepare_data()
+    check_compatible(pretrained, first.num_channels, first.input_size)
+    if pretrained.mean_image is not None and first.preprocess.mean_image:
+        first.mean = pretrained.mean_image  # the inputs normalised as the network was trained
+    splits = [dm.split_indices for dm in folds]
+    used = sorted({i for train, test in splits for i in (*train, *test)})
+    position = {index: row for row, index in enumerate(used)}
+    run.record.update(ckpt_path=str(cfg.ckpt_path), data=cfg.data._target_, train_per_class=first.train_per_class,
+                      folds=cfg.folds, images=len(used))
+    feats, labels = extract_features(net, Subset(first.pool_dataset(), used), list(cfg.layers),
+                                     max_side=cfg.max_side, batch_size=cfg.batch_size, device=device,
+                                     num_workers=first.hparams.num_workers)
+    scores: dict[tuple[str, str], list[float]] = {(k, layer): [] for k in cfg.classifiers for layer in cfg.layers}
+    for fold, (train, test) in enumerate(splits):
+        tr, te = [position[i] for i in train], [position[i] for i in test]
+        for layer in cfg.layers:
+            x = feats[layer]
+            for kind in cfg.classifiers:
+                acc = probe_accuracy(kind, x[tr], labels[tr], x[te], labels[te], seed=cfg.seed,
+                                     **OmegaConf.to_container(cfg[kind]))
+                scores[(kind, layer)].append(acc)
+                print(f"fold {fold} {kind:>7} {layer:>5}: {acc:.1f}%", flush=True)
+    rows = table7_rows(scores)
+    dims = {layer: int(t.shape[1]) for layer, t in feats.items()}
+    classes = ", ".join(first.classes) if len(first.classes) <= 10 else f"{len(first.classes)} classes"
+    title = (f"Mean per-class test accuracy % by layer, {type(first).__name__.removesuffix('DataModule')} "
+             f"({classes}): {first.train_per_class} training and up to {first.test_per_class} test "
+             f"images per class, mean +- std over {cfg.folds} folds; features of {cfg.ckpt_path}")
+    text = markdown(rows, title, dims)
+    (run.dir / "features.md").write_text(text)
+    write_table(run.dir, run.open_loggers(cfg), "features/table7", rows, 0)
+    run.record.update(feature_dims=dims, rows=rows)
+    print(text, end="")
+    print(f"written to {run.dir}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="features")
@@ -147,5 +139,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("ZFEXP_ROOT", str(Path(__file__).resolve().parents[1]))
     main()

@@ -1,19 +1,28 @@
-"""Pure analysis engines: functions of a model and tensors, with no knowledge of Lightning or files."""
+"""Pure analysis engines: functions of a model and tensors, with no knowledge of Lightning or files.
 
-from zfexp.analysis.correspondence import Correspondence, correspondence, occlude_boxes, pairwise_sign_hamming
-from zfexp.analysis.deconv import DeconvNet, forward_prefix, receptive_field, receptive_field_size
-from zfexp.analysis.filter_renorm import conv_layers, filter_rms, renormalize_filter_masks_, renormalize_filters_
-from zfexp.analysis.invariance import TRANSFORMS, InvarianceCurves, default_values, invariance_curves, transformed
-from zfexp.analysis.layers import feature_layers, layer_outputs
-from zfexp.analysis.occlusion import OcclusionMaps, occluder_positions, occlusion_maps
-from zfexp.analysis.top_activations import TopActivations, top_activations
+Each engine returns a result type named for it (``OcclusionResult``, ``InvarianceResult``,
+``TopActivationsResult``, ``CorrespondenceResult``); layers are read with ``activations`` and located with
+``geometry``.
+"""
+
+from zfexp.analysis.activations import eval_mode, feature_layers, layer_activations, layer_outputs
+from zfexp.analysis.correspondence import CorrespondenceResult, correspondence, occlude_boxes, pairwise_sign_hamming
+from zfexp.analysis.deconv import RULES, DeconvNet
+from zfexp.analysis.filter_norms import conv_layers, filter_rms, renormalize_filter_masks_, renormalize_filters_
+from zfexp.analysis.geometry import forward_prefix, receptive_field, receptive_field_size
+from zfexp.analysis.invariance import TRANSFORMS, InvarianceResult, default_values, invariance_curves, transformed
+from zfexp.analysis.map_choice import chosen_maps, random_maps
+from zfexp.analysis.occlusion import OcclusionResult, occluder_positions, occlusion_maps
+from zfexp.analysis.top_k import TopActivationsResult, top_activations
 
 __all__ = [
-    "Correspondence", "correspondence", "occlude_boxes", "pairwise_sign_hamming",
-    "DeconvNet", "forward_prefix", "receptive_field", "receptive_field_size",
+    "eval_mode", "feature_layers", "layer_activations", "layer_outputs",
+    "CorrespondenceResult", "correspondence", "occlude_boxes", "pairwise_sign_hamming",
+    "RULES", "DeconvNet",
     "conv_layers", "filter_rms", "renormalize_filter_masks_", "renormalize_filters_",
-    "TRANSFORMS", "InvarianceCurves", "default_values", "invariance_curves", "transformed",
-    "feature_layers", "layer_outputs",
-    "OcclusionMaps", "occluder_positions", "occlusion_maps",
-    "TopActivations", "top_activations",
+    "forward_prefix", "receptive_field", "receptive_field_size",
+    "TRANSFORMS", "InvarianceResult", "default_values", "invariance_curves", "transformed",
+    "chosen_maps", "random_maps",
+    "OcclusionResult", "occluder_positions", "occlusion_maps",
+    "TopActivationsResult", "top_activations",
 ]

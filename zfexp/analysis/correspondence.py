@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zfexp.analysis.layers import check_feature_layers, layer_outputs
+from zfexp.analysis.activations import check_feature_layers, layer_outputs
 from zfexp.errors import InvalidValueError
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), inclusive, as receptive_field returns
 
 
 @dataclass
-class Correspondence:
+class CorrespondenceResult:
     """``delta[occlusion][layer] = (mean, std)`` over image pairs; ``occlusion`` is a part name or
     ``"random"``. ``pairs[occlusion][layer] [P]``: the normalised Hamming distance of every pair."""
 
@@ -66,7 +66,7 @@ def _check_boxes(name: str, boxes: Sequence[Box], n: int, height: int, width: in
 @torch.no_grad()
 def correspondence(model: nn.Module, images: torch.Tensor, parts: Mapping[str, Sequence[Box]],
                    layers: Sequence[str] = ("conv5", "fc7"), n_random: int = 10, fill: float = 0.0,
-                   seed: int = 0) -> Correspondence:
+                   seed: int = 0) -> CorrespondenceResult:
     """Table 1 for ``images [N, C, H, W]`` (N >= 2, the same kind of object, e.g. frontal dog faces).
 
     Args:
@@ -106,4 +106,4 @@ def correspondence(model: nn.Module, images: torch.Tensor, parts: Mapping[str, S
         pairs["random"] = {layer: torch.cat([t[layer] for t in trials]) for layer in layers}
     delta = {occ: {layer: (float(d.mean()), float(d.std()) if d.numel() > 1 else 0.0) for layer, d in by.items()}
              for occ, by in pairs.items()}
-    return Correspondence(delta=delta, pairs=pairs)
+    return CorrespondenceResult(delta=delta, pairs=pairs)

@@ -11,14 +11,14 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from zfexp.analysis.layers import check_feature_layers, layer_outputs
+from zfexp.analysis.activations import check_feature_layers, layer_outputs
 from zfexp.errors import InvalidValueError
 
 TRANSFORMS = ("translate", "scale", "rotate")
 
 
 @dataclass
-class InvarianceCurves:
+class InvarianceResult:
     """``values [V]`` of ``transform``; ``distance[layer] [N, V]``: Euclidean distance between the layer's
     feature vector on the original and on the transformed image; ``prob_true [N, V]``, ``top_label [N, V]``."""
 
@@ -76,7 +76,7 @@ def transformed(images: torch.Tensor, transform: str, value: float, fill: float 
 def invariance_curves(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | Sequence[int],
                       transform: str, values: torch.Tensor | Sequence[float] | None = None,
                       layers: Sequence[str] = ("conv1", "fc7"), fill: float = 0.0,
-                      probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None) -> InvarianceCurves:
+                      probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None) -> InvarianceResult:
     """Fig. 5 for ``images [N, C, H, W]`` with true ``labels [N]``: one forward pass per value (all images
     at once); ``values`` default to the paper's range for ``transform``."""
     if transform not in TRANSFORMS:
@@ -98,6 +98,6 @@ def invariance_curves(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         top_label.append(probs.argmax(1))
         for layer in layers:
             distance[layer].append((feats[layer] - reference[layer]).norm(dim=1))
-    return InvarianceCurves(transform=transform, values=values,
+    return InvarianceResult(transform=transform, values=values,
                             distance={layer: torch.stack(d, 1).cpu() for layer, d in distance.items()},
                             prob_true=torch.stack(prob_true, 1).cpu(), top_label=torch.stack(top_label, 1).cpu())

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from zfexp.analysis.layers import layer_outputs
+from zfexp.analysis.activations import layer_outputs
 from zfexp.errors import InvalidValueError
 
 CLASSIFIERS = ("svm", "softmax")

@@ -93,13 +93,13 @@ class ZFNet(nn.Sequential):
     ``layer_names`` lists the paper layers present (after ``remove``), in order.
     """
 
-    def __init__(self, layers: "OrderedDict[str, nn.Module]", *, arch: str, input_size: int, layer_names: Sequence[str]):
+    def __init__(self, layers: OrderedDict[str, nn.Module], *, arch: str, input_size: int, layer_names: Sequence[str]):
         super().__init__(layers)
         self.arch = arch
         self.input_size = input_size
         self.layer_names = tuple(layer_names)
 
-    def feature_shapes(self, batch: int = 1) -> "OrderedDict[str, tuple[int, ...]]":
+    def feature_shapes(self, batch: int = 1) -> OrderedDict[str, tuple[int, ...]]:
         """Output shape ``(C, H, W)`` or ``(F,)`` of every child, for a ``[batch, C, S, S]`` input."""
         first_conv = next(m for m in self if isinstance(m, nn.Conv2d))
         x = torch.zeros(batch, first_conv.in_channels, self.input_size, self.input_size,

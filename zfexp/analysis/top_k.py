@@ -9,12 +9,12 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from zfexp.analysis.deconv import DeconvNet
+from zfexp.analysis.activations import layer_activations
 from zfexp.errors import InvalidValueError
 
 
 @dataclass
-class TopActivations:
+class TopActivationsResult:
     """Per chosen channel, the ``k`` images whose maps reach the highest activation.
 
     ``indices [K, k]`` dataset indices, ``positions [K, k, 2]`` (row, col) of the maximum in the map,
@@ -29,7 +29,8 @@ class TopActivations:
 
 @torch.no_grad()
 def top_activations(model: nn.Module, dataloader: DataLoader, layer: str, channels: list[int] | None = None,
-                    k: int = 9, device: torch.device | str | None = None, progress: bool = True) -> TopActivations:
+                    k: int = 9, device: torch.device | str | None = None, progress: bool = True,
+                    ) -> TopActivationsResult:
     """One pass over ``dataloader`` (batches of ``(images, labels)`` in dataset order) keeping a running
     top-``k`` per channel on the device: each image counts once per channel, at its map's maximum."""
     if isinstance(getattr(dataloader, "sampler", None), RandomSampler):
@@ -38,12 +39,11 @@ def top_activations(model: nn.Module, dataloader: DataLoader, layer: str, channe
     if k < 1:
         raise InvalidValueError(f"k={k}: must be at least 1")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    deconv = DeconvNet(model)
     best_val = best_idx = best_pos = None
     chan = None
     seen = 0
     for images, *_ in tqdm(dataloader, desc=f"top-{k} of {layer}", disable=not progress, leave=False):
-        acts = deconv.features(images.to(device), layer)  # [B, C_l, H, W]
+        acts = layer_activations(model, images.to(device), [layer])[layer]  # [B, C_l, H, W]
         if chan is None:
             chan = torch.arange(acts.shape[1]) if channels is None else torch.as_tensor(channels, dtype=torch.long)
             chan = chan.to(device)
@@ -59,5 +59,6 @@ def top_activations(model: nn.Module, dataloader: DataLoader, layer: str, channe
     if best_val is None:
         raise InvalidValueError("top_activations got an empty dataloader")
     positions = torch.stack([best_pos // width, best_pos % width], -1)  # [k, K, 2]
-    return TopActivations(channels=chan.cpu(), indices=best_idx.T.cpu(), positions=positions.transpose(0, 1).cpu(),
+    return TopActivationsResult(channels=chan.cpu(), indices=best_idx.T.cpu(),
+                                positions=positions.transpose(0, 1).cpu(),
                           values=best_val.T.cpu())

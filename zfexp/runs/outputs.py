@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from zfexp.errors import InvalidValueError
-from zfexp.render import save_png
+from zfexp.figures.grid import save_png
 
 
 def file_key(key: str) -> str:

@@ -11,8 +11,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from zfexp.outputs import write_csv
-from zfexp.sweeps.paper import TRANSFER
+from zfexp.runs.outputs import write_csv
+from zfexp.sweeps.paper_numbers import TRANSFER
+from zfexp.sweeps.sweep_dir import log_summary_to_wandb
 
 METRIC = "test/mean_class_acc"
 PAPER_MODES = ("pretrained", "from scratch")  # the paper's two columns: layers 1-7 fixed, and from scratch
@@ -121,11 +122,13 @@ def curve(rows: list[dict], dataset: str, path: Path) -> Path:
     others = iter(("tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"))
     for mode in modes_in(rows):
         colour = colours.get(mode) or next(others, "tab:gray")
-        pts = [(x, r[f"{mode} mean"], r[f"{mode} std"]) for x, r in zip(xs, rows) if r[f"{mode} mean"] is not None]
+        pts = [(x, r[f"{mode} mean"], r[f"{mode} std"]) for x, r in zip(xs, rows, strict=True)
+               if r[f"{mode} mean"] is not None]
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                         color=colour, label=f"ours, {_header(mode)}")
-        paper = [(x, r.get(f"paper {mode}")) for x, r in zip(xs, rows) if r.get(f"paper {mode}") is not None]
+        paper = [(x, r.get(f"paper {mode}")) for x, r in zip(xs, rows, strict=True)
+                 if r.get(f"paper {mode}") is not None]
         if paper:
             ax.plot([p[0] for p in paper], [p[1] for p in paper], "--", marker="x", color=colour,
                     label=f"paper, {mode}")
@@ -153,8 +156,6 @@ def summarize_transfer(sweep_dir: Path, jobs, log_wandb: bool = False) -> list[d
     write_csv(sweep_dir / "summary.csv", rows)
     curve(rows, dataset, sweep_dir / "summary.png")
     if log_wandb:
-        from zfexp.sweeps.summarize import _log_wandb
-
-        _log_wandb(sweep_dir, rows)
+        log_summary_to_wandb(sweep_dir, rows)
     print(text, end="")
     return rows

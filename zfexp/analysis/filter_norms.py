@@ -40,7 +40,7 @@ def renormalize_filters_(model: nn.Module, radius: float = 0.1, layers: Iterable
     """
     masks = renormalize_filter_masks_(model, radius, layers)
     counts = torch.stack([m.sum() for m in masks.values()]).tolist() if masks else []  # one device sync
-    return dict(zip(masks, (int(c) for c in counts)))
+    return dict(zip(masks, (int(c) for c in counts), strict=True))
 
 
 @torch.no_grad()

@@ -68,8 +68,9 @@ def crop_tiles(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], siz
     """Crop ``images [N, C, H, W]`` to their inclusive ``(top, left, bottom, right)`` boxes and resize every
     crop to ``size`` (default: the largest box side): ``[N, C, size, size]``."""
     if size is None:
-        size = max(max(b - t, r - l) + 1 for t, l, b, r in boxes)
-    crops = [resize_tiles(img[:, t:b + 1, l:r + 1][None], size)[0] for img, (t, l, b, r) in zip(images, boxes)]
+        size = max(max(bottom - top, right - left) + 1 for top, left, bottom, right in boxes)
+    crops = [resize_tiles(img[:, top:bottom + 1, left:right + 1][None], size)[0]
+             for img, (top, left, bottom, right) in zip(images, boxes, strict=True)]
     return torch.stack(crops)
 
 

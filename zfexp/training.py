@@ -5,11 +5,9 @@ Kept apart from ``train.py`` so tests (and notebooks) call it with a config comp
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +17,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-import zfexp.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from zfexp.checkpoints import RESUMABLE, check_checkpoint_file, newest_resumable
 from zfexp.errors import CheckpointError, InvalidValueError
-from zfexp.loggers import finish_wandb
 from zfexp.module import ImageClassifier
-from zfexp.reporting import user_message
-from zfexp.transfer import check_compatible, load_all_but_classifier_, load_pretrained
+from zfexp.pretrained import check_compatible, load_all_but_classifier_, load_pretrained
+from zfexp.runs.config_groups import instantiate_group
+from zfexp.runs.lifecycle import Run, task_wrapper
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +35,6 @@ METRIC_KEYS = ("train/top1_err", "train/top5_err", "train/loss", "val/top1_err",
 # Kept from the end of fit: the last epoch's train errors, and analysis scalars such as FilterDiagnostics'
 # filters/dead_frac/<layer> (val/ and test/ come from evaluating the best checkpoint afterwards).
 FIT_METRIC_PREFIXES = ("train/", "filters/")
-
-
-def output_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.output_dir)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str, current_run: Path) -> str | None:
@@ -131,23 +123,6 @@ def name_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
             wandb_cfg.group = f"{cfg.get('sweep_name') or 'multirun'}-{run_dir.parent.name}"
 
 
-def instantiate_dict(group: DictConfig | None, what: str) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a config group such as ``callbacks`` or ``logger``. An entry with
-    settings but no ``_target_`` is left over from an experiment whose group choice the command line replaced;
-    it is skipped with a warning that says how to bring it back."""
-    if not group:
-        return []
-    objects = []
-    for key, conf in group.items():
-        if isinstance(conf, DictConfig) and "_target_" in conf:
-            log.info("instantiating %s %s <%s>", what, key, conf._target_)
-            objects.append(instantiate(conf))
-        elif isinstance(conf, DictConfig):
-            log.warning("%s %s has settings but no _target_ (its config file is not among the chosen ones), so it "
-                        "is skipped; to keep it, choose it too, e.g. %s=[default,%s]", what, key, group._key(), key)
-    return objects
-
-
 def build_module(cfg: DictConfig, datamodule) -> ImageClassifier:
     """The network of the ``model`` group; or, with ``pretrained_ckpt``, the checkpoint's network with a new
     fc8 for this data's classes, its other weights loaded and layers up to ``freeze`` fixed (``from_scratch``:
@@ -179,66 +154,36 @@ def _floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one training job; return the metrics written to ``<run dir>/metrics.json``."""
-    run_dir = output_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict[str, Any] = {"status": "started"}
-    start = time.time()
-    try:
-        check_ablation_row(cfg)
-        # The resolved config beside Hydra's unresolved .hydra/config.yaml: what this run really used.
-        # Resolving first also stops a run with a missing mandatory value (e.g. data.root) before anything else.
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        check_seed(cfg.get("seed"))
-        check_trainer(cfg)
-        ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, run_dir)
-        # Seeded before anything is built. What draws from the global generators from here on: the weights'
-        # initialisation and dropout. The data's order and augmentations have generators of their own.
-        metrics["seed"] = L.seed_everything(run_seed(cfg.get("seed")), workers=True, verbose=False)
+@task_wrapper("metrics.json", first_keys=METRIC_KEYS, check=check_ablation_row)
+def train(cfg: DictConfig, run: Run) -> None:
+    """Run one training job; its record, ``<run dir>/metrics.json``, is what the decorated call returns."""
+    metrics = run.record
+    check_seed(cfg.get("seed"))
+    check_trainer(cfg)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, run.dir)
+    # Seeded before anything is built. What draws from the global generators from here on: the weights'
+    # initialisation and dropout. The data's order and augmentations have generators of their own.
+    metrics["seed"] = L.seed_everything(run_seed(cfg.get("seed")), workers=True, verbose=False)
 
-        datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
-        module = build_module(cfg, datamodule)
-        callbacks: list[Callback] = instantiate_dict(cfg.get("callbacks"), "callback")
-        name_wandb_run(cfg, run_dir)
-        loggers: list[Logger] = instantiate_dict(cfg.get("logger"), "logger")
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg, datamodule)
+    callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callback")
+    name_wandb_run(cfg, run.dir)
+    loggers = run.open_loggers(cfg, {"num_parameters": module.num_parameters})
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-        hparams = OmegaConf.to_container(cfg, resolve=True)
-        hparams["num_parameters"] = module.num_parameters
-        for lg in trainer.loggers:
-            lg.log_hyperparams(hparams)
-
-        metrics.update(num_parameters=module.num_parameters, resumed_from=ckpt_path)
-        if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-            metrics.update({k: v for k, v in _floats(trainer.callback_metrics).items()
-                            if k.startswith(FIT_METRIC_PREFIXES)})
-        best = next((c.best_model_path for c in trainer.checkpoint_callbacks
-                     if isinstance(c, ModelCheckpoint) and c.monitor and c.best_model_path), None)
-        if cfg.get("test", True):
-            # Val and test error of the best checkpoint (the current weights when there is none).
-            eval_ckpt = best if best else None
-            val = trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
-            test = trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
-            metrics.update(_floats(val[0] if val else {}))
-            metrics.update(_floats(test[0] if test else {}))
-        metrics.update(status="completed", epochs=trainer.current_epoch, global_step=trainer.global_step,
-                       best_checkpoint=best)
-        return metrics
-    except BaseException as err:
-        metrics.update(status="failed", error=f"{type(err).__name__}: {user_message(err) or err}")
-        raise
-    finally:
-        metrics["wall_time_s"] = round(time.time() - start, 2)
-        if _is_global_zero():
-            ordered = {k: metrics[k] for k in METRIC_KEYS if k in metrics}
-            ordered.update({k: v for k, v in metrics.items() if k not in ordered})
-            (run_dir / "metrics.json").write_text(json.dumps(ordered, indent=2) + "\n")
-        finish_wandb()
-
-
-def _is_global_zero() -> bool:
-    from lightning.fabric.utilities.rank_zero import rank_zero_only
-
-    return getattr(rank_zero_only, "rank", 0) == 0
+    metrics.update(num_parameters=module.num_parameters, resumed_from=ckpt_path)
+    if cfg.get("train", True):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit_metrics = _floats(trainer.callback_metrics)
+        metrics.update({k: v for k, v in fit_metrics.items() if k.startswith(FIT_METRIC_PREFIXES)})
+    best = next((c.best_model_path for c in trainer.checkpoint_callbacks
+                 if isinstance(c, ModelCheckpoint) and c.monitor and c.best_model_path), None)
+    if cfg.get("test", True):
+        # Val and test error of the best checkpoint (the current weights when there is none).
+        eval_ckpt = best if best else None
+        val = trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+        metrics.update(_floats(val[0] if val else {}))
+        metrics.update(_floats(test[0] if test else {}))
+    metrics.update(epochs=trainer.current_epoch, global_step=trainer.global_step, best_checkpoint=best)

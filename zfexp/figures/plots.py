@@ -1,7 +1,7 @@
 """Matplotlib figures of the analysis results: the Fig. 7 occlusion panel and the Fig. 5 invariance curves.
 
 Each builder takes results (and the images they came from) and returns a ``Figure``; writing it somewhere is
-``zfexp.outputs``' job.
+``zfexp.runs.outputs``' job.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from zfexp.analysis.invariance import InvarianceCurves  # noqa: E402
-from zfexp.analysis.occlusion import OcclusionMaps  # noqa: E402
-from zfexp.render import normalise_tiles  # noqa: E402
+from zfexp.analysis.invariance import InvarianceResult  # noqa: E402
+from zfexp.analysis.occlusion import OcclusionResult  # noqa: E402
+from zfexp.figures.grid import normalise_tiles  # noqa: E402
 
 
 def _show(image: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def _name(label: int, class_names: Sequence[str] | None) -> str:
     return class_names[label] if class_names is not None and label < len(class_names) else str(label)
 
 
-def occlusion_figure(result: OcclusionMaps, images: torch.Tensor, labels: Sequence[int],
+def occlusion_figure(result: OcclusionResult, images: torch.Tensor, labels: Sequence[int],
                      class_names: Sequence[str] | None = None, feature_layer: str = "conv5", truth: str = "true"):
     """Fig. 7, one row per image: (a) the image, (b) total activity of the followed feature map, (c) that
     map's deconv projection, (d) probability of the true class and (e) most probable class, as functions of
@@ -73,7 +73,7 @@ def occlusion_figure(result: OcclusionMaps, images: torch.Tensor, labels: Sequen
     return fig
 
 
-def invariance_figure(curves: Mapping[str, InvarianceCurves], labels: Sequence[int],
+def invariance_figure(curves: Mapping[str, InvarianceResult], labels: Sequence[int],
                       class_names: Sequence[str] | None = None):
     """Fig. 5: one row per transform; columns: feature distance at each layer, then P(true class); one line
     per image."""

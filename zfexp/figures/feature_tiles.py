@@ -5,15 +5,15 @@ patches) and the Fig. 6 filter grid. Used by the callbacks and by ``zfexp.analyz
 from __future__ import annotations
 
 import math
-import zlib
-from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from zfexp.analysis import DeconvNet, receptive_field, receptive_field_size
-from zfexp.analysis.top_activations import TopActivations
-from zfexp.render import crop_tiles, image_grid, side_by_side
+from zfexp.analysis.activations import layer_activations
+from zfexp.analysis.deconv import DeconvNet
+from zfexp.analysis.geometry import receptive_field, receptive_field_size
+from zfexp.analysis.top_k import TopActivationsResult
+from zfexp.figures.grid import crop_tiles, image_grid, side_by_side
 
 
 def tile_size(net: nn.Module, layer: str, images: torch.Tensor) -> int:
@@ -26,12 +26,11 @@ def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps:
     """``[K, C, s, s]``: per chosen map, its strongest unit over ``images [N, C, H, W]``, projected to pixels
     and cropped to the unit's receptive field (Fig. 4's tiles). ``rule``: how the projection inverts the ReLUs
     (``DeconvNet``'s rules); the unit chosen does not depend on it."""
-    deconv = DeconvNet(net, rule=rule)
-    acts = deconv.features(images, layer)[:, maps]  # [N, K, H_l, W_l]
+    acts = layer_activations(net, images, [layer])[layer][:, maps]  # [N, K, H_l, W_l]
     width = acts.shape[-1]
     per_image, where = acts.flatten(2).max(2)  # [N, K]
     best = per_image.argmax(0)  # [K] image of each map's strongest activation
-    proj = deconv.project_units(images[best], layer, maps)  # [K, C, H, W]
+    proj = DeconvNet(net, rule=rule).project_units(images[best], layer, maps)  # [K, C, H, W]
     boxes = []
     for j, b in enumerate(best.tolist()):
         row, col = divmod(int(where[b, j]), width)
@@ -39,7 +38,7 @@ def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps:
     return crop_tiles(proj.cpu(), boxes, tile_size(net, layer, images))
 
 
-def top_k_sheet(net: nn.Module, dataset, layer: str, top: TopActivations, k: int,
+def top_k_sheet(net: nn.Module, dataset, layer: str, top: TopActivationsResult, k: int,
                 device: torch.device | str) -> torch.Tensor:
     """Fig. 2: one block per map, ``ceil(sqrt(k))`` on a side; the projections on the left, the image patches
     they come from on the right. ``dataset[i]`` is ``(image [C, H, W], label)``."""
@@ -74,16 +73,3 @@ def filter_grid(weight: torch.Tensor) -> torch.Tensor:
     tiles = torch.zeros(rows * cols, *weight.shape[1:])
     tiles[: weight.shape[0]] = weight
     return image_grid(tiles.view(rows, cols, *weight.shape[1:]), normalise="symmetric", pad=1)
-
-
-def random_maps(net: nn.Module, layer: str, count: int, seed: int) -> list[int]:
-    """``count`` feature maps of ``layer`` chosen at random, sorted. The draw depends on ``seed`` and the layer's
-    name only, so the same seed picks the same maps of a layer wherever it is drawn (every callback, ``analyze``),
-    whatever other layers are drawn beside it."""
-    g = torch.Generator().manual_seed(seed + zlib.crc32(layer.encode()))
-    return torch.randperm(net.get_submodule(layer).out_channels, generator=g)[:count].sort().values.tolist()
-
-
-def chosen_maps(net: nn.Module, layers: Sequence[str], count: int, seed: int) -> dict[str, list[int]]:
-    """``{layer: random_maps(net, layer, count, seed)}`` for each of ``layers``."""
-    return {layer: random_maps(net, layer, count, seed) for layer in layers}

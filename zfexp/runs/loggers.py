@@ -45,7 +45,8 @@ def wandb_logger(
         offline = os.environ.get("WANDB_MODE", "") in ("offline", "dryrun") or (
             os.environ.get("WANDB_MODE", "") != "online" and not wandb_credentials_present())
     if offline:
-        log.info("W&B is offline (no credentials, or offline=true); sync later with `wandb sync %s/wandb/offline-run-*`",
+        log.info("W&B is offline (no credentials, or offline=true); sync later with "
+                 "`wandb sync %s/wandb/offline-run-*`",
                  save_dir)
     os.makedirs(save_dir, exist_ok=True)
     return WandbLogger(save_dir=save_dir, project=project, offline=offline, name=name, group=group,

@@ -17,13 +17,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from zfexp.analysis import forward_prefix
+from zfexp.analysis.activations import eval_mode
+from zfexp.analysis.deconv_record import deconv_prefix
+from zfexp.analysis.map_choice import chosen_maps  # noqa: F401  (one of the pieces callbacks reuse)
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.data.transforms import displayable
 from zfexp.errors import InvalidValueError
-from zfexp.outputs import write_figure, write_image, write_table
-from zfexp.pictures import chosen_maps  # noqa: F401  (one of the pieces callbacks reuse)
 from zfexp.random_state import preserved_random_state
+from zfexp.runs.outputs import write_figure, write_image, write_table
 
 
 def network_of(pl_module: L.LightningModule) -> nn.Module:
@@ -50,7 +51,7 @@ def check_epochs_fit(owner: str, epochs: Sequence[int], trainer: L.Trainer) -> N
 def check_layers(owner: str, model: nn.Module, layers: Sequence[str]) -> None:
     for layer in layers:
         try:
-            forward_prefix(model, layer)
+            deconv_prefix(model, layer)
         except ValueError as err:
             raise InvalidValueError(f"{owner}: {err}") from err
 
@@ -63,13 +64,8 @@ def is_quiet(trainer: L.Trainer) -> bool:
 @contextlib.contextmanager
 def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and no autograd for the duration; the previous mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        yield model
 
 
 def eval_dataset(trainer: L.Trainer):

@@ -1,0 +1,100 @@
+"""Reading a network's activations: the output of named conv or linear layers, after their ReLU, from one
+forward pass with hooks. The one way every engine reads activations, for any network (ZFNet, torchvision's
+AlexNet and VGG): the model runs its own ``forward``, in eval mode, and is left in the mode it was in."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from zfexp.analysis.geometry import leaf_modules
+from zfexp.errors import InvalidValueError
+
+NAMED = (nn.Conv2d, nn.Linear)
+
+
+class _Caught(Exception):
+    """Raised by the last hook needed: the rest of the forward pass is not computed."""
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block (dropout off, batch-norm statistics frozen), then back in the mode
+    it was in: an analysis never leaves a training network in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def feature_layers(model: nn.Module) -> list[str]:
+    """Names of the conv and linear layers, in registration order (``conv1`` .. ``fc8`` for ZFNet)."""
+    return [name for name, m in model.named_modules() if isinstance(m, NAMED)]
+
+
+def _output_module(model: nn.Module, layer: str) -> nn.Module:
+    """The module whose output is ``layer``'s features: its ReLU when one follows it, else the layer itself."""
+    leaves = leaf_modules(model)
+    names = [name for name, _ in leaves]
+    if layer not in names or not isinstance(leaves[names.index(layer)][1], NAMED):
+        raise InvalidValueError(f"layer={layer!r} is not a conv or linear layer of the model; valid: "
+                                f"{', '.join(feature_layers(model))}")
+    i = names.index(layer)
+    if i + 1 < len(leaves) and isinstance(leaves[i + 1][1], nn.ReLU):
+        return leaves[i + 1][1]
+    return leaves[i][1]
+
+
+def check_feature_layers(model: nn.Module, layers: Sequence[str]) -> None:
+    """Raise :class:`InvalidValueError` naming the valid layers if one of ``layers`` is not a conv or linear."""
+    for layer in layers:
+        _output_module(model, layer)
+
+
+@torch.no_grad()
+def layer_activations(model: nn.Module, images: torch.Tensor, layers: Sequence[str], logits: bool = False,
+                      ) -> dict[str, torch.Tensor]:
+    """Post-ReLU outputs of ``layers`` for ``images [N, C, H, W]``: ``{layer: [N, C_l, H_l, W_l]}`` for a conv,
+    ``[N, D_l]`` for a linear layer; with ``logits=True`` also ``{"logits": [N, classes]}``. The forward pass
+    stops at the deepest layer asked for unless the logits are wanted."""
+    modules = {layer: _output_module(model, layer) for layer in layers}
+    caught: dict[str, torch.Tensor] = {}
+
+    def keep(layer: str, out: torch.Tensor) -> None:
+        caught[layer] = out.clone()  # a later in-place module (ReLU(inplace=True)) must not change it
+        if not logits and len(caught) == len(modules):
+            raise _Caught
+
+    handles = [m.register_forward_hook(lambda mod, inp, out, layer=layer: keep(layer, out))
+               for layer, m in modules.items()]
+    try:
+        with eval_mode(model):
+            out = model(images)
+        if logits:
+            caught["logits"] = out
+    except _Caught:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return caught
+
+
+def layer_outputs(model: nn.Module, images: torch.Tensor, layers: Sequence[str],
+                  max_side: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The logits ``[N, classes]`` of ``images [N, C, H, W]`` and each layer's feature vector ``[N, D_l]`` (its
+    post-ReLU output flattened). ``max_side`` max-pools conv maps larger than that to ``max_side x max_side``
+    first (conv1 of ZFNet at 224 px would be 96 x 110 x 110 numbers per image)."""
+    acts = layer_activations(model, images, layers, logits=True)
+    feats = {}
+    for layer in layers:
+        out = acts[layer]
+        if max_side is not None and out.dim() == 4 and max(out.shape[-2:]) > max_side:
+            out = nn.functional.adaptive_max_pool2d(out, max_side)
+        feats[layer] = out.flatten(1)
+    return acts["logits"], feats
