@@ -9,9 +9,13 @@ Writes checkpoints, metrics.json and the resolved config into logs/<task_name>/r
 ``zfexp.training.train``.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from zfexp.errors import UserError
+from zfexp.runs.launchers import check_launcher_extra
 from zfexp.runs.reporting import reported_errors
 from zfexp.training import train
 
@@ -26,4 +30,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:
+        check_launcher_extra(sys.argv[1:])
+    except UserError as err:
+        sys.exit(f"Error: {err}")
     main()

@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import DATA_DIR, ROOT, TINY, compose_config, compose_train
-from zfexp.analyze import analyze
+from zfexp.analyze import analyze, images_of_class
 from zfexp.errors import CorruptImageError
 from zfexp.training import train
 
@@ -93,3 +94,21 @@ def test_a_corrupt_photograph_is_named(checkpoint, photos, tmp_path):
     with pytest.raises(CorruptImageError, match="broken.png"):
         analyze(compose_config("analyze", analyze_dir(tmp_path), [f"ckpt_path={checkpoint}", f"images={photos}",
                                                                   "analyses=[occlusion]", "logger=csv", *FAST]))
+
+
+def test_table_1_finds_its_class_from_the_labels_without_decoding_an_image():
+    decoded = []
+
+    class Labelled(torch.utils.data.Dataset):
+        targets = [3, 1, 3, 3, 0, 3]
+
+        def __len__(self):
+            return len(self.targets)
+
+        def __getitem__(self, i):
+            decoded.append(i)
+            return torch.zeros(1, 4, 4), self.targets[i]
+
+    assert images_of_class(Labelled(), 3, 3) == [0, 2, 3]
+    assert images_of_class(torch.utils.data.Subset(Labelled(), [1, 2, 4, 5]), 3, 5) == [1, 3]
+    assert decoded == []

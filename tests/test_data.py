@@ -191,3 +191,17 @@ def test_missing_cifar10_names_the_folder_and_the_download_switch(tmp_path):
     with pytest.raises(DatasetNotFoundError) as err:
         dm.prepare_data()
     assert str(tmp_path / "cifar-10-batches-py") in str(err.value) and "data.download=true" in str(err.value)
+
+
+def test_two_folders_with_one_name_and_size_never_share_a_cached_mean(tmp_path, monkeypatch):
+    # Where the data's folder is read-only the cache falls back to one shared dir; stand it in for every root.
+    shared = tmp_path / "user_cache"
+    monkeypatch.setattr(ImageFolderDataModule, "cache_dir", property(lambda self: shared))
+    means = []
+    for name, seed in (("a", 0), ("b", 1)):
+        dm = folder_dm(make_image_tree(tmp_path / name / "imagenet", seed=seed), test_dir="val")
+        dm.prepare_data()
+        dm.setup("fit")
+        means.append(dm.mean)
+    assert len(list(shared.glob("*.pt"))) == 2
+    assert not torch.equal(means[0], means[1])  # each is its own folder's mean

@@ -1,6 +1,7 @@
 """Bad input, as a new user types it: the entry points stop before training with one short paragraph that names
 the key and the value (no traceback), exit non-zero, and write nothing to resume from."""
 
+import json
 import os
 import subprocess
 import sys
@@ -106,9 +107,24 @@ def test_analyze_and_features_report_a_bad_checkpoint_in_one_paragraph(tmp_path)
                               cwd=ROOT, capture_output=True, text=True, timeout=300)
         paragraph = error_paragraph(done)
         assert f"ckpt_path={ckpt}" in paragraph and "not a complete checkpoint" in paragraph, paragraph
+        # The run lifecycle's record: the resolved config and <task>.json marked failed with the error.
+        record = json.loads((tmp_path / module / f"{module.split('.')[1]}.json").read_text())
+        assert record["status"] == "failed" and "not a complete checkpoint" in record["error"]
+        assert (tmp_path / module / "config.yaml").is_file()
 
 
 def test_hydra_full_error_brings_the_traceback_back(tmp_path):
     done = subprocess.run(train_cmd(*QUICK, f"paths.log_dir={tmp_path}", "trainer.max_epochs=0"), cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert done.returncode != 0 and "Traceback" in done.stderr and "trainer.max_epochs=0" in done.stderr
+
+
+def test_a_launcher_preset_without_its_extra_names_the_extra():
+    from zfexp.runs.launchers import LAUNCHER_EXTRAS, MissingExtraError, check_launcher_extra
+
+    missing = {"ray": ("hydra_plugins.no_such_launcher", "ray")}
+    needs = r"hydra/launcher=ray needs the \[ray\] extra.*pip install -e '\.\[ray\]'"
+    with pytest.raises(MissingExtraError, match=needs):
+        check_launcher_extra(["-m", "sweep=seeds", "hydra/launcher=ray"], missing)
+    check_launcher_extra(["hydra/launcher=basic"], missing)  # a preset Hydra ships needs nothing
+    check_launcher_extra(["hydra/launcher=ray", "hydra/launcher=slurm"], LAUNCHER_EXTRAS)  # both installed here

@@ -78,6 +78,12 @@ def test_unoccluded_outputs_and_projection():
     assert out.projection.shape == (2, 1, 28, 28) and torch.allclose(out.projection, expected)
 
 
+def test_the_callers_model_keeps_its_training_mode():
+    model = small_net().train()
+    occlusion_maps(model, torch.randn(1, 1, 28, 28), [3], patch=7, stride=7)
+    assert model.training and all(m.training for m in model.modules())
+
+
 @pytest.mark.parametrize("patch, stride", [(7, 7), (6, 4)])
 def test_prob_true_equals_the_base_minus_captums_occlusion(patch, stride):
     from captum.attr import Occlusion

@@ -5,6 +5,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -15,7 +16,7 @@ from tests.conftest import ROOT, TINY, compose_train, train_cmd
 from tests.test_data import make_image_tree
 from tests.wandb_records import config as wandb_config
 from tests.wandb_records import history
-from zfexp.errors import DatasetNotFoundError, NonFiniteLossError
+from zfexp.errors import DatasetNotFoundError, InvalidValueError, NonFiniteLossError
 from zfexp.models import zfnet
 from zfexp.training import train
 
@@ -100,9 +101,41 @@ def test_unknown_preset_lists_the_valid_ones():
 
 def test_trainer_presets_compose(run_dir):
     gpu = compose_train(run_dir, ["trainer=gpu"])
-    assert gpu.trainer.precision == "bf16-mixed" and gpu.trainer.accelerator == "gpu" and gpu.module.channels_last
+    assert gpu.trainer.precision == "bf16-mixed" and gpu.trainer.accelerator == "gpu"
+    assert gpu.module.channels_last == "auto"  # the presets set trainer values only
     ddp = compose_train(run_dir, ["trainer=ddp"])
     assert ddp.trainer.strategy == "ddp" and ddp.trainer.devices == -1 and ddp.trainer.max_epochs == 70
+    assert ddp.trainer.precision == "bf16-mixed"  # from gpu.yaml, which it extends
+
+
+def test_the_paper_recipe_is_the_default_that_paper_imagenet_leaves_in_place(run_dir):
+    """Sec. 3's numbers, composed: experiment=paper_imagenet states only what differs from the defaults."""
+    cfg = compose_train(run_dir, ["experiment=paper_imagenet", "data.root=/imagenet"])
+    assert cfg.data._target_ == "zfexp.data.ImageFolderDataModule" and cfg.data.batch_size == 128
+    assert dict(cfg.data.preprocess) == {"resize": 256, "crop": 256, "input_size": 224, "mean_image": True,
+                                         "hflip": True, "ten_crop": True, "pixel_scale": 255.0}
+    assert cfg.model._target_ == "zfexp.models.zfnet"
+    assert (cfg.model.init, cfg.model.norm, cfg.model.dropout) == ("paper", "lrn", 0.5)
+    assert (cfg.module.lr, cfg.module.momentum, cfg.trainer.max_epochs) == (0.01, 0.9, 70)
+    assert cfg.callbacks.filter_renorm.radius == 0.1 and cfg.callbacks.filter_renorm.layers is None
+    missing = compose_train(run_dir, ["experiment=paper_imagenet"])
+    with pytest.raises(MissingMandatoryValue):
+        _ = missing.data.root  # the base file's keys do not fill a mandatory value
+
+
+def test_channels_last_auto_follows_the_device():
+    from zfexp.module import ImageClassifier
+
+    net = {"_target_": "zfexp.models.zfnet_small", "widths": {"conv1": 8, "conv2": 8, "conv3": 8, "conv4": 8,
+                                                              "conv5": 8, "fc6": 8, "fc7": 8}}
+    auto = ImageClassifier(net=net, num_classes=10, in_channels=1, input_size=28, channels_last="auto")
+    auto.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    auto.setup("fit")
+    assert not auto.channels_last and auto.net.conv1.weight.is_contiguous()
+    forced = ImageClassifier(net=net, num_classes=10, in_channels=1, input_size=28, channels_last=True)
+    assert forced.channels_last and forced.net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(InvalidValueError, match="module.channels_last='yes'.*auto"):
+        ImageClassifier(net=net, num_classes=10, in_channels=1, input_size=28, channels_last="yes")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from zfexp.analysis import TRANSFORMS, correspondence, invariance_curves, occlude_boxes, occlusion_maps, top_activations
 from zfexp.analysis.map_choice import chosen_maps
+from zfexp.data.classes import dataset_targets
 from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.data.transforms import displayable
@@ -32,9 +32,8 @@ from zfexp.figures.plots import invariance_figure, occlusion_figure
 from zfexp.module import ImageClassifier
 from zfexp.pretrained import load_pretrained
 from zfexp.runs.devices import check_device, device_of
-from zfexp.runs.lifecycle import Run, task_wrapper
+from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.outputs import write_figure, write_image, write_table
-from zfexp.runs.reporting import reported_errors
 
 ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
 
@@ -117,11 +116,11 @@ class Analysis:
     def correspondence(self) -> None:
         c = self.cfg.correspondence
         if self.labelled:
-            chosen = [i for i in range(len(self.dataset)) if int(self.dataset[i][1]) == c.class_index]
+            chosen = images_of_class(self.dataset, c.class_index, c.num_images)
             if len(chosen) < 2:
                 raise InvalidValueError(f"correspondence.class_index={c.class_index}: fewer than 2 images of that "
                                         "class")
-            images, _ = stack_dataset(self.dataset, chosen[: c.num_images])
+            images, _ = stack_dataset(self.dataset, chosen)
         else:
             images, _ = stack_dataset(self.dataset, range(min(c.num_images, len(self.dataset))))
         images = images.to(self.device)
@@ -147,6 +146,12 @@ class Analysis:
 
     def shown(self, images: torch.Tensor) -> torch.Tensor:
         return displayable(images, self.preprocess, self.mean).cpu()
+
+
+def images_of_class(dataset: Dataset, class_index: int, count: int) -> list[int]:
+    """Indices of the first ``count`` images labelled ``class_index``, found from the labels alone: not one image
+    is decoded (a split of ImageNet has 50,000)."""
+    return [i for i, label in enumerate(dataset_targets(dataset)) if label == class_index][:count]
 
 
 def _box(frac, height: int, width: int) -> tuple[int, int, int, int]:
@@ -207,11 +212,7 @@ def analyze(cfg: DictConfig, run: Run) -> None:
     print(f"analyses written to {run.dir}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
-def main(cfg: DictConfig) -> None:
-    with reported_errors():
-        analyze(cfg)
-
+main = hydra_entry_point(analyze, "analyze")
 
 if __name__ == "__main__":
     main()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import statistics
 
-import hydra
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import Subset
@@ -24,9 +23,8 @@ from zfexp.errors import InvalidValueError
 from zfexp.module import ImageClassifier
 from zfexp.pretrained import check_compatible, load_pretrained
 from zfexp.runs.devices import check_device, device_of
-from zfexp.runs.lifecycle import Run, task_wrapper
+from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.outputs import write_table
-from zfexp.runs.reporting import reported_errors
 from zfexp.sweeps.paper_numbers import TABLE7
 
 
@@ -132,11 +130,7 @@ def features_by_layer(cfg: DictConfig, run: Run) -> None:
     print(f"written to {run.dir}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="features")
-def main(cfg: DictConfig) -> None:
-    with reported_errors():
-        features_by_layer(cfg)
-
+main = hydra_entry_point(features_by_layer, "features")
 
 if __name__ == "__main__":
     main()

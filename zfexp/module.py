@@ -74,7 +74,8 @@ class ImageClassifier(L.LightningModule):
             ``input_size`` are passed to the builder from here.
         lr, momentum, weight_decay: SGD settings (paper: 1e-2, 0.9; weight decay not given).
         lr_plateau: ``ReduceLROnPlateau`` options, monitoring ``val/top1_err``; ``null`` for a constant LR.
-        channels_last: run convolutions in NHWC memory layout (faster on tensor-core GPUs).
+        channels_last: run convolutions in NHWC memory layout (faster on tensor-core GPUs); ``"auto"``: when
+            the trainer runs on a CUDA device.
         freeze: a paper layer name (``fc7``: layers 1-7); that layer and all before it are fixed: no gradient,
             not in the optimizer, and kept in eval mode (batch-norm statistics and dropout frozen too), as the
             paper's transfer experiments keep layers 1-7 fixed and train a new softmax.
@@ -98,7 +99,7 @@ class ImageClassifier(L.LightningModule):
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
         lr_plateau: Mapping[str, Any] | None = None,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         freeze: str | None = None,
     ):
         super().__init__()
@@ -111,6 +112,8 @@ class ImageClassifier(L.LightningModule):
             raise InvalidValueError(f"module.momentum={momentum}: must be in [0, 1)")
         if weight_decay < 0:
             raise InvalidValueError(f"module.weight_decay={weight_decay}: must be >= 0")
+        if channels_last not in (True, False, "auto"):
+            raise InvalidValueError(f"module.channels_last={channels_last!r}; valid: true, false, auto (on a GPU)")
         self.save_hyperparameters({"net": dict(net), "num_classes": num_classes, "in_channels": in_channels,
                                    "input_size": input_size, "lr": lr, "momentum": momentum,
                                    "weight_decay": weight_decay,
@@ -123,8 +126,9 @@ class ImageClassifier(L.LightningModule):
             # The builders' messages start with the option's name; say which config node it belongs to.
             cause = err.__cause__ if isinstance(err.__cause__, ValueError) else err
             raise InvalidValueError(f"model.{cause}") from err
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.channels_last = False  # decided in setup() for "auto"
+        if channels_last is True:
+            self._use_channels_last()
         self.frozen = frozen_children(self.net, freeze)
         for name in self.frozen:
             # Eval mode from the start: Lightning does not call train() when fit begins, it restores each
@@ -139,6 +143,14 @@ class ImageClassifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self._restored: dict[str, Any] | None = None  # what on_load_checkpoint read, applied at on_train_start
 
+    def _use_channels_last(self) -> None:
+        self.channels_last = True
+        self.net = self.net.to(memory_format=torch.channels_last)
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last == "auto" and self.trainer.strategy.root_device.type == "cuda":
+            self._use_channels_last()
+
     def train(self, mode: bool = True) -> ImageClassifier:
         """As ``nn.Module.train``, but the fixed layers always stay in eval mode."""
         super().train(mode)
@@ -148,7 +160,7 @@ class ImageClassifier(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, S, S]`` images -> ``[B, num_classes]`` logits."""
-        if self.hparams.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 

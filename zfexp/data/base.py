@@ -195,7 +195,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
     # -- mean image ------------------------------------------------------------------------------------
     def _mean_cache_path(self, n_train_full: int) -> Path:
         p = self.preprocess
-        key = f"{self.name}|{n_train_full}|{p.resize}|{p.crop}|{self.hparams.val_size}|" \
+        # The data's own folder is part of the key: the user's cache dir is shared by every dataset there.
+        key = f"{self.name}|{self.root.resolve()}|{n_train_full}|{p.resize}|{p.crop}|{self.hparams.val_size}|" \
               f"{self.hparams.split_seed}|{self.hparams.subset_size}"
         if len(self.kept_classes) != len(self.all_classes):
             key += f"|classes={self.kept_classes}"

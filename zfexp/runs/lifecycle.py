@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +33,9 @@ from omegaconf import DictConfig, OmegaConf
 import zfexp.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from zfexp.runs.config_groups import instantiate_group
 from zfexp.runs.loggers import finish_wandb
-from zfexp.runs.reporting import user_message
+from zfexp.runs.reporting import reported_errors, user_message
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
@@ -96,3 +99,15 @@ def write_record(path: Path, record: dict[str, Any], first_keys: Sequence[str] =
     ordered.update({k: v for k, v in record.items() if k not in ordered})
     path.write_text(json.dumps(ordered, indent=2, default=str) + "\n")
     return path
+
+
+def hydra_entry_point(task: Callable[[DictConfig], dict[str, Any]], config_name: str) -> Callable[[], None]:
+    """``main()`` of a ``python -m zfexp.<task>`` command: Hydra composes ``conf/<config_name>.yaml`` with the
+    command line and runs the wrapped ``task``; a user's mistake ends in one paragraph (``reporting``)."""
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    def main(cfg: DictConfig) -> None:
+        with reported_errors():
+            task(cfg)
+
+    return main

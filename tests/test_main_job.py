@@ -1,0 +1,25 @@
+"""The README's main job, run in full as a user runs it (about 7 minutes on 2 cores): ``-m slow``."""
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT, train_cmd
+
+
+@pytest.mark.slow
+def test_the_main_job_reaches_the_readmes_error_and_draws_every_figure(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    claimed = float(re.search(r"reached \*\*([\d.]+)% test top-1 error\*\*", readme).group(1))
+    subprocess.run(train_cmd("experiment=quickstart", f"paths.log_dir={tmp_path}"), check=True, cwd=ROOT,
+                   capture_output=True)
+    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 6
+    # The same seeded command: the README's number, up to another CPU's rounding.
+    assert abs(metrics["test/top1_err"] - claimed) < 0.5, (metrics["test/top1_err"], claimed)
+    images = list((run_dir / "images").glob("*.png"))
+    claimed_images = int(re.search(r"with the paper's figures below \((\d+)\s+images", readme).group(1))
+    assert len(images) == claimed_images
