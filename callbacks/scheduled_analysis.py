@@ -42,6 +42,8 @@ def check_epochs(owner: str, epochs: Sequence[int]) -> list[int]:
 
 
 def check_epochs_fit(owner: str, epochs: Sequence[int], trainer: L.Trainer) -> None:
+    if trainer.fast_dev_run:  # one batch, analyses quiet (debug=fdr): its single epoch is no schedule to check
+        return
     max_epochs = trainer.max_epochs
     if max_epochs is not None and max_epochs > 0 and any(e > max_epochs for e in epochs):
         raise InvalidValueError(f"{owner}: epochs {[e for e in epochs if e > max_epochs]} are beyond "
