@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zfexp.analysis.geometry import footprint, input_window
+from zfexp.analysis.geometry import SPATIAL, footprint, input_window
 
 POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
 
@@ -67,7 +67,7 @@ class IncrementalRun:
         activity = None
         for i, module in enumerate(self.leaves):
             if full is None:
-                spatial = isinstance(module, (nn.Conv2d, nn.MaxPool2d))
+                spatial = isinstance(module, SPATIAL)
                 if spatial:
                     out_shape = self.outputs[i].shape  # [N, H, W, C]
                     out_lo, out_size = footprint(module, lo, size, out_shape[1:3])
