@@ -6,7 +6,7 @@ The network uses ``norm="none"``: captum differentiates through LRN, the deconvn
 only without it do all three compute the same projections (LRN costs nothing on the way down anyway).
 
     python benchmarks/deconv.py                  # CPU
-    python benchmarks/deconv.py --device cuda
+    python benchmarks/deconv.py --device cuda    # TF32 off: the equality checks are float32's
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import timed  # noqa: E402
+from benchmarks.timing import exact_fp32, timed  # noqa: E402
 from zfexp.analysis import DeconvNet, layer_activations  # noqa: E402
 from zfexp.models import zfnet  # noqa: E402
 
@@ -96,6 +96,7 @@ def main() -> None:
                         help="maps projected by captum per round (its cost is per map; the time is scaled to all)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    exact_fp32(device)  # the equality checks below hold at float32 tolerance, TF32 off
     torch.manual_seed(0)
     net = zfnet(num_classes=1000, norm="none", init="kaiming").to(device).eval()
     images = torch.randn(args.images, 3, 224, 224, device=device)

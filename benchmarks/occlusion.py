@@ -6,7 +6,7 @@ Ours runs incrementally (each layer computed only where the square changes it); 
 (every occluded copy through the whole network) is timed beside it for reference.
 
     python benchmarks/occlusion.py                  # CPU
-    python benchmarks/occlusion.py --device cuda
+    python benchmarks/occlusion.py --device cuda    # TF32 off: the equality checks are float32's
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.timing import timed  # noqa: E402
+from benchmarks.timing import exact_fp32, timed  # noqa: E402
 from zfexp.analysis import occlusion_maps  # noqa: E402
 from zfexp.models import zfnet, zfnet_small  # noqa: E402
 
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     args = parser.parse_args()
     device = torch.device(args.device)
+    exact_fp32(device)  # the equality checks below hold at float32 tolerance, TF32 off
     print(f"device={device} threads={torch.get_num_threads()}")
     for name in args.cases:
         build, shape, patch, stride, batch = CASES[name]

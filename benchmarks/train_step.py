@@ -1,13 +1,15 @@
 """Lightning's training loop vs a plain PyTorch loop: same model, data, batch size and per-step work.
 
 Both loops run ``ImageClassifier.training_step``'s math: forward, cross-entropy, backward, SGD step and the
-torchmetrics top-1/top-5 updates, on the same in-memory batches of real Fashion-MNIST (already preprocessed,
-so data loading does not mask the loop's own cost). Rounds alternate between the two implementations;
+torchmetrics top-1/top-5 updates, on the same batches of real Fashion-MNIST, preprocessed and already on the
+device before the clock starts: no loader, no collation, no copy to the device is timed, only the loop (the
+input pipeline has its own benchmark, input_pipeline.py). Rounds alternate between the two implementations;
 the first ``--warmup`` steps of every round are not timed. Prints images/s per round, the medians, and
 the ratio Lightning / plain (1.0 = no overhead).
 
     python benchmarks/train_step.py                       # CPU, zfnet_small, 28 px
-    python benchmarks/train_step.py --device cuda --preset zfnet --size 224 --batch-size 128
+    python benchmarks/train_step.py --device cuda --preset zfnet --size 224 --batch-size 256 \
+        --precision bf16-mixed --channels-last [--norm batchnorm] [--compile]
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -31,23 +32,46 @@ from zfexp.data import FashionMNISTDataModule  # noqa: E402
 from zfexp.module import ImageClassifier  # noqa: E402
 
 
-def batches_of_real_images(n: int, size: int, channels: int) -> TensorDataset:
-    """``n`` preprocessed Fashion-MNIST training images ``[n, channels, size, size]`` with their labels."""
-    dm = FashionMNISTDataModule(root=str(ROOT / "data"), num_workers=0, subset_size=n,
-                                preprocess={"resize": 32, "crop": 32, "input_size": 28})
+def batches_on_device(n_batches: int, batch_size: int, size: int, channels: int,
+                      device: torch.device, distinct: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n_batches`` batches ``([batch_size, channels, size, size], [batch_size])`` of preprocessed Fashion-MNIST
+    training images (resized to ``size``, grey copied to ``channels``), on ``device``: ``distinct`` of them,
+    repeated (device memory for 8 batches, not for every step)."""
+    n = min(n_batches, distinct) * batch_size
+    dm = FashionMNISTDataModule(root=str(ROOT / "data"), num_workers=0, subset_size=min(n, 55000),
+                                batch_size=min(n, 55000), preprocess={"resize": 32, "crop": 32, "input_size": 28})
     dm.prepare_data()
     dm.setup("fit")
-    images, labels = next(iter(DataLoader(dm.data_train, batch_size=n)))
-    if size != 28 or channels != 1:
-        images = F.interpolate(images, size=size, mode="bilinear").expand(-1, channels, -1, -1).contiguous()
-    return TensorDataset(images, labels)
+    images, labels = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    reps = -(-n // images.shape[0])
+    images, labels = images.repeat(reps, 1, 1, 1)[:n], labels.repeat(reps)[:n]
+    batches = []
+    for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
+        if size != 28 or channels != 1:
+            x = F.interpolate(x, size=size, mode="bilinear").expand(-1, channels, -1, -1)
+        batches.append((x.contiguous().to(device), y.to(device)))
+    return [batches[i % len(batches)] for i in range(n_batches)]
+
+
+class DeviceBatches:
+    """Batches already on the device, as one loader for ``trainer.fit`` (a plain list would be read as a list
+    of loaders); Lightning's transfer to the device then has nothing to copy."""
+
+    def __init__(self, batches: list):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def make_module(args, num_classes: int = 10) -> ImageClassifier:
     torch.manual_seed(0)
-    net = {"_target_": f"zfexp.models.{args.preset}"}
+    net = {"_target_": f"zfexp.models.{args.preset}", **({"norm": args.norm} if args.norm else {})}
     return ImageClassifier(net=net, num_classes=num_classes, in_channels=args.channels, input_size=args.size,
-                           lr=0.01, lr_plateau=None, channels_last=args.channels_last)
+                           lr=0.01, lr_plateau=None, channels_last=args.channels_last, compile=args.compile)
 
 
 class StepClock(L.Callback):
@@ -71,40 +95,33 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def lightning_round(args, data: TensorDataset, device: torch.device) -> float:
+def lightning_round(args, batches: list, device: torch.device) -> float:
     module = make_module(args)
     clock = StepClock(args.warmup, device)
     trainer = L.Trainer(max_steps=args.warmup + args.steps, accelerator=device.type, devices=1,
                         precision=args.precision, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         limit_val_batches=0, callbacks=[clock])
-    loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True)
-    trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module, train_dataloaders=DeviceBatches(batches[: args.warmup + args.steps]))
     return args.steps * args.batch_size / (clock.end - clock.start)
 
 
-def plain_round(args, data: TensorDataset, device: torch.device) -> float:
+def plain_round(args, batches: list, device: torch.device) -> float:
     module = make_module(args).to(device).train()
     optimizer = module.configure_optimizers()
-    loader = DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
-    step, start = 0, None
-    while step < args.warmup + args.steps:
-        for images, labels in loader:
-            if step == args.warmup:
-                sync(device)
-                start = time.perf_counter()
-            if step == args.warmup + args.steps:
-                break
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast:
-                logits = module(images)
-                loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            module.train_metrics.update(logits.detach(), labels)
-            step += 1
+    start = None
+    for step, (images, labels) in enumerate(batches[: args.warmup + args.steps]):
+        if step == args.warmup:
+            sync(device)
+            start = time.perf_counter()
+        with autocast:
+            logits = module._step_net(images)
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        module.train_metrics.update(logits.detach(), labels)
     sync(device)
     return args.steps * args.batch_size / (time.perf_counter() - start)
 
@@ -121,18 +138,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--norm", choices=["lrn", "batchnorm", "none"], default=None, help="default: the preset's")
+    parser.add_argument("--compile", action="store_true", help="module.compile=true (warmup steps compile)")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     device = torch.device(args.device)
-    data = batches_of_real_images(args.batch_size * 8, args.size, args.channels)
+    batches = batches_on_device(args.warmup + args.steps, args.batch_size, args.size, args.channels, device)
     print(f"device={device} preset={args.preset} size={args.size} batch={args.batch_size} steps={args.steps} "
-          f"precision={args.precision} threads={torch.get_num_threads()}")
+          f"precision={args.precision} channels_last={args.channels_last} norm={args.norm or 'preset'} "
+          f"compile={args.compile} threads={torch.get_num_threads()}")
     results = {"lightning": [], "plain": []}
     for r in range(args.repeats):
         order = ("lightning", "plain") if r % 2 == 0 else ("plain", "lightning")
         for name in order:
             fn = lightning_round if name == "lightning" else plain_round
-            results[name].append(fn(args, data, device))
+            results[name].append(fn(args, batches, device))
         print(f"round {r}: lightning {results['lightning'][-1]:.0f} img/s, plain {results['plain'][-1]:.0f} img/s")
     med = {k: statistics.median(v) for k, v in results.items()}
     ratio = med["lightning"] / med["plain"]

@@ -101,7 +101,7 @@ def test_fashion_mnist_split_is_fixed_disjoint_and_sized():
     other_seed = fmnist(split_seed=1)
     other_seed.setup("fit")
     assert other_seed.data_val.indices != dm.data_val.indices
-    images, labels = next(iter(dm.train_dataloader()))
+    images, labels = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert images.shape == (32, 1, 28, 28) and labels.shape == (32,)
     # The mean image was subtracted: over many training crops the average is near zero.
     assert abs(images.mean().item()) < 0.1
@@ -162,9 +162,9 @@ def test_image_folder_trains_with_ten_crop_eval(tmp_path):
     assert dm.num_classes == 3
     dm.prepare_data()
     dm.setup("fit")
-    images, labels = next(iter(dm.train_dataloader()))
+    images, labels = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert images.shape == (4, 3, 32, 32)
-    val_images, val_labels = next(iter(dm.val_dataloader()))
+    val_images, val_labels = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     assert val_images.shape == (4, 10, 3, 32, 32)
     assert sorted(set(val_labels.tolist())) <= [0, 1, 2]
     assert len(list(tmp_path.glob("imagenet_mean_r40_c40_*.pt"))) == 1  # cached next to the data

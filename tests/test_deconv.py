@@ -10,6 +10,7 @@ from torchvision.models import vgg16 as tv_vgg16
 
 from zfexp.analysis import DeconvNet, forward_prefix, layer_activations, receptive_field
 from zfexp.models import zfnet
+from zfexp.models.contrast_norm import LocalContrastNorm
 
 
 class GuidedReLU(torch.autograd.Function):
@@ -41,7 +42,7 @@ def projection_by_autograd(model: nn.Module, images: torch.Tensor, layer: str, c
             m.inplace = False
             if rule == "deconvnet":
                 handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (torch.relu(gout[0]),)))
-        elif isinstance(m, (nn.LocalResponseNorm, nn.BatchNorm2d, nn.Dropout)):
+        elif isinstance(m, (LocalContrastNorm, nn.BatchNorm2d, nn.Dropout)):
             handles.append(m.register_full_backward_hook(lambda mod, gin, gout: (gout[0],)))
     try:
         n, k = images.shape[0], len(channels)

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from zfexp.models import CONV_NAMES, LAYER_NAMES, PRESETS, alexnet, zfnet, zfnet_small, zfnet_v2
+from zfexp.models.contrast_norm import LocalContrastNorm
 
 
 def conv_params(cin, cout, k):
@@ -110,7 +111,7 @@ def test_paper_init_is_normal_001_with_zero_bias():
 
 
 def test_norm_options_place_the_right_layer():
-    assert isinstance(zfnet().get_submodule("norm1"), nn.LocalResponseNorm)
+    assert isinstance(zfnet().get_submodule("norm1"), LocalContrastNorm)
     assert isinstance(zfnet(norm="batchnorm").get_submodule("norm2"), nn.BatchNorm2d)
     assert not any(n.startswith("norm") for n, _ in zfnet(norm="none").named_children())
 

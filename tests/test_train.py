@@ -154,16 +154,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
 
 
-def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree(tmp_path):
-    tree = make_image_tree(tmp_path / "imagenet", classes=("n01", "n02"), n_train=4, n_val=2, size=(300, 260))
-    log_dir = tmp_path / "logs"
+def _paper_imagenet_epoch(tree: Path, log_dir: Path, *overrides: str) -> Path:
     done = subprocess.run(train_cmd("experiment=paper_imagenet", "data=imagenet", f"data.root={tree}",
                                     f"paths.log_dir={log_dir}", "trainer.max_epochs=1", "data.batch_size=4",
                                     "data.num_workers=0", "logger=csv", "trainer.accelerator=cpu",
-                                    "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"),
+                                    "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
+                                    *overrides),
                           cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = log_dir.glob("train/runs/*")
+    return run
+
+
+def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree_eager_and_compiled(tmp_path):
+    tree = make_image_tree(tmp_path / "imagenet", classes=("n01", "n02"), n_train=4, n_val=2, size=(300, 260))
+    run = _paper_imagenet_epoch(tree, tmp_path / "eager")
     metrics = read_metrics(run)
     assert metrics["status"] == "completed" and metrics["epochs"] == 1 and metrics["global_step"] == 2
     assert metrics["num_parameters"] == sum(p.numel() for p in zfnet(num_classes=2).parameters())
@@ -171,6 +176,19 @@ def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree(tmp_path):
     assert torch.load(mean_file).shape == (3, 256, 256)
     resolved = (run / "config.yaml").read_text()
     assert "ten_crop: true" in resolved and "input_size: 224" in resolved and "pixel_scale: 255.0" in resolved
+
+    # torch.compile: the same two steps give the same losses; the checkpoint is the plain network's.
+    compiled = _paper_imagenet_epoch(tree, tmp_path / "compiled", "module.compile=true")
+    compiled_metrics = read_metrics(compiled)
+    for key in ("train/loss", "val/loss", "test/loss"):
+        assert compiled_metrics[key] == pytest.approx(metrics[key], rel=1e-4), key
+    assert "compile: true" in (compiled / "config.yaml").read_text()
+    checkpoint = torch.load(compiled / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["hyper_parameters"]["compile"] is True
+    assert not [k for k in checkpoint["state_dict"] if "_orig_mod" in k]
+    plain = zfnet(num_classes=2)
+    plain.load_state_dict({k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items()
+                           if k.startswith("net.")})  # strict: every key of the uncompiled network, nothing else
 
 
 def test_debug_fdr_runs_one_batch_and_keeps_the_analysis_callbacks_quiet(run_dir):

@@ -85,9 +85,9 @@ def test_caltech101_splits_have_n_per_class_and_at_most_50_test(tmp_path):
     assert per_class(dm, test_idx) == {0: 3, 1: 50, 2: 7}  # the rest, at most 50
     assert not set(train_idx) & set(test_idx)
     assert len(dm.data_train) == 15 and len(dm.data_test) == 60 and dm.data_val is dm.data_test
-    images, labels = next(iter(dm.train_dataloader()))
+    images, labels = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert images.shape == (8, 3, 12, 12)  # greyscale images come out as RGB
-    grey = dm.data_test[0][0]  # class Faces' first image, greyscale on disk, in the test split of some folds
+    grey = dm.analysis_dataset("test")[0][0]  # class Faces' first image, greyscale on disk, in some folds' test split
     assert grey.shape == (3, 12, 12)
 
 

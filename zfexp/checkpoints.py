@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +65,16 @@ def newest_resumable(runs_dir: Path, exclude: Path | None = None) -> Path | None
         except CheckpointError:
             continue
     return None
+
+
+def with_lrn_convention(net: Mapping[str, Any], convention: str) -> dict[str, Any]:
+    """A ZFNet-family network config with ``lrn.convention`` set to ``convention`` where it names none.
+
+    New modules save the convention they were built with (``"paper"`` when unnamed), so every checkpoint
+    written since the key exists names it; a checkpoint that names none predates it and was trained with
+    ``nn.LocalResponseNorm``'s convention (``"torch"``), which is how it is read back."""
+    net = dict(net)
+    ours = str(net.get("_target_", "")).startswith("zfexp.models.")
+    if ours and net.get("norm", "lrn") == "lrn" and "convention" not in (net.get("lrn") or {}):
+        net["lrn"] = {**(net.get("lrn") or {}), "convention": convention}
+    return net

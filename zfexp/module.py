@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import lightning as L
@@ -19,6 +20,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from zfexp.checkpoints import with_lrn_convention
 from zfexp.errors import InvalidValueError, NonFiniteLossError
 from zfexp.random_state import random_state, set_random_state
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 # over the restored optimizer's (lowering module.lr is how a diverged run is recovered).
 RESUMABLE_SETTINGS = ("lr", "momentum", "weight_decay")
 PAPER_LR = 1e-2
+# Set while load_from_checkpoint builds a module: a network config naming no LRN convention is then an old one.
+_READING_CHECKPOINT: ContextVar[bool] = ContextVar("reading_checkpoint", default=False)
 
 
 class TopKError(MulticlassAccuracy):
@@ -76,6 +80,9 @@ class ImageClassifier(L.LightningModule):
         lr_plateau: ``ReduceLROnPlateau`` options, monitoring ``val/top1_err``; ``null`` for a constant LR.
         channels_last: run convolutions in NHWC memory layout (faster on tensor-core GPUs); ``"auto"``: when
             the trainer runs on a CUDA device.
+        compile: run the training, validation and test steps through ``torch.compile(net)``. The compiled
+            wrapper is kept outside the module's children: checkpoints hold the plain network's keys, and the
+            analyses (forward hooks on ``self.net``) and ``self(images)`` run the uncompiled network.
         freeze: a paper layer name (``fc7``: layers 1-7); that layer and all before it are fixed: no gradient,
             not in the optimizer, and kept in eval mode (batch-norm statistics and dropout frozen too), as the
             paper's transfer experiments keep layers 1-7 fixed and train a new softmax.
@@ -101,11 +108,14 @@ class ImageClassifier(L.LightningModule):
         lr_plateau: Mapping[str, Any] | None = None,
         channels_last: bool | str = False,
         freeze: str | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         self.frozen: list[str] = []
         if isinstance(net, DictConfig):
             net = OmegaConf.to_container(net, resolve=True)
+        # Saved explicitly, so that the checkpoint says which formula it was trained with (see with_lrn_convention).
+        net = with_lrn_convention(net, "torch" if _READING_CHECKPOINT.get() else "paper")
         if lr <= 0:
             raise InvalidValueError(f"module.lr={lr}: must be positive")
         if not 0 <= momentum < 1:
@@ -114,11 +124,14 @@ class ImageClassifier(L.LightningModule):
             raise InvalidValueError(f"module.weight_decay={weight_decay}: must be >= 0")
         if channels_last not in (True, False, "auto"):
             raise InvalidValueError(f"module.channels_last={channels_last!r}; valid: true, false, auto (on a GPU)")
+        if compile not in (True, False):
+            raise InvalidValueError(f"module.compile={compile!r}; valid: true (torch.compile the network for the "
+                                    "training, validation and test steps), false")
         self.save_hyperparameters({"net": dict(net), "num_classes": num_classes, "in_channels": in_channels,
                                    "input_size": input_size, "lr": lr, "momentum": momentum,
                                    "weight_decay": weight_decay,
                                    "lr_plateau": dict(lr_plateau) if lr_plateau is not None else None,
-                                   "channels_last": channels_last, "freeze": freeze})
+                                   "channels_last": channels_last, "freeze": freeze, "compile": compile})
         try:
             self.net: nn.Module = instantiate(dict(net), num_classes=num_classes, in_channels=in_channels,
                                               input_size=input_size, _convert_="all")
@@ -127,6 +140,7 @@ class ImageClassifier(L.LightningModule):
             cause = err.__cause__ if isinstance(err.__cause__, ValueError) else err
             raise InvalidValueError(f"model.{cause}") from err
         self.channels_last = False  # decided in setup() for "auto"
+        self._compiled_net: nn.Module | None = None  # made at the first step; see _step_net
         if channels_last is True:
             self._use_channels_last()
         self.frozen = frozen_children(self.net, freeze)
@@ -142,6 +156,17 @@ class ImageClassifier(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self._restored: dict[str, Any] | None = None  # what on_load_checkpoint read, applied at on_train_start
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's, with the network config of checkpoints older than ``model.lrn.convention`` read as they
+        were trained (:func:`~zfexp.checkpoints.with_lrn_convention`)."""
+        token = _READING_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
+                                                hparams_file=hparams_file, strict=strict, **kwargs)
+        finally:
+            _READING_CHECKPOINT.reset(token)
 
     def _use_channels_last(self) -> None:
         self.channels_last = True
@@ -159,14 +184,29 @@ class ImageClassifier(L.LightningModule):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, C, S, S]`` images -> ``[B, num_classes]`` logits."""
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        """``[B, C, S, S]`` images -> ``[B, num_classes]`` logits, by the plain (uncompiled) network."""
+        return self.net(self._input_layout(images))
+
+    def _input_layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def _step_net(self, images: torch.Tensor) -> torch.Tensor:
+        """The training, validation and test steps' forward: through ``torch.compile`` with ``compile=True``.
+
+        The compiled wrapper is stored past ``nn.Module.__setattr__``, so it is no child: no ``_orig_mod.`` keys in
+        ``state_dict``, and ``.to()``/``train()`` reach the network it wraps through ``self.net``."""
+        if not self.hparams.compile:
+            return self(images)
+        if self._compiled_net is None:
+            # fallback_random: dropout draws its masks from torch's generator, as in eager mode, so compiling
+            # changes the speed of a run and not its numbers (inductor's own RNG would draw other masks).
+            compiled = torch.compile(self.net, options={"fallback_random": True})
+            object.__setattr__(self, "_compiled_net", compiled)
+        return self._compiled_net(self._input_layout(images))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
+        logits = self._step_net(images)
         loss = F.cross_entropy(logits, labels)
         if not torch.isfinite(loss):
             # Raised before backward and the optimizer step: the diverged weights are never stepped further,
@@ -240,11 +280,11 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         if images.dim() == 5:  # [B, n_crops, C, S, S]: average the softmax over the crops
             b, n = images.shape[:2]
-            probs = F.softmax(self(images.flatten(0, 1)).float(), dim=-1).view(b, n, -1).mean(1)
+            probs = F.softmax(self._step_net(images.flatten(0, 1)).float(), dim=-1).view(b, n, -1).mean(1)
             loss = F.nll_loss(torch.log(probs.clamp_min(1e-12)), labels)
             scores = probs
         else:
-            logits = self(images)
+            logits = self._step_net(images)
             loss = F.cross_entropy(logits, labels)
             scores = logits
         metrics.update(scores, labels)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zfexp.checkpoints import read_checkpoint
+from zfexp.checkpoints import read_checkpoint, with_lrn_convention
 from zfexp.errors import CheckpointError, InvalidValueError
 
 NEW_LAYER = "fc8"  # the classifier: always new, its width is the new number of classes
@@ -43,7 +43,8 @@ def load_pretrained(path: str | Path, key: str = "pretrained_ckpt") -> Pretraine
     state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     # Lightning keeps a datamodule's state under its class name; ours holds the mean image.
     mean = next((v["mean_image"] for v in ckpt.values() if isinstance(v, dict) and "mean_image" in v), None)
-    return Pretrained(str(path), dict(hparams["net"]), int(hparams["in_channels"]), int(hparams["input_size"]),
+    net = with_lrn_convention(hparams["net"], "torch")  # a checkpoint naming no convention predates the key
+    return Pretrained(str(path), net, int(hparams["in_channels"]), int(hparams["input_size"]),
                       int(hparams["num_classes"]), state, mean)
 
 

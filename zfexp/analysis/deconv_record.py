@@ -12,8 +12,9 @@ from torch.nn import functional as F
 from zfexp.analysis.activations import eval_mode
 from zfexp.analysis.geometry import forward_prefix
 from zfexp.errors import InvalidValueError
+from zfexp.models.contrast_norm import LocalContrastNorm
 
-PASS_THROUGH = (nn.LocalResponseNorm, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
+PASS_THROUGH = (nn.LocalResponseNorm, LocalContrastNorm, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 INVERTIBLE = (nn.Conv2d, nn.ReLU, nn.MaxPool2d) + PASS_THROUGH
 
 

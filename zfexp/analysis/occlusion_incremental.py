@@ -13,8 +13,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from zfexp.analysis.geometry import SPATIAL, footprint, input_window
+from zfexp.models.contrast_norm import LocalContrastNorm
 
-POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.LocalResponseNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
+POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.LocalResponseNorm, LocalContrastNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
 def sequential_leaves(model: nn.Module) -> list[nn.Module] | None:

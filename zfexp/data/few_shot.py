@@ -102,11 +102,11 @@ class FewShotDataModule(ImageClassificationDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data_train is not None:
             return
+        self.augment_on = self.resolve_augment_on()
         self._ensure_mean()  # over the whole pool: no labels involved
         train_idx, _ = self.split_indices
-        self.data_train = Subset(self._split("train", paper_transform(self.preprocess, self.mean, train=True)),
-                                 train_idx)
-        self.data_val, self.data_test = self._eval_splits(paper_transform(self.preprocess, self.mean, train=False))
+        self.data_train = Subset(self._split("train", self._loader_transform(train=True)), train_idx)
+        self.data_val, self.data_test = self._eval_splits(self._loader_transform(train=False))
 
     def _eval_splits(self, transform) -> tuple[Dataset, Dataset]:
         test = Subset(self._split("train", transform), self.split_indices[1])

@@ -97,15 +97,37 @@ class StackCrops(nn.Module):
         return torch.stack(list(crops))
 
 
-def base_transform(p: Preprocessing) -> v2.Compose:
-    """PIL image or uint8 tensor -> float tensor ``[C, crop, crop]`` in [0, 1]: the images the mean is taken over."""
+def pixels_transform(p: Preprocessing) -> v2.Compose:
+    """PIL image or uint8 tensor -> uint8 tensor ``[C, crop, crop]``: what must happen to each image at its own
+    size (the smaller side resized, the centre crop). The rest is the same for every image and runs batched:
+    :class:`zfexp.data.batch_preprocessing.BatchPreprocessing`.
+
+    The image becomes a tensor before the resize: PyTorch's antialiased bilinear kernel for uint8 tensors is
+    about 4x faster than PIL's resize (1.2 vs 0.3 ms for a 500x375 photo to 256 px on one core)."""
     steps: list[nn.Module] = [v2.ToImage()]
     if p.resize is not None:
         steps.append(v2.Resize(p.resize, antialias=True))
     if p.crop is not None:
         steps.append(v2.CenterCrop(p.crop))
-    steps.append(v2.ToDtype(torch.float32, scale=True))
     return v2.Compose(steps)
+
+
+def base_transform(p: Preprocessing) -> v2.Compose:
+    """PIL image or uint8 tensor -> float tensor ``[C, crop, crop]`` in [0, 1]."""
+    return v2.Compose([pixels_transform(p), v2.ToDtype(torch.float32, scale=True)])
+
+
+def draw_crop_flip(height: int, width: int, size: int, hflip: bool) -> torch.Tensor:
+    """One training crop of an ``height`` x ``width`` image: ``(top, left, flip)`` as an int64 tensor ``[3]``.
+
+    Drawn from torch's CPU generator with the rule and in the order of torchvision's ``RandomCrop(size)`` then
+    ``RandomHorizontalFlip()`` (no draw along a side the crop fills, a flip when ``rand < 0.5``), so an image
+    seeded alike gets the same crop and flip from :func:`paper_transform` as from the batched path.
+    """
+    top = int(torch.randint(0, height - size + 1, size=())) if height > size else 0
+    left = int(torch.randint(0, width - size + 1, size=())) if width > size else 0
+    flip = hflip and bool(torch.rand(1) < 0.5)
+    return torch.tensor([top, left, int(flip)])
 
 
 def paper_transform(p: Preprocessing, mean: torch.Tensor | None, train: bool) -> v2.Compose:

@@ -27,14 +27,16 @@ import torch
 from torch import nn
 
 from zfexp.errors import InvalidValueError
+from zfexp.models.contrast_norm import LocalContrastNorm
 
 CONV_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 FC_NAMES = ("fc6", "fc7", "fc8")
 LAYER_NAMES = CONV_NAMES + FC_NAMES
 NORMS = ("lrn", "batchnorm", "none")
 INITS = ("paper", "kaiming")
-# Krizhevsky et al.'s contrast normalisation constants; the paper does not give its own.
-DEFAULT_LRN = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+# Krizhevsky et al.'s contrast normalisation constants, in their formula (alpha times the window's sum of
+# squares); the paper does not give its own.
+DEFAULT_LRN = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "convention": "paper"}
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,7 @@ def build_zfnet_family(
             # ceil_mode reproduces the paper's 55 / 13 / 6 feature sizes.
             layers[f"pool{i}"] = nn.MaxPool2d(3, 2, ceil_mode=True)
         if spec.norm and norm != "none":
-            layers[f"norm{i}"] = (nn.LocalResponseNorm(**lrn_params) if norm == "lrn" else nn.BatchNorm2d(out))
+            layers[f"norm{i}"] = LocalContrastNorm(**lrn_params) if norm == "lrn" else nn.BatchNorm2d(out)
         channels = out
     layers["flatten"] = nn.Flatten(1)
 
