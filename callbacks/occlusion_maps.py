@@ -3,7 +3,8 @@ numbers as a table."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import lightning as L
 
@@ -19,7 +20,7 @@ from callbacks.scheduled_analysis import (
     occluder_fill,
     tag,
 )
-from zfexp.analysis import occlusion_maps
+from zfexp.analysis import DrillDown, occlusion_maps
 from zfexp.errors import InvalidValueError
 from zfexp.figures.plots import occlusion_figure
 
@@ -32,11 +33,17 @@ class OcclusionMaps(ProbedAnalysis):
         feature_layer: the conv layer whose strongest map is followed (paper: layer 5).
         probe_size: validation images (chosen once, seeded, kept in the checkpoint).
         batch_size: occluded copies per forward batch.
+        approximate: ``None`` (every position computed), or the fields of :class:`zfexp.analysis.DrillDown`
+            (``{coarse: null, threshold: 0.01}``): the fine grid only where a coarse one shows an effect; the
+            caption and the table say which positions were computed.
     """
 
     def __init__(self, epochs: Sequence[int] = (), patch: int | None = None, stride: int | None = None,
-                 feature_layer: str = "conv5", probe_size: int = 4, batch_size: int = 256, seed: int = 0):
+                 feature_layer: str = "conv5", probe_size: int = 4, batch_size: int = 256, seed: int = 0,
+                 approximate: Mapping[str, Any] | None = None):
         super().__init__(epochs, probe_size, seed)
+        # Checked now (before training) by building it.
+        self.approximate = DrillDown(**dict(approximate)) if approximate is not None else None
         for name, value in (("patch", patch), ("stride", stride)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InvalidValueError(f"OcclusionMaps: {name}={value!r} must be a positive integer or null")
@@ -60,9 +67,12 @@ class OcclusionMaps(ProbedAnalysis):
         patch, stride = self.geometry(min(images.shape[-2:]))
         with evaluating(net):
             result = occlusion_maps(net, images, labels, patch, stride, fill=occluder_fill(trainer, images),
-                                    feature_layer=self.feature_layer, batch_size=self.batch_size)
+                                    feature_layer=self.feature_layer, batch_size=self.batch_size,
+                                    approximate=self.approximate)
         fig = occlusion_figure(result, for_display(trainer, images).cpu(), labels.tolist(), class_names(trainer),
                                self.feature_layer)
         log_figure(trainer, f"occlusion/panel_{tag(epoch)}", fig,
-                   caption=f"occlusion {patch}px every {stride}px ({tag(epoch)})")
+                   caption=f"occlusion {patch}px every {stride}px ({tag(epoch)})" + (
+                       f"; approximate: {100 * result.exact_fraction:.0f}% of the positions computed"
+                       if self.approximate is not None else ""))
         log_table(trainer, f"occlusion/table_{tag(epoch)}", result.table())

@@ -21,7 +21,7 @@ from callbacks.scheduled_analysis import (
     network_of,
     tag,
 )
-from zfexp.analysis import top_activations
+from zfexp.analysis import top_activations_by_layer
 from zfexp.figures.feature_tiles import top_k_sheet
 
 
@@ -51,9 +51,11 @@ class TopActivations(ScheduledAnalysis):
         if self.max_images is not None:
             dataset = torch.utils.data.Subset(dataset, range(min(self.max_images, len(dataset))))
         loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=False)
+        maps = chosen_maps(net, self.layers, self.maps_per_layer, self.seed)
         with evaluating(net):
-            for layer, maps in chosen_maps(net, self.layers, self.maps_per_layer, self.seed).items():
-                top = top_activations(net, loader, layer, maps, k=self.k, device=pl_module.device)
+            # Every layer's top-k from one pass over the validation images.
+            tops = top_activations_by_layer(net, loader, maps, k=self.k, device=pl_module.device)
+            for layer, top in tops.items():
                 sheet = top_k_sheet(net, dataset, layer, top, self.k, pl_module.device)
                 log_image(trainer, f"top{self.k}/{layer}_{tag(epoch)}", sheet,
-                          caption=f"{layer} maps {maps}: top-{self.k} projections (left) and patches (right)")
+                          caption=f"{layer} maps {maps[layer]}: top-{self.k} projections (left) and patches (right)")

@@ -266,6 +266,36 @@ def test_top_activations_equal_a_brute_force_search():
         top_activations(model, DataLoader(TensorDataset(images, torch.zeros(23)), shuffle=True), "conv4")
 
 
+def test_top_k_of_every_layer_in_one_pass_equals_each_layers_own_pass():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from zfexp.analysis import top_activations, top_activations_by_layer
+    from zfexp.models import zfnet_small
+
+    torch.manual_seed(5)
+    model = zfnet_small(num_classes=10, in_channels=1, init="kaiming").eval()
+    images = torch.randn(23, 1, 28, 28)
+    iterators = []
+
+    class CountingLoader(DataLoader):
+        def __iter__(self):
+            iterators.append(0)
+            return super().__iter__()
+
+    loader = CountingLoader(TensorDataset(images, torch.zeros(23)), batch_size=5)
+    maps = {"conv1": [1, 5], "conv3": None, "conv5": [0, 7, 63]}
+    together = top_activations_by_layer(model, loader, maps, k=4, progress=False)
+    assert len(iterators) == 1  # one pass over the data for every layer (and the loader started once)
+    for layer, channels in maps.items():
+        alone = top_activations(model, DataLoader(TensorDataset(images, torch.zeros(23)), batch_size=5), layer,
+                                channels, k=4, progress=False)
+        for field in ("channels", "indices", "positions", "values"):
+            assert torch.equal(getattr(together[layer], field), getattr(alone, field)), (layer, field)
+    assert together["conv3"].indices.shape == (96, 4)  # None: every map of the layer
+    with pytest.raises(ValueError, match="'conv9' is not a conv or linear layer"):
+        top_activations_by_layer(model, loader, {"conv9": None}, progress=False)
+
+
 def test_project_units_equals_the_matching_slices_of_project():
     torch.manual_seed(6)
     model = zfnet(num_classes=10, init="kaiming")

@@ -179,3 +179,62 @@ def test_bad_correspondence_arguments_are_named():
         correspondence(model, images, {"eye": [(0, 0, 3, 3)] * 2})
     with pytest.raises(ValueError, match="at least 2 images"):
         correspondence(model, images[:1], {"eye": [(0, 0, 3, 3)]})
+
+
+def test_the_automatic_way_is_the_devices_and_gives_both_forced_ways_maps():
+    from zfexp.analysis.occlusion import incremental_pays
+
+    assert incremental_pays(torch.device("cpu")) and not incremental_pays(torch.device("cuda"))
+    model = small_net()
+    images, labels = torch.randn(2, 1, 28, 28), torch.tensor([3, 7])
+    auto, *forced = (occlusion_maps(model, images, labels, patch=7, stride=3, incremental=way)
+                     for way in (None, True, False))
+    for other in forced:
+        assert torch.allclose(auto.prob_true, other.prob_true, atol=1e-6)
+        assert torch.allclose(auto.feature_activity, other.feature_activity, rtol=1e-5, atol=1e-5)
+        assert torch.equal(auto.top_label, other.top_label)
+
+
+def test_approximate_maps_are_exact_where_computed_and_within_the_bound_elsewhere(fashion_mnist_raw):
+    from benchmarks.occlusion import fashion_mnist_case
+    from zfexp.analysis import DrillDown
+
+    model, images, labels = fashion_mnist_case(n_images=6)
+    exact = occlusion_maps(model, images, labels, patch=7, stride=1)
+    approx = occlusion_maps(model, images, labels, patch=7, stride=1, approximate=DrillDown(threshold=0.01))
+    computed = approx.exact
+    assert exact.exact is None and exact.exact_fraction == 1.0
+    assert 0.05 < approx.exact_fraction < 0.9  # some positions interpolated, some drilled into
+    assert torch.allclose(approx.prob_true[computed], exact.prob_true[computed], atol=1e-6)
+    assert torch.allclose(approx.feature_activity[computed], exact.feature_activity[computed], rtol=1e-5, atol=1e-5)
+    assert torch.equal(approx.top_label[computed], exact.top_label[computed])
+    drop = (exact.base_prob[:, None, None] - exact.prob_true).abs().amax()
+    assert drop > 0.1  # occlusion moves this network's output: the bound below is not trivially met
+    assert (approx.prob_true - exact.prob_true).abs().max() <= 0.02  # the documented bound
+    assert [row["computed"] for row in approx.table()].count(False) == int((~computed).sum())
+
+
+def test_drill_down_checks_its_settings():
+    from zfexp.analysis import DrillDown
+
+    with pytest.raises(ValueError, match="approximate.coarse=0"):
+        DrillDown(coarse=0)
+    with pytest.raises(ValueError, match="approximate.threshold=-1"):
+        occlusion_maps(small_net(), torch.randn(1, 1, 28, 28), [0], patch=7, stride=1,
+                       approximate={"threshold": -1})
+    # The callback takes the same fields from its config, and checks them when it is built (before training).
+    from callbacks import OcclusionMaps
+
+    assert OcclusionMaps(approximate={"threshold": 0.02}).approximate == DrillDown(threshold=0.02)
+    with pytest.raises(ValueError, match="approximate.margin=-1"):
+        OcclusionMaps(approximate={"margin": -1})
+
+
+def test_approximate_mode_with_no_effect_anywhere_computes_only_the_coarse_grid():
+    from zfexp.analysis import DrillDown
+
+    model = small_net()
+    images = torch.zeros(1, 1, 28, 28)  # the square (fill 0) changes nothing on a blank image
+    result = occlusion_maps(model, images, [0], patch=8, stride=2, approximate=DrillDown(threshold=0.01))
+    assert 0 < result.exact_fraction < 0.3  # the coarse grid (every 2nd step, and the last) only
+    assert torch.allclose(result.prob_true, result.base_prob[:, None, None].expand_as(result.prob_true))

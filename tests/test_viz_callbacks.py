@@ -28,8 +28,9 @@ def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir)
     assert len(media) == len(expected)
     # The numbers behind Fig. 7 and Fig. 5: CSV in the run dir, tables in the W&B run.
     occlusion = (run_dir / "tables" / "occlusion_table_final.csv").read_text().splitlines()
-    assert occlusion[0] == "image,top,left,patch,prob_true,top_label,feature_map,feature_activity"
+    assert occlusion[0] == "image,top,left,patch,prob_true,top_label,feature_map,feature_activity,computed"
     assert len(occlusion) == 1 + 2 * 8 * 8  # 2 probe images, patch 7 at 0, 3, .., 21 on 28 px: 8 x 8 positions
+    assert {row.rsplit(",", 1)[1] for row in occlusion[1:]} == {"True"}  # approximate: null computes every position
     invariance = (run_dir / "tables" / "invariance_table_final.csv").read_text().splitlines()
     assert len(invariance) == 1 + 2 * (13 + 9 + 36)  # 2 images x the paper's translate, scale, rotate values
     tables = {p.parent.name for p in run_dir.glob("wandb/offline-run-*/files/media/table/*/table_final_*.table.json")}

@@ -19,7 +19,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from zfexp.analysis import TRANSFORMS, correspondence, invariance_curves, occlude_boxes, occlusion_maps, top_activations
+from zfexp.analysis import (
+    TRANSFORMS,
+    correspondence,
+    invariance_curves,
+    occlude_boxes,
+    occlusion_maps,
+    top_activations_by_layer,
+)
 from zfexp.analysis.map_choice import chosen_maps
 from zfexp.data.classes import dataset_targets
 from zfexp.data.photos import ImageFiles, photo_transform
@@ -85,18 +92,20 @@ class Analysis:
         dataset = self.dataset if c.max_images is None else Subset(self.dataset, range(min(c.max_images,
                                                                                             len(self.dataset))))
         loader = DataLoader(dataset, batch_size=256, shuffle=False)
-        for layer, maps in chosen_maps(self.net, c.layers, c.maps_per_layer, self.cfg.seed).items():
-            top = top_activations(self.net, loader, layer, maps, k=c.k, device=self.device)
+        maps = chosen_maps(self.net, c.layers, c.maps_per_layer, self.cfg.seed)
+        for layer, top in top_activations_by_layer(self.net, loader, maps, k=c.k, device=self.device).items():
             self.image(f"top{c.k}/{layer}", top_k_sheet(self.net, dataset, layer, top, c.k, self.device),
-                       f"{layer} maps {maps}: top-{c.k} projections (left) and patches (right)")
+                       f"{layer} maps {maps[layer]}: top-{c.k} projections (left) and patches (right)")
 
     def occlusion(self) -> None:
         c = self.cfg.occlusion
         images, labels = self.batch(c.num_images, seed_offset=1)
         patch = c.patch or max(1, min(images.shape[-2:]) // 4)
         stride = c.stride or max(1, patch // 4)
+        approximate = c.get("approximate")
         result = occlusion_maps(self.net, images, labels, patch, stride, fill=self.fill(images),
-                                feature_layer=c.feature_layer, batch_size=c.batch_size)
+                                feature_layer=c.feature_layer, batch_size=c.batch_size,
+                                approximate=OmegaConf.to_container(approximate) if approximate is not None else None)
         self.figure("occlusion/panel", occlusion_figure(result, self.shown(images), labels.tolist(),
                                                         self.class_names, c.feature_layer,
                                                         "true" if self.labelled else "predicted"),

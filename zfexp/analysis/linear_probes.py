@@ -32,7 +32,8 @@ def extract_features(net: nn.Module, dataset: Dataset, layers: Sequence[str], ma
     chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     labels = []
     net = net.to(device)
-    for images, y in tqdm(loader, desc=f"features of {', '.join(layers)}", unit="batch"):
+    # One iterator, given to tqdm: tqdm.auto would otherwise start the loader twice (its workers too).
+    for images, y in tqdm(iter(loader), total=len(loader), desc=f"features of {', '.join(layers)}", unit="batch"):
         _, feats = layer_outputs(net, images.to(device), layers, max_side=max_side)
         for layer in layers:
             chunks[layer].append(feats[layer].float().cpu())

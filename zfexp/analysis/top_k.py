@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
-from zfexp.analysis.activations import layer_activations
+from zfexp.analysis.activations import check_feature_layers, layer_activations
 from zfexp.errors import InvalidValueError
 
 
@@ -27,38 +28,66 @@ class TopActivationsResult:
     values: torch.Tensor
 
 
+class RunningTopK:
+    """The running top-``k`` of one layer's chosen maps over batches, on the device: each image counts once per
+    map, at its map's maximum."""
+
+    def __init__(self, channels: list[int] | None, k: int):
+        self.channels, self.k = channels, k
+        self.chan: torch.Tensor | None = None
+        self.values = self.indices = self.positions = None
+        self.width = 0
+
+    def update(self, acts: torch.Tensor, first_index: int) -> None:
+        """``acts [B, C_l, H, W]`` of the images ``first_index .. first_index + B - 1`` of the dataset."""
+        if self.chan is None:
+            chan = torch.arange(acts.shape[1]) if self.channels is None else torch.as_tensor(self.channels)
+            self.chan = chan.to(device=acts.device, dtype=torch.long)
+        val, pos = acts[:, self.chan].flatten(2).max(2)  # [B, K]
+        idx = torch.arange(first_index, first_index + acts.shape[0], device=acts.device)[:, None].expand_as(val)
+        if self.values is not None:
+            val, pos, idx = (torch.cat([self.values, val]), torch.cat([self.positions, pos]),
+                             torch.cat([self.indices, idx]))
+        order = val.topk(min(self.k, val.shape[0]), dim=0).indices  # [k, K]
+        self.values, self.positions, self.indices = val.gather(0, order), pos.gather(0, order), idx.gather(0, order)
+        self.width = acts.shape[-1]
+
+    def result(self) -> TopActivationsResult:
+        positions = torch.stack([self.positions // self.width, self.positions % self.width], -1)  # [k, K, 2]
+        return TopActivationsResult(channels=self.chan.cpu(), indices=self.indices.T.cpu(),
+                                    positions=positions.transpose(0, 1).cpu(), values=self.values.T.cpu())
+
+
 @torch.no_grad()
-def top_activations(model: nn.Module, dataloader: DataLoader, layer: str, channels: list[int] | None = None,
-                    k: int = 9, device: torch.device | str | None = None, progress: bool = True,
-                    ) -> TopActivationsResult:
-    """One pass over ``dataloader`` (batches of ``(images, labels)`` in dataset order) keeping a running
-    top-``k`` per channel on the device: each image counts once per channel, at its map's maximum."""
+def top_activations_by_layer(model: nn.Module, dataloader: DataLoader, channels: Mapping[str, list[int] | None],
+                             k: int = 9, device: torch.device | str | None = None, progress: bool = True,
+                             ) -> dict[str, TopActivationsResult]:
+    """The top-``k`` of the chosen maps of every layer of ``channels`` (``{layer: maps, or None for all}``) in one
+    pass over ``dataloader`` (batches of ``(images, labels)`` in dataset order): one forward per batch gives
+    every layer, stopping at the deepest."""
     if isinstance(getattr(dataloader, "sampler", None), RandomSampler):
         raise InvalidValueError("top_activations needs the dataset order to report indices: use a dataloader with "
                                 "shuffle=False")
     if k < 1:
         raise InvalidValueError(f"k={k}: must be at least 1")
+    check_feature_layers(model, list(channels))
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    best_val = best_idx = best_pos = None
-    chan = None
+    running = {layer: RunningTopK(maps, k) for layer, maps in channels.items()}
     seen = 0
-    for images, *_ in tqdm(dataloader, desc=f"top-{k} of {layer}", disable=not progress, leave=False):
-        acts = layer_activations(model, images.to(device), [layer])[layer]  # [B, C_l, H, W]
-        if chan is None:
-            chan = torch.arange(acts.shape[1]) if channels is None else torch.as_tensor(channels, dtype=torch.long)
-            chan = chan.to(device)
-        flat = acts[:, chan].flatten(2)  # [B, K, H*W]
-        val, pos = flat.max(2)  # [B, K]
-        idx = torch.arange(seen, seen + images.shape[0], device=device).unsqueeze(1).expand_as(val)
+    # One iterator, given to tqdm: tqdm.auto would otherwise start the loader twice (its workers too).
+    for images, *_ in tqdm(iter(dataloader), total=len(dataloader), desc=f"top-{k} of {', '.join(channels)}",
+                           disable=not progress, leave=False):
+        acts = layer_activations(model, images.to(device), list(channels))
+        for layer, top in running.items():
+            top.update(acts[layer], seen)
         seen += images.shape[0]
-        if best_val is not None:
-            val, pos, idx = torch.cat([best_val, val]), torch.cat([best_pos, pos]), torch.cat([best_idx, idx])
-        order = val.topk(min(k, val.shape[0]), dim=0).indices  # [k, K]
-        best_val, best_pos, best_idx = val.gather(0, order), pos.gather(0, order), idx.gather(0, order)
-        width = acts.shape[-1]
-    if best_val is None:
+    if seen == 0:
         raise InvalidValueError("top_activations got an empty dataloader")
-    positions = torch.stack([best_pos // width, best_pos % width], -1)  # [k, K, 2]
-    return TopActivationsResult(channels=chan.cpu(), indices=best_idx.T.cpu(),
-                                positions=positions.transpose(0, 1).cpu(),
-                          values=best_val.T.cpu())
+    return {layer: top.result() for layer, top in running.items()}
+
+
+def top_activations(model: nn.Module, dataloader: DataLoader, layer: str, channels: list[int] | None = None,
+                    k: int = 9, device: torch.device | str | None = None, progress: bool = True,
+                    ) -> TopActivationsResult:
+    """:func:`top_activations_by_layer` for one layer."""
+    return top_activations_by_layer(model, dataloader, {layer: channels}, k, device, progress)[layer]

@@ -62,7 +62,9 @@ def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int
                         generator=private_generator(0))
     total: torch.Tensor | None = None
     count, scale = 0, 1.0
-    for images, _ in tqdm(loader, desc=desc, unit="batch"):
+    # tqdm.auto's wrapper calls iter() on what it is given, and iterates it again: given the loader, that would
+    # start its worker processes twice.
+    for images, _ in tqdm(iter(loader), total=len(loader), desc=desc, unit="batch"):
         exact = images.dtype == torch.uint8
         scale = 255.0 if exact else 1.0
         batch_sum = images.to(torch.int64 if exact else torch.float64).sum(0)
