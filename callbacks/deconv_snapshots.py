@@ -57,8 +57,8 @@ class DeconvSnapshots(ProbedAnalysis):
             for layer in self.layers:
                 tiles = strongest_unit_tiles(net, images, layer, self.maps[layer])
                 self.snapshots.setdefault(layer, {})[epoch] = tiles
-                log_image(trainer, f"deconv/{layer}_epoch{epoch:03d}", image_grid(tiles[None]),
-                          caption=f"{layer}, epoch {epoch}: strongest activation of maps {self.maps[layer]}")
+                log_image(trainer, f"deconv/{layer}", image_grid(tiles[None]),
+                          caption=f"{layer}: strongest activation of maps {self.maps[layer]}", epoch=epoch)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_quiet(trainer) or not trainer.is_global_zero:

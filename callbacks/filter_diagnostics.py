@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from callbacks.scheduled_analysis import ProbedAnalysis, evaluating, log_image, log_scalars, network_of, tag
+from callbacks.scheduled_analysis import ProbedAnalysis, evaluating, log_image, log_scalars, network_of
 from zfexp.analysis import conv_layers, filter_rms, layer_activations
 from zfexp.figures.feature_tiles import filter_grid
 
@@ -29,9 +29,8 @@ class FilterDiagnostics(ProbedAnalysis):
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
-        log_image(trainer, f"filters/{self.first_layer}_{tag(epoch)}",
-                  filter_grid(net.get_submodule(self.first_layer).weight),
-                  caption=f"{self.first_layer} filters ({tag(epoch)})")
+        log_image(trainer, f"filters/{self.first_layer}", filter_grid(net.get_submodule(self.first_layer).weight),
+                  caption=f"{self.first_layer} filters", epoch=epoch)
         images, _ = self.probe_batch(trainer, pl_module.device)
         stats = {}
         convs = conv_layers(net)

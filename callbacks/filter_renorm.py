@@ -57,4 +57,6 @@ class FilterRenorm(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for name, mask in self._hit.items():
-            pl_module.log(f"renorm/{name}", mask.sum().float(), on_step=False, on_epoch=True)
+            # Every rank holds the same weights, so the same count; synced all the same, so that the logged value
+            # is defined under DDP whatever a rank saw (and Lightning has nothing to warn about).
+            pl_module.log(f"renorm/{name}", mask.sum().float(), on_step=False, on_epoch=True, sync_dist=True)

@@ -14,7 +14,6 @@ from callbacks.scheduled_analysis import (
     evaluating,
     log_image,
     network_of,
-    tag,
 )
 from zfexp.figures.feature_tiles import strongest_unit_tiles
 from zfexp.figures.grid import image_grid
@@ -40,6 +39,6 @@ class GuidedBackpropSnapshots(ProbedAnalysis):
             for layer, maps in chosen_maps(net, self.layers, self.maps_per_layer, self.seed).items():
                 tiles = [strongest_unit_tiles(net, images, layer, maps, rule=rule)  # [K, C, s, s] each
                          for rule in ("deconvnet", "guided")]
-                log_image(trainer, f"guided_backprop/{layer}_{tag(epoch)}",
+                log_image(trainer, f"guided_backprop/{layer}",  # one W&B key, stepped; files keep the epoch
                           image_grid(torch.stack(tiles, dim=1)),  # rows = maps; deconvnet | guided
-                          caption=f"{layer} maps {maps}: deconvnet (left), guided backprop (right)")
+                          caption=f"{layer} maps {maps}: deconvnet (left), guided backprop (right)", epoch=epoch)

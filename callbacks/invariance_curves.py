@@ -15,7 +15,6 @@ from callbacks.scheduled_analysis import (
     log_table,
     network_of,
     occluder_fill,
-    tag,
 )
 from zfexp.analysis import TRANSFORMS, invariance_curves
 from zfexp.analysis.activations import check_feature_layers
@@ -54,7 +53,6 @@ class InvarianceCurves(ProbedAnalysis):
             curves = {t: invariance_curves(net, images, labels, t, layers=self.layers,
                                            fill=0.0 if fill is None else float(fill.mean()))
                       for t in self.transforms}
-        log_figure(trainer, f"invariance/curves_{tag(epoch)}", invariance_figure(curves, labels.tolist(),
-                                                                                 class_names(trainer)),
-                   caption=f"invariance to {', '.join(self.transforms)} ({tag(epoch)})")
-        log_table(trainer, f"invariance/table_{tag(epoch)}", [row for c in curves.values() for row in c.table()])
+        log_figure(trainer, "invariance/curves", invariance_figure(curves, labels.tolist(), class_names(trainer)),
+                   caption=f"invariance to {', '.join(self.transforms)}", epoch=epoch)
+        log_table(trainer, "invariance/table", [row for c in curves.values() for row in c.table()], epoch=epoch)

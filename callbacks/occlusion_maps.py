@@ -18,7 +18,6 @@ from callbacks.scheduled_analysis import (
     log_table,
     network_of,
     occluder_fill,
-    tag,
 )
 from zfexp.analysis import DrillDown, occlusion_maps
 from zfexp.errors import InvalidValueError
@@ -71,8 +70,8 @@ class OcclusionMaps(ProbedAnalysis):
                                     approximate=self.approximate)
         fig = occlusion_figure(result, for_display(trainer, images).cpu(), labels.tolist(), class_names(trainer),
                                self.feature_layer)
-        log_figure(trainer, f"occlusion/panel_{tag(epoch)}", fig,
-                   caption=f"occlusion {patch}px every {stride}px ({tag(epoch)})" + (
+        log_figure(trainer, "occlusion/panel", fig,
+                   caption=f"occlusion {patch}px every {stride}px" + (
                        f"; approximate: {100 * result.exact_fraction:.0f}% of the positions computed"
-                       if self.approximate is not None else ""))
-        log_table(trainer, f"occlusion/table_{tag(epoch)}", result.table())
+                       if self.approximate is not None else ""), epoch=epoch)
+        log_table(trainer, "occlusion/table", result.table(), epoch=epoch)

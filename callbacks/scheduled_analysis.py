@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -24,7 +25,7 @@ from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.data.transforms import displayable
 from zfexp.errors import InvalidValueError
 from zfexp.random_state import preserved_random_state
-from zfexp.runs.outputs import write_figure, write_image, write_table
+from zfexp.runs.outputs import figure_to_image, file_key, write_image, write_table
 
 
 def network_of(pl_module: L.LightningModule) -> nn.Module:
@@ -85,23 +86,48 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-@rank_zero_only
-def log_image(trainer: L.Trainer, key: str, image: torch.Tensor, caption: str | None = None) -> Path:
-    """Save ``image [C, H, W]`` in [0, 1] as ``<run dir>/images/<key>.png`` and log it to every logger that
-    takes images (step = the trainer's global step; the caption says which epoch)."""
-    return write_image(run_dir(trainer), trainer.loggers, key, image, trainer.global_step, caption)
+# ``epoch=ONCE``: a figure drawn once per run (the deconv evolution grid), logged under its key as it is.
+ONCE: Any = object()
+
+
+def epoch_keys(key: str, epoch: int | None) -> tuple[str, str, str]:
+    """``(W&B key, file name, caption suffix)`` of a figure drawn after ``epoch`` (``None``: at the end of fit).
+
+    W&B gets one key per figure, logged at each epoch's step, so its media panel has a slider over the epochs;
+    the end-of-fit figure has its own key, ``<key>/final``. The run dir's file names keep the epoch:
+    ``deconv/conv5`` after epoch 3 is ``images/deconv_conv5_epoch003.png``, at the end ``..._final.png``."""
+    if epoch is ONCE:
+        return key, file_key(key), ""
+    return (key if epoch is not None else f"{key}/final", f"{file_key(key)}_{tag(epoch)}",
+            f" (epoch {epoch})" if epoch is not None else " (end of fit)")
 
 
 @rank_zero_only
-def log_figure(trainer: L.Trainer, key: str, fig, caption: str | None = None) -> Path:
+def log_image(trainer: L.Trainer, key: str, image: torch.Tensor, caption: str | None = None,
+              epoch: int | None = ONCE) -> Path:
+    """Save ``image [C, H, W]`` in [0, 1] under the run dir's ``images/`` and log it to every logger that takes
+    images at the trainer's global step; ``epoch``: the epoch it was drawn after, ``None`` at the end of fit
+    (keys, file names and caption: :func:`epoch_keys`)."""
+    key, name, when = epoch_keys(key, epoch)
+    return write_image(run_dir(trainer), trainer.loggers, key, image, trainer.global_step,
+                       (caption or key) + when, file_name=name)
+
+
+@rank_zero_only
+def log_figure(trainer: L.Trainer, key: str, fig, caption: str | None = None, epoch: int | None = ONCE) -> Path:
     """A matplotlib figure, as ``log_image`` does with an image (the figure is closed)."""
-    return write_figure(run_dir(trainer), trainer.loggers, key, fig, trainer.global_step, caption)
+    return log_image(trainer, key, figure_to_image(fig), caption, epoch)
 
 
 @rank_zero_only
-def log_table(trainer: L.Trainer, key: str, rows: list[dict]) -> Path:
-    """Rows of numbers as ``<run dir>/tables/<key>.csv`` and a table in every logger that takes tables (W&B)."""
-    return write_table(run_dir(trainer), trainer.loggers, key, rows, trainer.global_step)
+def log_table(trainer: L.Trainer, key: str, rows: list[dict], epoch: int | None = ONCE,
+              images: dict[str, list[torch.Tensor]] | None = None) -> Path:
+    """Rows of numbers as a CSV file under the run dir's ``tables/`` and a table in every logger that takes
+    tables (W&B), keyed as ``log_image`` keys images. ``images``: columns of images ``[C, H, W]`` in [0, 1],
+    one per row, added to the W&B table as image cells (the CSV holds the numbers only)."""
+    key, name, _ = epoch_keys(key, epoch)
+    return write_table(run_dir(trainer), trainer.loggers, key, rows, trainer.global_step, file_name=name,
+                       images=images)
 
 
 def log_scalars(trainer: L.Trainer, stats: dict[str, float]) -> None:

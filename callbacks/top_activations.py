@@ -18,11 +18,11 @@ from callbacks.scheduled_analysis import (
     eval_dataset,
     evaluating,
     log_image,
+    log_table,
     network_of,
-    tag,
 )
 from zfexp.analysis import top_activations_by_layer
-from zfexp.figures.feature_tiles import top_k_sheet
+from zfexp.figures.feature_tiles import top_k_sheet, top_k_table, top_k_tiles
 
 
 class TopActivations(ScheduledAnalysis):
@@ -56,6 +56,10 @@ class TopActivations(ScheduledAnalysis):
             # Every layer's top-k from one pass over the validation images.
             tops = top_activations_by_layer(net, loader, maps, k=self.k, device=pl_module.device)
             for layer, top in tops.items():
-                sheet = top_k_sheet(net, dataset, layer, top, self.k, pl_module.device)
-                log_image(trainer, f"top{self.k}/{layer}_{tag(epoch)}", sheet,
-                          caption=f"{layer} maps {maps[layer]}: top-{self.k} projections (left) and patches (right)")
+                projections, patches = top_k_tiles(net, dataset, layer, top, pl_module.device)
+                log_image(trainer, f"top{self.k}/{layer}", top_k_sheet(projections, patches),
+                          caption=f"{layer} maps {maps[layer]}: top-{self.k} projections (left) and patches (right)",
+                          epoch=epoch)
+                # The same as a table with image cells, to sort and filter in W&B (the CSV has the numbers).
+                rows, images = top_k_table(layer, top, projections, patches)
+                log_table(trainer, f"top{self.k}/{layer}_table", rows, epoch=epoch, images=images)

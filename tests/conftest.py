@@ -18,7 +18,7 @@ DATA_DIR = ROOT / "data"  # shared across tests: Fashion-MNIST is extracted and 
 
 # Small, fast runs: a slice of the real data, no worker processes, no progress bar.
 TINY_RUN = ["data.subset_size=256", "data.num_workers=0", "data.batch_size=64", "trainer.max_epochs=1",
-            "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
+            "trainer.accelerator=cpu", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
             "model.widths={conv1: 8, conv2: 16, conv3: 16, conv4: 16, conv5: 16, fc6: 32, fc7: 32}"]
 # ... with the paper's visualisation callbacks (callbacks=paper, as the quickstart has them) at the first epoch
 # and on a few images

@@ -54,12 +54,13 @@ def test_every_analysis_on_the_test_split_lands_in_the_run_dir_and_wandb(checkpo
     assert images == ({f"deconv_{layer}.png" for layer in layers} | {f"top9_{layer}.png" for layer in layers}
                       | {"occlusion_panel.png", "invariance_curves.png", "correspondence_occluded.png"})
     tables = {p.name for p in (out / "tables").glob("*.csv")}
-    assert tables == {"occlusion_table.csv", "invariance_table.csv", "correspondence_table.csv"}
+    assert tables == ({"occlusion_table.csv", "invariance_table.csv", "correspondence_table.csv"}
+                      | {f"top9_{layer}_table.csv" for layer in layers})  # Fig. 2 as a table too
     rows = (out / "tables" / "correspondence_table.csv").read_text().splitlines()
     assert rows[0] == "occlusion,layer,delta_mean,delta_std" and len(rows) == 1 + 4 * 2  # 3 parts + random, 2 layers
     media = list(out.glob("wandb/offline-run-*/files/media/images/**/*.png"))
     assert len(media) == len(images)
-    assert len(list(out.glob("wandb/offline-run-*/files/media/table/**/*.table.json"))) == 3
+    assert len(list(out.glob("wandb/offline-run-*/files/media/table/**/*.table.json"))) == 3 + 5
     assert json.loads((out / "analyze.json").read_text())["outputs"] == summary["outputs"]
     assert len(summary["outputs"]) == len(images) + len(tables)
 
@@ -112,3 +113,66 @@ def test_table_1_finds_its_class_from_the_labels_without_decoding_an_image():
     assert images_of_class(Labelled(), 3, 3) == [0, 2, 3]
     assert images_of_class(torch.utils.data.Subset(Labelled(), [1, 2, 4, 5]), 3, 5) == [1, 3]
     assert decoded == []
+
+
+# torchvision's VGG16 with random weights (nothing can be downloaded) on photographs cut to 64 px: every
+# analysis by the network's own layer names.
+VGG16 = ["network=vgg16", "input.resize=64", "input.crop=64", *FAST]
+VGG16_CONVS = ["features.0", "features.7", "features.14", "features.21", "features.28"]  # 5 of 13, evenly
+
+
+def test_any_torchvision_network_gets_every_figure(photos, tmp_path):
+    out = analyze_dir(tmp_path)
+    summary = analyze(compose_config("analyze", out, [*VGG16, f"images={photos}"]))
+    images = {p.name for p in (out / "images").glob("*.png")}
+    assert images == ({f"deconv_{layer}.png" for layer in VGG16_CONVS} | {f"top9_{layer}.png" for layer in VGG16_CONVS}
+                      | {"occlusion_panel.png", "invariance_curves.png", "correspondence_occluded.png"})
+    tables = {p.name for p in (out / "tables").glob("*.csv")}
+    assert tables == ({"occlusion_table.csv", "invariance_table.csv", "correspondence_table.csv"}
+                      | {f"top9_{layer}_table.csv" for layer in VGG16_CONVS})
+    # Invariance follows the first conv and the last hidden linear (VGG's classifier.3, as fc7 in ZFNet).
+    invariance = (out / "tables" / "invariance_table.csv").read_text().splitlines()
+    assert invariance[0].endswith(",distance_features.0,distance_classifier.3")
+    occlusion = (out / "tables" / "occlusion_table.csv").read_text().splitlines()
+    assert len(occlusion) == 1 + 2 * 13 * 13  # 2 photographs, patch 16 every 4 px on 64: 13 x 13 positions
+    assert summary["network"] == "vgg16" and summary["weights"] is None
+
+
+def test_a_layer_the_network_does_not_have_lists_the_ones_it_has(photos, tmp_path):
+    out = analyze_dir(tmp_path)
+    with pytest.raises(ValueError) as err:
+        analyze(compose_config("analyze", out, [*VGG16, f"images={photos}", "deconv.layers=[conv5]"]))
+    assert "deconv.layers" in str(err.value) and "'conv5'" in str(err.value)
+    assert "valid: features.0, features.2, features.5" in str(err.value)
+    assert not (out / "images").exists()  # stopped before any analysis
+
+
+def test_weights_are_loaded_from_a_state_dict_file_and_a_wrong_one_is_named(tmp_path):
+    from zfexp.errors import CheckpointError
+    from zfexp.models.external import build_network, load_weights
+
+    spec = {"_target_": "zfexp.models.zfnet_small", "num_classes": 10, "in_channels": 3}
+    trained = build_network(spec)
+    torch.save({"state_dict": trained.state_dict()}, tmp_path / "w.pt")  # a checkpoint-like dict is unwrapped
+    torch.manual_seed(123)  # another initialisation, then the file's weights
+    loaded = load_weights(build_network(spec), str(tmp_path / "w.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trained.state_dict().values(),
+                                                 strict=True))
+    torch.save(build_network("alexnet").features.state_dict(), tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"other.pt does not fit the network: missing \['conv1.bias'"):
+        load_weights(build_network(spec), str(tmp_path / "other.pt"))
+    with pytest.raises(CheckpointError, match="weights=.*nothing.pt: no such file"):
+        load_weights(build_network(spec), str(tmp_path / "nothing.pt"))
+    with pytest.raises(ValueError, match="network='vgg61' is not a torchvision classification builder; valid: .*vgg16"):
+        build_network("vgg61")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ([], ["give one of them"]),
+    (["network=vgg16"], ["images=test", "give images=<a folder"]),
+    (["network=vgg16", "images=/tmp", "input.crop=300"], ["input.crop=300", "input.resize=256"]),
+])
+def test_network_mode_checks_its_values_first(tmp_path, overrides, words):
+    with pytest.raises(ValueError) as err:
+        analyze(compose_config("analyze", analyze_dir(tmp_path), overrides))
+    assert all(w in str(err.value) for w in words), str(err.value)

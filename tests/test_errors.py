@@ -14,7 +14,7 @@ from tests.conftest import ROOT, train_cmd
 from tests.test_data import make_image_tree
 
 QUICK = ["logger=csv", "data.num_workers=0", "trainer.max_epochs=1",
-         "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false"]
+         "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 
 
 def error_paragraph(done: subprocess.CompletedProcess) -> str:

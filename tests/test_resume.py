@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, train_cmd
+from tests.wandb_records import history
 
 # Long enough epochs to kill one in the middle (3000 // 32 = 94 steps), dropout on so that the global
 # generator matters, the paper's random crops and flips (resize 32 -> 28 px crops) so that augmentation does.
 RESUMABLE_RUN = ["experiment=quickstart", "callbacks=default", "logger=csv", "data.subset_size=3000",
                  "data.batch_size=32", "data.preprocess.resize=32", "data.preprocess.crop=32", "model.dropout=0.5",
-                 "trainer.max_epochs=2", "trainer.deterministic=true", "callbacks.rich_progress_bar=null",
+                 "trainer.max_epochs=2", "trainer.deterministic=true", "callbacks.progress_bar=null",
                  "trainer.enable_progress_bar=false",
                  "model.widths={conv1: 8, conv2: 16, conv3: 16, conv4: 16, conv5: 16, fc6: 32, fc7: 32}"]
 STEPS_PER_EPOCH = -(-3000 // 32)
@@ -136,3 +137,25 @@ def test_a_diverged_run_recovers_by_following_its_message(tmp_path):
     resumed = torch.load(Path(metrics["best_checkpoint"]).parent / "last.ckpt", weights_only=False)
     assert Path(metrics["best_checkpoint"]).parent.parent != run  # the resumed run's own
     assert resumed["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.01)
+
+
+def test_a_resumed_run_logs_to_the_wandb_run_it_resumes(tmp_path):
+    from tests.conftest import TINY_RUN, compose_train
+    from zfexp.training import train
+
+    runs = tmp_path / "logs" / "train" / "runs"
+    first, second = runs / "a", runs / "b"
+    train(compose_train(first, ["experiment=quickstart", "callbacks=default", *TINY_RUN, "test=false"]))
+    (first_wandb,) = first.glob("wandb/offline-run-*")
+    run_id = first_wandb.name.rsplit("-", 1)[1]
+    ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["wandb_run_id"] == run_id
+
+    metrics = train(compose_train(second, ["experiment=quickstart", "callbacks=default", *TINY_RUN, "test=false",
+                                           "trainer.max_epochs=2", "ckpt_path=last"]))
+    assert metrics["resumed_from"] == str(first / "checkpoints" / "last.ckpt") and metrics["epochs"] == 2
+    (second_wandb,) = second.glob("wandb/offline-run-*")
+    assert second_wandb.name.rsplit("-", 1)[1] == run_id  # the same W&B run, continued (wandb sync joins them)
+    (records,) = second_wandb.glob("run-*.wandb")
+    steps = [row["trainer/global_step"] for row in history(records) if "val/loss" in row]
+    assert steps == [7]  # only the resumed epoch: 256 images / 64 = 4 steps an epoch, logged at the epoch's last

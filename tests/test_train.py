@@ -158,7 +158,7 @@ def _paper_imagenet_epoch(tree: Path, log_dir: Path, *overrides: str) -> Path:
     done = subprocess.run(train_cmd("experiment=paper_imagenet", "data=imagenet", f"data.root={tree}",
                                     f"paths.log_dir={log_dir}", "trainer.max_epochs=1", "data.batch_size=4",
                                     "data.num_workers=0", "logger=csv", "trainer.accelerator=cpu",
-                                    "callbacks.rich_progress_bar=null", "trainer.enable_progress_bar=false",
+                                    "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
                                     *overrides),
                           cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -29,7 +29,7 @@ from zfexp.training import train
 
 SMALL = {"resize": 16, "crop": 16, "input_size": 12}
 # A short transfer or pretraining run on a slice of Fashion-MNIST, analysis callbacks off.
-QUIET = ["data.num_workers=0", "trainer.max_epochs=1", "trainer.accelerator=cpu", "callbacks.rich_progress_bar=null",
+QUIET = ["data.num_workers=0", "trainer.max_epochs=1", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
          "trainer.enable_progress_bar=false", "logger=csv"]
 PRETRAIN = ["experiment=pretrain_fashion5", "data.subset_size=256", "data.batch_size=64", *QUIET,
             "callbacks.deconv_snapshots=null", "callbacks.top_activations=null", "callbacks.filter_diagnostics=null",

@@ -2,12 +2,15 @@
 the checkpoint, and their argument checks."""
 
 import csv
+import json
 
 import pytest
 import torch
 
 from callbacks import DeconvSnapshots, FilterDiagnostics, InvarianceCurves, OcclusionMaps, TopActivations
 from tests.conftest import TINY, compose_train
+from tests.wandb_records import artifact_files, history, media_steps
+from tests.wandb_records import summary as wandb_summary
 from zfexp.training import train
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
@@ -33,8 +36,34 @@ def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir)
     assert {row.rsplit(",", 1)[1] for row in occlusion[1:]} == {"True"}  # approximate: null computes every position
     invariance = (run_dir / "tables" / "invariance_table_final.csv").read_text().splitlines()
     assert len(invariance) == 1 + 2 * (13 + 9 + 36)  # 2 images x the paper's translate, scale, rotate values
-    tables = {p.parent.name for p in run_dir.glob("wandb/offline-run-*/files/media/table/*/table_final_*.table.json")}
-    assert tables == {"occlusion", "invariance"}, tables
+    top9 = (run_dir / "tables" / "top9_conv3_table_final.csv").read_text().splitlines()
+    assert top9[0] == "layer,map,rank,activation,image,row,col" and len(top9) == 1 + 4 * 9  # 4 maps x 9
+
+    # W&B: one key per figure, logged at the step of each epoch it was drawn after (4 steps an epoch: 256
+    # images, 64 a batch), so the media panel slides through the epochs; the end of fit under <key>/final.
+    (records,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    logged = media_steps(records)
+    assert logged == {
+        **{f"deconv/{layer}": [(4, 1), (8, 1)] for layer in LAYERS},
+        **{f"deconv/{layer}_evolution": [(8, 1)] for layer in LAYERS},
+        **{f"top9/{layer}/final": [(8, 1)] for layer in LAYERS},
+        **{f"top9/{layer}_table/final": [(8, 1)] for layer in LAYERS},
+        "filters/conv1": [(4, 1)], "filters/conv1/final": [(8, 1)],
+        "occlusion/panel/final": [(8, 1)], "occlusion/table/final": [(8, 1)],
+        "invariance/curves/final": [(8, 1)], "invariance/table/final": [(8, 1)],
+    }, logged
+    captions = [row["deconv/conv5/captions"] for row in history(records) if "deconv/conv5/captions" in row]
+    assert [c[0].rsplit(" (", 1)[1] for c in captions] == ["epoch 1)", "epoch 2)"]
+    # The top-9 table: 4 maps x 9 rows, each with a projection and a patch as image cells (stored as PNGs in
+    # the table's artifact, once per distinct image).
+    (table,) = run_dir.glob("wandb/offline-run-*/files/media/table/top9/conv3_table/final_*.table.json")
+    table = json.loads(table.read_text())
+    assert table["columns"] == ["layer", "map", "rank", "activation", "image", "row", "col", "projection", "patch"]
+    assert len(table["data"]) == 36 and [row[2] for row in table["data"][:9]] == list(range(1, 10))
+    cells = [f for f in artifact_files(records, "top9conv3_table") if f.endswith(".png")]
+    assert 2 <= len(cells) <= 2 * 36
+    # The run's record in the run summary.
+    assert wandb_summary(records)["epochs"] == 2 and wandb_summary(records)["status"] == "completed"
     scalars = (run_dir / "csv" / "metrics.csv").read_text()
     assert "filters/dead_frac/conv1" in scalars and "filters/rms_max/conv5" in scalars
     # The end-of-fit values also go to metrics.json (what a sweep's summary reads): the CSV's last ones.

@@ -72,3 +72,31 @@ def run_info(path: Path) -> dict:
         if rec.WhichOneof("record_type") == "run":
             return {"group": rec.run.run_group, "name": rec.run.display_name, "job_type": rec.run.job_type}
     raise AssertionError(f"{path} has no run record")
+
+
+def summary(path: Path) -> dict:
+    """The run summary as the run left it: every update applied in order."""
+    out = {}
+    for rec in records(path):
+        if rec.WhichOneof("record_type") == "summary":
+            for item in rec.summary.update:
+                out[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return out
+
+
+def media_steps(path: Path) -> dict[str, list[tuple[int, int]]]:
+    """Per media key (images and tables), ``(trainer/global_step, count)`` of every row that logged it, in order
+    (``count``: images in that row; 1 for a table)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for row in history(path):
+        for name, value in row.items():
+            if name.endswith("/_type") and value in ("images/separated", "table-file"):
+                key = name[: -len("/_type")]
+                out.setdefault(key, []).append((row["trainer/global_step"], row.get(f"{key}/count", 1)))
+    return out
+
+
+def artifact_files(path: Path, name_contains: str) -> list[str]:
+    """The files of the artifacts whose name contains ``name_contains`` (a W&B table's image cells live in one)."""
+    return [entry.path for rec in records(path) if rec.WhichOneof("record_type") == "artifact"
+            and name_contains in rec.artifact.name for entry in rec.artifact.manifest.contents]

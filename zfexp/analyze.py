@@ -1,8 +1,9 @@
-"""Analyse a saved checkpoint: the paper's pictures and measures for any trained model, on its test split or
-on a folder of photographs, written to ``logs/analyze/runs/<time>/`` and to a W&B run.
+"""Analyse a saved checkpoint, or any conv net: the paper's pictures and measures on its test split or on a
+folder of photographs, written to ``logs/analyze/runs/<time>/`` and to a W&B run.
 
     python -m zfexp.analyze ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt
     python -m zfexp.analyze ckpt_path=... images=~/photos analyses=[occlusion,invariance]
+    python -m zfexp.analyze network=vgg16 weights=vgg16.pth images=~/photos        # input=imagenet: its mean/std
 
 Outputs: ``images/<analysis>_<...>.png`` (the same as the training callbacks draw), ``tables/*.csv`` (the
 numbers behind the occlusion, invariance and correspondence figures, also W&B tables) and ``analyze.json``
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from zfexp.analysis import (
@@ -27,15 +28,19 @@ from zfexp.analysis import (
     occlusion_maps,
     top_activations_by_layer,
 )
+from zfexp.analysis.activations import check_feature_layers
+from zfexp.analysis.deconv_record import deconv_prefix
 from zfexp.analysis.map_choice import chosen_maps
 from zfexp.data.classes import dataset_targets
+from zfexp.data.normalization import InputNormalization
 from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.data.transforms import displayable
 from zfexp.errors import InvalidValueError
-from zfexp.figures.feature_tiles import strongest_unit_tiles, top_k_sheet
+from zfexp.figures.feature_tiles import strongest_unit_tiles, top_k_sheet, top_k_table, top_k_tiles
 from zfexp.figures.grid import image_grid
 from zfexp.figures.plots import invariance_figure, occlusion_figure
+from zfexp.models.external import build_network, default_conv_layers, default_invariance_layers, load_weights
 from zfexp.module import ImageClassifier
 from zfexp.pretrained import load_pretrained
 from zfexp.runs.devices import check_device, device_of
@@ -49,11 +54,11 @@ class Analysis:
     """What every analysis needs: the network, the images, where results go."""
 
     def __init__(self, cfg: DictConfig, net: torch.nn.Module, dataset: Dataset, labelled: bool, run_dir: Path,
-                 loggers: list, device: torch.device, datamodule):
+                 loggers: list, device: torch.device, inputs: DatamoduleInputs | InputNormalization,
+                 class_names: list[str] | None = None):
         self.cfg, self.net, self.dataset, self.labelled = cfg, net, dataset, labelled
         self.run_dir, self.loggers, self.device = run_dir, loggers, device
-        self.preprocess, self.mean = datamodule.preprocess, datamodule.mean
-        self.class_names = getattr(datamodule, "classes", None)
+        self.inputs, self.class_names = inputs, class_names
         self.written: list[str] = []
 
     def image(self, key: str, image: torch.Tensor, caption: str) -> None:
@@ -62,8 +67,8 @@ class Analysis:
     def figure(self, key: str, fig, caption: str) -> None:
         self.written.append(str(write_figure(self.run_dir, self.loggers, key, fig, 0, caption)))
 
-    def table(self, key: str, rows: list[dict]) -> None:
-        self.written.append(str(write_table(self.run_dir, self.loggers, key, rows, 0)))
+    def table(self, key: str, rows: list[dict], images: dict[str, list[torch.Tensor]] | None = None) -> None:
+        self.written.append(str(write_table(self.run_dir, self.loggers, key, rows, 0, images=images)))
 
     def batch(self, n: int, seed_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` images (a folder: its first ``n``; a split: ``n`` at random, seeded) and their labels; a folder's
@@ -82,7 +87,7 @@ class Analysis:
     def deconv(self) -> None:
         c = self.cfg.deconv
         images, _ = self.batch(c.num_images)
-        for layer, maps in chosen_maps(self.net, c.layers, c.maps_per_layer, self.cfg.seed).items():
+        for layer, maps in chosen_maps(self.net, list(c.layers), c.maps_per_layer, self.cfg.seed).items():
             tiles = strongest_unit_tiles(self.net, images, layer, maps)
             self.image(f"deconv/{layer}", image_grid(tiles[None]),
                        f"{layer}: strongest unit of maps {maps} over {len(images)} images, projected")
@@ -92,10 +97,12 @@ class Analysis:
         dataset = self.dataset if c.max_images is None else Subset(self.dataset, range(min(c.max_images,
                                                                                             len(self.dataset))))
         loader = DataLoader(dataset, batch_size=256, shuffle=False)
-        maps = chosen_maps(self.net, c.layers, c.maps_per_layer, self.cfg.seed)
+        maps = chosen_maps(self.net, list(c.layers), c.maps_per_layer, self.cfg.seed)
         for layer, top in top_activations_by_layer(self.net, loader, maps, k=c.k, device=self.device).items():
-            self.image(f"top{c.k}/{layer}", top_k_sheet(self.net, dataset, layer, top, c.k, self.device),
+            projections, patches = top_k_tiles(self.net, dataset, layer, top, self.device)
+            self.image(f"top{c.k}/{layer}", top_k_sheet(projections, patches),
                        f"{layer} maps {maps[layer]}: top-{c.k} projections (left) and patches (right)")
+            self.table(f"top{c.k}/{layer}_table", *top_k_table(layer, top, projections, patches))
 
     def occlusion(self) -> None:
         c = self.cfg.occlusion
@@ -148,13 +155,27 @@ class Analysis:
                   f"Delta = {row['delta_mean']:.3f} +- {row['delta_std']:.3f}")
 
     def fill(self, images: torch.Tensor) -> torch.Tensor:
-        """The paper's grey, the dataset mean: 0 after mean-image subtraction, else the images' channel means."""
+        """The paper's grey, the dataset mean, per channel ``[C]``."""
+        return self.inputs.fill(images)
+
+    def shown(self, images: torch.Tensor) -> torch.Tensor:
+        return self.inputs.shown(images).cpu()
+
+
+class DatamoduleInputs:
+    """A datamodule's inputs as the analyses see them: its normalisation undone for showing, and its grey."""
+
+    def __init__(self, datamodule):
+        self.preprocess, self.mean = datamodule.preprocess, datamodule.mean
+
+    def shown(self, images: torch.Tensor) -> torch.Tensor:
+        return displayable(images, self.preprocess, self.mean)
+
+    def fill(self, images: torch.Tensor) -> torch.Tensor:
+        """0 after mean-image subtraction, else the images' channel means."""
         if self.preprocess.mean_image:
             return torch.zeros(images.shape[1], device=images.device)
         return images.mean(dim=(0, 2, 3))
-
-    def shown(self, images: torch.Tensor) -> torch.Tensor:
-        return displayable(images, self.preprocess, self.mean).cpu()
 
 
 def images_of_class(dataset: Dataset, class_index: int, count: int) -> list[int]:
@@ -182,7 +203,43 @@ def check_config(cfg: DictConfig) -> None:
         raise InvalidValueError(f"invariance.transforms={list(cfg.invariance.transforms)} has {bad}; valid: "
                                 f"{', '.join(TRANSFORMS)}")
     check_device(cfg.device)
-    load_pretrained(cfg.ckpt_path, key="ckpt_path")  # a complete checkpoint of ours, before anything is built
+    if (cfg.get("ckpt_path") is None) == (cfg.get("network") is None):
+        raise InvalidValueError(f"ckpt_path={cfg.get('ckpt_path')}, network={cfg.get('network')}: give one of them: "
+                                "ckpt_path=<a checkpoint of train.py>, or network=<vgg16, alexnet, a dotted path to a "
+                                "builder, or {_target_: ...}> (with weights=<state_dict file>)")
+    if cfg.get("network") is not None:
+        if str(cfg.images) == "test":
+            raise InvalidValueError("images=test: with network=..., there is no training run to take a test split "
+                                    "from; give images=<a folder of photographs>")
+        InputNormalization(**OmegaConf.to_container(cfg.input, resolve=True))
+    else:
+        if cfg.get("weights") is not None:
+            raise InvalidValueError(f"weights={cfg.weights}: only with network=...; a checkpoint holds its weights")
+        load_pretrained(cfg.ckpt_path, key="ckpt_path")  # a complete checkpoint of ours, before anything is built
+
+
+def resolve_layers(cfg: DictConfig, net: torch.nn.Module) -> None:
+    """Fill the layer lists left null with the network's defaults, and check every layer named, so that a
+    wrong name stops the run before any analysis with the valid ones listed."""
+    convs, invariance = default_conv_layers(net), default_invariance_layers(net)
+    defaults = {("deconv", "layers"): convs, ("top9", "layers"): convs, ("occlusion", "feature_layer"): convs[-1],
+                ("invariance", "layers"): invariance, ("correspondence", "layers"): [convs[-1], invariance[-1]]}
+    with open_dict(cfg):
+        for (group, key), value in defaults.items():
+            if cfg[group].get(key) is None:
+                cfg[group][key] = value
+    for group, key in (("deconv", "layers"), ("top9", "layers")):
+        for layer in cfg[group][key]:
+            try:
+                deconv_prefix(net, layer)
+            except ValueError as err:
+                raise InvalidValueError(f"{group}.{key}: {err}") from err
+    for group, layers in (("occlusion", [cfg.occlusion.feature_layer]), ("invariance", cfg.invariance.layers),
+                          ("correspondence", cfg.correspondence.layers)):
+        try:
+            check_feature_layers(net, list(layers))
+        except ValueError as err:
+            raise InvalidValueError(f"{group}: {err}") from err
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
@@ -201,19 +258,28 @@ def analyze(cfg: DictConfig, run: Run) -> None:
     """The analyses of ``cfg.analyses`` on a checkpoint; what was written goes to ``<run dir>/analyze.json``."""
     check_config(cfg)
     device = device_of(cfg.device)
-    run.record.update(ckpt_path=str(cfg.ckpt_path), images=str(cfg.images), analyses=list(cfg.analyses))
-    module = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location=device)
-    net = module.net.to(device).eval()
-    datamodule = instantiate(data_config(cfg), _convert_="all")
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    if str(cfg.images) == "test":
-        dataset, labelled = datamodule.analysis_dataset("test"), True
+    run.record.update(ckpt_path=cfg.get("ckpt_path"), network=OmegaConf.to_container(cfg, resolve=True)["network"],
+                      weights=cfg.get("weights"), images=str(cfg.images), analyses=list(cfg.analyses))
+    if cfg.get("network") is not None:
+        net = load_weights(build_network(cfg.network), cfg.get("weights")).to(device).eval()
+        normalization = InputNormalization(**OmegaConf.to_container(cfg.input, resolve=True))
+        dataset = ImageFiles(os.path.expanduser(str(cfg.images)), normalization.transform())
+        labelled, inputs, class_names = False, normalization, None
     else:
-        dataset = ImageFiles(os.path.expanduser(str(cfg.images)),
-                             photo_transform(datamodule.preprocess, datamodule.mean, datamodule.num_channels))
-        labelled = False
-    job = Analysis(cfg, net, dataset, labelled, run.dir, run.open_loggers(cfg), device, datamodule)
+        module = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location=device)
+        net = module.net.to(device).eval()
+        datamodule = instantiate(data_config(cfg), _convert_="all")
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        if str(cfg.images) == "test":
+            dataset, labelled = datamodule.analysis_dataset("test"), True
+        else:
+            dataset = ImageFiles(os.path.expanduser(str(cfg.images)),
+                                 photo_transform(datamodule.preprocess, datamodule.mean, datamodule.num_channels))
+            labelled = False
+        inputs, class_names = DatamoduleInputs(datamodule), getattr(datamodule, "classes", None)
+    resolve_layers(cfg, net)
+    job = Analysis(cfg, net, dataset, labelled, run.dir, run.open_loggers(cfg), device, inputs, class_names)
     run.record["outputs"] = job.written
     with torch.no_grad():
         for name in cfg.analyses:

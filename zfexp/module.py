@@ -23,6 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from zfexp.checkpoints import with_lrn_convention
 from zfexp.errors import InvalidValueError, NonFiniteLossError
 from zfexp.random_state import random_state, set_random_state
+from zfexp.runs.loggers import WANDB_RUN_KEY, wandb_run_id
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,9 @@ class ImageClassifier(L.LightningModule):
             # The builders' messages start with the option's name; say which config node it belongs to.
             cause = err.__cause__ if isinstance(err.__cause__, ValueError) else err
             raise InvalidValueError(f"model.{cause}") from err
+        # One input of the network's size: Lightning's model summary runs it to list every layer's output size
+        # and FLOPs (for ZFNet the feature-map sizes of the paper's Fig. 3).
+        self.example_input_array = torch.zeros(1, in_channels, input_size, input_size)
         self.channels_last = False  # decided in setup() for "auto"
         self._compiled_net: nn.Module | None = None  # made at the first step; see _step_net
         if channels_last is True:
@@ -240,6 +244,9 @@ class ImageClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["random_state"] = random_state()
         trainer = self._trainer
+        run_id = wandb_run_id(trainer.loggers) if trainer is not None else None
+        if run_id is not None:  # a run resumed from this checkpoint logs to the same W&B run
+            checkpoint[WANDB_RUN_KEY] = run_id
         if trainer is not None and trainer.training and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             # Mid-epoch: the epoch's metrics so far (torchmetrics keeps its states out of state_dict). At the
             # epoch's end they belong to the finished epoch, and the resumed run starts the next one afresh.
@@ -288,7 +295,9 @@ class ImageClassifier(L.LightningModule):
             loss = F.cross_entropy(logits, labels)
             scores = logits
         metrics.update(scores, labels)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        # sync_dist: under DDP the epoch's loss is the mean over every rank's batches, not rank zero's alone
+        # (the torchmetrics metrics sync themselves).
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -25,6 +25,7 @@ from zfexp.module import ImageClassifier
 from zfexp.pretrained import check_compatible, load_all_but_classifier_, load_pretrained
 from zfexp.runs.config_groups import instantiate_group
 from zfexp.runs.lifecycle import Run, task_wrapper
+from zfexp.runs.loggers import checkpoint_wandb_run_id
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,20 @@ def name_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
             wandb_cfg.group = f"{cfg.get('sweep_name') or 'multirun'}-{run_dir.parent.name}"
 
 
+def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """A run resumed from a checkpoint logs to the W&B run the checkpoint was written under (``resume="allow"``;
+    offline too: ``wandb sync`` then puts both parts in one run). An ``id`` the user set is kept."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None or ckpt_path is None or wandb_cfg.get("id"):
+        return
+    run_id = checkpoint_wandb_run_id(ckpt_path)
+    if run_id is None:
+        return
+    with open_dict(wandb_cfg):
+        wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
+    log.info("resuming W&B run %s", run_id)
+
+
 def build_module(cfg: DictConfig, datamodule) -> ImageClassifier:
     """The network of the ``model`` group; or, with ``pretrained_ckpt``, the checkpoint's network with a new
     fc8 for this data's classes, its other weights loaded and layers up to ``freeze`` fixed (``from_scratch``:
@@ -169,6 +184,7 @@ def train(cfg: DictConfig, run: Run) -> None:
     module = build_module(cfg, datamodule)
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callback")
     name_wandb_run(cfg, run.dir)
+    continue_wandb_run(cfg, ckpt_path)
     loggers = run.open_loggers(cfg, {"num_parameters": module.num_parameters})
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

@@ -14,10 +14,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from zfexp.analysis.activations import layer_outputs
 from zfexp.errors import InvalidValueError
+from zfexp.runs.progress import progress
 
 CLASSIFIERS = ("svm", "softmax")
 
@@ -32,8 +32,7 @@ def extract_features(net: nn.Module, dataset: Dataset, layers: Sequence[str], ma
     chunks: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}
     labels = []
     net = net.to(device)
-    # One iterator, given to tqdm: tqdm.auto would otherwise start the loader twice (its workers too).
-    for images, y in tqdm(iter(loader), total=len(loader), desc=f"features of {', '.join(layers)}", unit="batch"):
+    for images, y in progress(loader, len(loader), f"features of {', '.join(layers)}"):
         _, feats = layer_outputs(net, images.to(device), layers, max_side=max_side)
         for layer in layers:
             chunks[layer].append(feats[layer].float().cpu())

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
-from tqdm.auto import tqdm
 
 from zfexp.analysis.activations import check_feature_layers, layer_activations
 from zfexp.errors import InvalidValueError
+from zfexp.runs.progress import progress as show_progress
 
 
 @dataclass
@@ -74,9 +74,8 @@ def top_activations_by_layer(model: nn.Module, dataloader: DataLoader, channels:
     device = torch.device(device) if device is not None else next(model.parameters()).device
     running = {layer: RunningTopK(maps, k) for layer, maps in channels.items()}
     seen = 0
-    # One iterator, given to tqdm: tqdm.auto would otherwise start the loader twice (its workers too).
-    for images, *_ in tqdm(iter(dataloader), total=len(dataloader), desc=f"top-{k} of {', '.join(channels)}",
-                           disable=not progress, leave=False):
+    for images, *_ in show_progress(dataloader, len(dataloader), f"top-{k} of {', '.join(channels)}",
+                                    enabled=progress):
         acts = layer_activations(model, images.to(device), list(channels))
         for layer, top in running.items():
             top.update(acts[layer], seen)

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
+from zfexp.runs.progress import progress
 
 from zfexp.data.batch_preprocessing import BatchPreprocessing, WithCrops
 from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
@@ -62,9 +62,7 @@ def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int
                         generator=private_generator(0))
     total: torch.Tensor | None = None
     count, scale = 0, 1.0
-    # tqdm.auto's wrapper calls iter() on what it is given, and iterates it again: given the loader, that would
-    # start its worker processes twice.
-    for images, _ in tqdm(iter(loader), total=len(loader), desc=desc, unit="batch"):
+    for images, _ in progress(loader, len(loader), desc):
         exact = images.dtype == torch.uint8
         scale = 255.0 if exact else 1.0
         batch_sum = images.to(torch.int64 if exact else torch.float64).sum(0)
@@ -300,8 +298,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint8 batches on the device -> the network's inputs (``augment_on="device"``); Lightning calls it for
-        every batch of fit, validate and test. Outside Lightning, call it on a loader's batches the same way."""
-        if self.augment_on == "workers":
+        every batch of fit, validate and test. Outside Lightning, call it on a loader's batches the same way.
+        A lone tensor is the module's ``example_input_array`` (the model summary's): already network input."""
+        if self.augment_on == "workers" or isinstance(batch, torch.Tensor):
             return batch
         return self.batch_preprocessing(batch)
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
+from zfexp.runs.progress import progress
 
 from zfexp.data.base import write_atomic
 from zfexp.errors import DatasetNotFoundError, InvalidValueError
@@ -104,8 +104,7 @@ def prepare(cfg: DictConfig, run: Run) -> None:
     workers = cfg.workers or os.cpu_count() or 1
     with ProcessPoolExecutor(workers) as pool:
         results = pool.map(_resize_task, todo, chunksize=max(1, min(64, len(todo) // (8 * workers))))
-        for (src, *_), problem in tqdm(zip(todo, results, strict=True), total=len(todo), desc="prepare",
-                                       unit="img"):
+        for (src, *_), problem in progress(zip(todo, results, strict=True), len(todo), "prepare", unit="img"):
             if problem is not None:
                 corrupt.append(f"{src}: {problem}")
                 log.warning("skipped %s (cannot be decoded: %s)", src, problem)

@@ -38,11 +38,11 @@ def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps:
     return crop_tiles(proj.cpu(), boxes, tile_size(net, layer, images))
 
 
-def top_k_sheet(net: nn.Module, dataset, layer: str, top: TopActivationsResult, k: int,
-                device: torch.device | str) -> torch.Tensor:
-    """Fig. 2: one block per map, ``ceil(sqrt(k))`` on a side; the projections on the left, the image patches
-    they come from on the right. ``dataset[i]`` is ``(image [C, H, W], label)``."""
-    side = math.ceil(math.sqrt(k))
+def top_k_tiles(net: nn.Module, dataset, layer: str, top: TopActivationsResult,
+                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fig. 2's pieces: ``(projections, patches)``, each ``[K, k, C, s, s]``: per chosen map and rank, the
+    unit's deconv projection and the image patch it sees, cropped to its receptive field.
+    ``dataset[i]`` is ``(image [C, H, W], label)``."""
     projections, patches = [], []
     deconv = DeconvNet(net)
     for j, channel in enumerate(top.channels.tolist()):
@@ -50,11 +50,36 @@ def top_k_sheet(net: nn.Module, dataset, layer: str, top: TopActivationsResult, 
         proj = deconv.project_units(images.to(device), layer, [channel] * len(images)).cpu()
         boxes = [receptive_field(net, layer, tuple(p), tuple(images.shape[-2:])) for p in top.positions[j].tolist()]
         size = tile_size(net, layer, images)
-        projections.append(_block(crop_tiles(proj, boxes, size), side))
-        patches.append(_block(crop_tiles(images, boxes, size), side))
-    left = image_grid(torch.cat(projections), normalise="symmetric")
-    right = image_grid(torch.cat(patches), normalise="minmax")
+        projections.append(crop_tiles(proj, boxes, size))
+        patches.append(crop_tiles(images, boxes, size))
+    return torch.stack(projections), torch.stack(patches)
+
+
+def top_k_sheet(projections: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Fig. 2 from :func:`top_k_tiles`' ``[K, k, C, s, s]`` pieces: one block per map, ``ceil(sqrt(k))`` on a
+    side; the projections on the left, the image patches they come from on the right."""
+    side = math.ceil(math.sqrt(projections.shape[1]))
+    left = image_grid(torch.cat([_block(p, side) for p in projections]), normalise="symmetric")
+    right = image_grid(torch.cat([_block(p, side) for p in patches]), normalise="minmax")
     return side_by_side(left, right)
+
+
+def top_k_table(layer: str, top: TopActivationsResult, projections: torch.Tensor,
+                patches: torch.Tensor) -> tuple[list[dict], dict[str, list[torch.Tensor]]]:
+    """Fig. 2 as table rows, one per map and rank (``layer, map, rank, activation, image, row, col``: the
+    dataset index of the image and where in the map its maximum is), with image columns ``projection`` and
+    ``patch`` (:func:`top_k_tiles`' pieces): a W&B table to sort and filter."""
+    rows = [{"layer": layer, "map": int(channel), "rank": r + 1, "activation": float(top.values[j, r]),
+             "image": int(top.indices[j, r]), "row": int(top.positions[j, r, 0]), "col": int(top.positions[j, r, 1])}
+            for j, channel in enumerate(top.channels.tolist()) for r in range(top.values.shape[1])]
+    return rows, {"projection": tile_images(projections.flatten(0, 1), "symmetric"),
+                  "patch": tile_images(patches.flatten(0, 1), "minmax")}
+
+
+def tile_images(tiles: torch.Tensor, normalise: str) -> list[torch.Tensor]:
+    """``[M, C, s, s]`` tiles -> ``M`` images ``[3, s', s']`` in [0, 1], each normalised on its own as in the
+    figures (``normalise``: ``image_grid``'s), enlarged as there: the cells of a W&B table."""
+    return [image_grid(tile[None, None], normalise=normalise, pad=0) for tile in tiles]
 
 
 def _block(tiles: torch.Tensor, side: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import zfexp.runs.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from zfexp.runs.config_groups import instantiate_group
-from zfexp.runs.loggers import finish_wandb
+from zfexp.runs.loggers import finish_wandb, record_in_wandb_summary
 from zfexp.runs.reporting import reported_errors, user_message
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -67,6 +68,7 @@ def task_wrapper(record_name: str, first_keys: Sequence[str] = (), check: Callab
         def run_task(cfg: DictConfig) -> dict[str, Any]:
             run = Run(Path(cfg.paths.output_dir))
             run.dir.mkdir(parents=True, exist_ok=True)
+            lightning_logs_to_run_log()
             run.record["status"] = "started"
             start = time.time()
             try:
@@ -84,6 +86,7 @@ def task_wrapper(record_name: str, first_keys: Sequence[str] = (), check: Callab
                 run.record["wall_time_s"] = round(time.time() - start, 2)
                 if getattr(rank_zero_only, "rank", 0) == 0:
                     write_record(run.dir / record_name, run.record, first_keys)
+                    record_in_wandb_summary(run.loggers, run.record)
                 for lg in run.loggers:
                     lg.finalize("success" if run.record["status"] == "completed" else "failed")
                 finish_wandb()
@@ -91,6 +94,21 @@ def task_wrapper(record_name: str, first_keys: Sequence[str] = (), check: Callab
         return run_task
 
     return decorate
+
+
+def lightning_logs_to_run_log() -> None:
+    """Send Lightning's messages (the model summary, checkpoint restores, why fit stopped) through the root
+    logger's handlers, Hydra's console and ``<task>.log``. Imported before Hydra set logging up, Lightning gave
+    itself a console handler and stopped propagating, so they missed the run's log file. Without handlers on
+    the root logger (a notebook, a test), Lightning's own stays."""
+    if not logging.getLogger().handlers:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        lightning_log = logging.getLogger(name)
+        for handler in list(lightning_log.handlers):
+            if type(handler) is logging.StreamHandler:  # the console handlers Lightning added; never a file
+                lightning_log.removeHandler(handler)
+        lightning_log.propagate = True
 
 
 def write_record(path: Path, record: dict[str, Any], first_keys: Sequence[str] = ()) -> Path:

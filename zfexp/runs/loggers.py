@@ -53,6 +53,35 @@ def wandb_logger(
                        tags=list(tags) if tags else None, job_type=job_type, log_model=log_model, **kwargs)
 
 
+WANDB_RUN_KEY = "wandb_run_id"  # where a checkpoint keeps the W&B run it was logged to
+
+
+def wandb_run_id(loggers: Sequence) -> str | None:
+    """The id of the W&B run among ``loggers`` (``None`` without one, or on a rank that does not log)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger) and getattr(logger.experiment, "id", None):
+            return str(logger.experiment.id)
+    return None
+
+
+def checkpoint_wandb_run_id(ckpt_path: str) -> str | None:
+    """The W&B run id a checkpoint was written under (``None`` for one without, or written without W&B). The
+    file is memory-mapped: only this entry is read, not the weights."""
+    import torch
+
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
+    return checkpoint.get(WANDB_RUN_KEY)
+
+
+def record_in_wandb_summary(loggers: Sequence, record: dict) -> None:
+    """The run's record (``metrics.json``: final val/test errors, epochs, status, ...) in the W&B run summary,
+    what the runs table and a sweep's comparison read; the plain values only (numbers, strings)."""
+    values = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.summary.update(values)
+
+
 def finish_wandb() -> None:
     """Close the active W&B run, if any: without it every job of a multirun would log into one run."""
     import sys

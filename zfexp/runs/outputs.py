@@ -25,10 +25,10 @@ def file_key(key: str) -> str:
 
 
 def write_image(run_dir: str | Path, loggers: Sequence, key: str, image: torch.Tensor, step: int,
-                caption: str | None = None) -> Path:
-    """Save ``image [C, H, W]`` in [0, 1] as ``<run_dir>/images/<key>.png`` and log it to every logger that
-    takes images."""
-    path = save_png(image, Path(run_dir) / "images" / (file_key(key) + ".png"))
+                caption: str | None = None, file_name: str | None = None) -> Path:
+    """Save ``image [C, H, W]`` in [0, 1] as ``<run_dir>/images/<file_name>.png`` (default: the key as a file
+    name) and log it under ``key`` to every logger that takes images."""
+    path = save_png(image, Path(run_dir) / "images" / ((file_name or file_key(key)) + ".png"))
     for logger in loggers:
         if hasattr(logger, "log_image"):
             logger.log_image(key=key, images=[image.permute(1, 2, 0).cpu().numpy()], step=step,
@@ -65,17 +65,30 @@ def write_csv(path: Path, rows: Sequence[dict]) -> Path:
     return path
 
 
-def write_table(run_dir: str | Path, loggers: Sequence, key: str, rows: Sequence[dict], step: int) -> Path:
-    """``rows`` (dicts with the same keys) as ``<run_dir>/tables/<key>.csv`` and as a table in every logger
-    that takes tables (a W&B table)."""
+def write_table(run_dir: str | Path, loggers: Sequence, key: str, rows: Sequence[dict], step: int,
+                file_name: str | None = None, images: dict[str, Sequence[torch.Tensor]] | None = None) -> Path:
+    """``rows`` (dicts with the same keys) as ``<run_dir>/tables/<file_name>.csv`` (default: the key as a file
+    name) and as a table under ``key`` in every logger that takes tables (a W&B table). ``images``: extra
+    columns of images ``[C, H, W]`` in [0, 1], one per row, as image cells of the W&B table (a CSV file cannot
+    hold them)."""
     if not rows:
         raise InvalidValueError(f"write_table({key!r}): no rows")
+    images = dict(images or {})
+    for column, cells in images.items():
+        if len(cells) != len(rows):
+            raise InvalidValueError(f"write_table({key!r}): image column {column!r} has {len(cells)} cells for "
+                                    f"{len(rows)} rows")
     columns = list(rows[0])
-    path = write_csv(Path(run_dir) / "tables" / (file_key(key) + ".csv"), rows)
+    path = write_csv(Path(run_dir) / "tables" / ((file_name or file_key(key)) + ".csv"), rows)
     data = [[_plain(row[c]) for c in columns] for row in rows]
-    for logger in loggers:
-        if hasattr(logger, "log_table"):
-            logger.log_table(key=key, columns=columns, data=data, step=step)
+    takers = [logger for logger in loggers if hasattr(logger, "log_table")]
+    if takers and images:
+        import wandb  # the loggers that take tables are W&B's; their image cells are wandb.Image
+
+        for i, row in enumerate(data):
+            row.extend(wandb.Image(cells[i].permute(1, 2, 0).cpu().numpy()) for cells in images.values())
+    for logger in takers:
+        logger.log_table(key=key, columns=columns + list(images), data=data, step=step)
     return path
 
 

@@ -1,0 +1,93 @@
+"""Training progress in every terminal and log: Lightning's rich bar when stdout is a terminal; elsewhere
+(SLURM, ``nohup``, a Ray worker, a pipe), where a live bar prints nothing readable, plain log lines: one every
+``every_n_steps`` training steps and one per epoch with the epoch's train and val metrics. Hydra's logging
+puts them in stdout and the run's ``train.log``."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+from callbacks.scheduled_analysis import check_positive
+from zfexp.runs.progress import duration, on_terminal
+
+log = logging.getLogger("zfexp.progress")
+
+
+def progress_bar(every_n_steps: int = 50, terminal: bool | None = None) -> ProgressBar:
+    """The progress bar for where the job runs: ``RichProgressBar`` on a terminal, else ``PlainProgressBar``
+    (``terminal``: decide instead of looking at stdout)."""
+    if terminal if terminal is not None else on_terminal():
+        return RichProgressBar()
+    return PlainProgressBar(every_n_steps)
+
+
+class PlainProgressBar(ProgressBar):
+    """Progress as log lines (rank zero only)::
+
+        epoch 3/70 step 200/938 (21%): train/loss_step 1.234, 61.2 steps/s, 12s left in the epoch
+        epoch 3/70 done in 15s: train/loss 1.102, train/top1_err 38.20, val/loss 0.981, val/top1_err 33.10, ...
+        test: test/loss 0.990, test/top1_err 33.40, ...
+    """
+
+    def __init__(self, every_n_steps: int = 50):
+        super().__init__()
+        check_positive(type(self).__name__, every_n_steps=every_n_steps)
+        self.every_n_steps = every_n_steps
+        self._enabled = True
+        self._epoch_start = 0.0
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        return self._enabled and trainer.is_global_zero and not trainer.sanity_checking
+
+    def _epoch(self, trainer: L.Trainer) -> str:
+        of = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        return f"epoch {trainer.current_epoch + 1}{of}"
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        done, total = batch_idx + 1, self.total_train_batches
+        if not self._active(trainer) or done % self.every_n_steps or done == total:
+            return
+        elapsed = time.perf_counter() - self._epoch_start
+        rate = done / elapsed if elapsed > 0 else float("inf")
+        where = f"{done}/{total} ({100 * done // total}%)" if isinstance(total, int) and total else str(done)
+        left = f", {duration((total - done) / rate)} left in the epoch" if isinstance(total, int) and total else ""
+        loss = _numbers(trainer.callback_metrics, ("train/loss_step",))
+        log.info("%s step %s: %s%s%.1f steps/s%s", self._epoch(trainer), where, loss, ", " if loss else "", rate,
+                 left)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Validation has run by now, so the epoch's val/ numbers are in callback_metrics beside the train/ ones.
+        if not self._active(trainer):
+            return
+        metrics = _numbers(trainer.callback_metrics, ("train/", "val/"), skip="_step")
+        log.info("%s done in %s: %s", self._epoch(trainer), duration(time.perf_counter() - self._epoch_start),
+                 metrics or "no metrics logged")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._active(trainer):
+            log.info("test: %s", _numbers(trainer.callback_metrics, ("test/",)) or "no metrics logged")
+
+
+def _numbers(metrics: dict, prefixes: tuple[str, ...], skip: str | None = None) -> str:
+    """``"train/loss 1.102, val/top1_err 33.10"``: the scalar metrics whose names start with ``prefixes``, in
+    that order of prefixes and sorted within each."""
+    out = []
+    for prefix in prefixes:
+        for name in sorted(k for k in metrics if k.startswith(prefix) and not (skip and k.endswith(skip))):
+            value = metrics[name]
+            if getattr(value, "numel", lambda: 1)() == 1:
+                out.append(f"{name} {float(value):.4g}")
+    return ", ".join(out)

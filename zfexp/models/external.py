@@ -1,0 +1,113 @@
+"""Networks that are not ours, for ``zfexp.analyze network=...``: a torchvision classification builder by name
+(``vgg16``, ``alexnet``, ``resnet18``), any builder by dotted path, or a Hydra ``_target_`` mapping, with
+weights from a state_dict file or the builder's own (random) initialisation. And the layers the paper's
+analyses look at by default in such a network, by the names it has (``features.10``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from zfexp.errors import CheckpointError, InvalidValueError
+from zfexp.models.zfnet import CONV_NAMES
+
+
+def build_network(spec: str | Mapping[str, Any]) -> nn.Module:
+    """``"vgg16"`` (a builder of ``torchvision.models``, no pretrained weights), ``"pkg.module.builder"``
+    (called without arguments), or ``{_target_: ..., **kwargs}`` -> the network, in eval mode."""
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    if isinstance(spec, Mapping):
+        if "_target_" not in spec:
+            raise InvalidValueError(f"network={dict(spec)}: a mapping needs _target_ (the builder's dotted path)")
+        net = instantiate(dict(spec), _convert_="all")
+    elif isinstance(spec, str) and "." not in spec:
+        import torchvision
+
+        names = torchvision.models.list_models(module=torchvision.models)  # the classification networks
+        if spec not in names:
+            raise InvalidValueError(f"network={spec!r} is not a torchvision classification builder; valid: "
+                                    f"{', '.join(names)}; or a dotted path (mypkg.nets.build), or "
+                                    "{_target_: ..., ...}")
+        net = torchvision.models.get_model(spec, weights=None)
+    elif isinstance(spec, str):
+        try:
+            builder = get_method(spec)
+        except Exception as err:  # Hydra wraps import errors in its own
+            raise InvalidValueError(f"network={spec!r}: cannot import it ({err})") from err
+        net = builder()
+    else:
+        raise InvalidValueError(f"network={spec!r}: give a torchvision builder name, a dotted path or a mapping "
+                                "with _target_")
+    if not isinstance(net, nn.Module):
+        raise InvalidValueError(f"network={spec!r} built a {type(net).__name__}, not a torch.nn.Module")
+    return net.eval()
+
+
+def load_weights(net: nn.Module, weights: str | None) -> nn.Module:
+    """Load a state_dict file (or a checkpoint dict holding one under ``state_dict`` or ``model``) into ``net``,
+    every key matching; ``None`` or ``"none"``: keep the builder's initialisation."""
+    if weights is None or str(weights).lower() == "none":
+        return net
+    path = Path(str(weights)).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"weights={path}: no such file; give a state_dict saved with "
+                              "torch.save(net.state_dict(), path), or weights=none for random weights")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"weights={path} cannot be read as a torch state_dict ({type(err).__name__}: {err}); "
+                              "save it with torch.save(net.state_dict(), path)") from err
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"weights={path} holds a {type(state).__name__}, not a state_dict")
+    missing, unexpected = _key_mismatch(net, state)
+    if missing or unexpected:
+        raise CheckpointError(f"weights={path} does not fit the network: missing {missing[:5]}"
+                              f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                              f"{' ...' if len(unexpected) > 5 else ''}; weights of another network?")
+    net.load_state_dict(state)
+    return net
+
+
+def _key_mismatch(net: nn.Module, state: Mapping) -> tuple[list[str], list[str]]:
+    own = set(net.state_dict())
+    return sorted(own - set(state)), sorted(set(state) - own)
+
+
+def conv_layer_names(net: nn.Module) -> list[str]:
+    return [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def default_conv_layers(net: nn.Module, count: int = 5) -> list[str]:
+    """The paper's ``conv1..conv5`` when the network has them; else ``count`` of its conv layers spread evenly
+    from the first to the last (VGG16's 13 convs: ``features.0, features.10, features.17, features.24,
+    features.28``... by position)."""
+    names = conv_layer_names(net)
+    modules = dict(net.named_modules())
+    if all(name in modules for name in CONV_NAMES):
+        return list(CONV_NAMES)
+    if not names:
+        raise InvalidValueError(f"{type(net).__name__} has no Conv2d layer: the paper's analyses need a conv net")
+    if len(names) <= count:
+        return names
+    return [names[round(i * (len(names) - 1) / (count - 1))] for i in range(count)]
+
+
+def default_invariance_layers(net: nn.Module) -> list[str]:
+    """Fig. 5 follows layer 1 and layer 7: the first conv, and the last hidden fully connected layer (the
+    linear before the classifier), or the last conv where there is none."""
+    modules = dict(net.named_modules())
+    if "conv1" in modules and "fc7" in modules:
+        return ["conv1", "fc7"]
+    convs = conv_layer_names(net)
+    linears = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return [convs[0], linears[-2] if len(linears) >= 2 else convs[-1]]
