@@ -258,8 +258,10 @@ def analyze(cfg: DictConfig, run: Run) -> None:
     """The analyses of ``cfg.analyses`` on a checkpoint; what was written goes to ``<run dir>/analyze.json``."""
     check_config(cfg)
     device = device_of(cfg.device)
-    run.record.update(ckpt_path=cfg.get("ckpt_path"), network=OmegaConf.to_container(cfg, resolve=True)["network"],
-                      weights=cfg.get("weights"), images=str(cfg.images), analyses=list(cfg.analyses))
+    network = cfg.get("network")
+    run.record.update(ckpt_path=cfg.get("ckpt_path"), weights=cfg.get("weights"), images=str(cfg.images),
+                      network=OmegaConf.to_container(network) if isinstance(network, DictConfig) else network,
+                      analyses=list(cfg.analyses))
     if cfg.get("network") is not None:
         net = load_weights(build_network(cfg.network), cfg.get("weights")).to(device).eval()
         normalization = InputNormalization(**OmegaConf.to_container(cfg.input, resolve=True))

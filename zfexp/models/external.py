@@ -89,8 +89,8 @@ def conv_layer_names(net: nn.Module) -> list[str]:
 
 def default_conv_layers(net: nn.Module, count: int = 5) -> list[str]:
     """The paper's ``conv1..conv5`` when the network has them; else ``count`` of its conv layers spread evenly
-    from the first to the last (VGG16's 13 convs: ``features.0, features.10, features.17, features.24,
-    features.28``... by position)."""
+    from the first to the last (of VGG16's 13: ``features.0, features.7, features.14, features.21,
+    features.28``)."""
     names = conv_layer_names(net)
     modules = dict(net.named_modules())
     if all(name in modules for name in CONV_NAMES):

@@ -79,7 +79,10 @@ def record_in_wandb_summary(loggers: Sequence, record: dict) -> None:
     values = {k: v for k, v in record.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.experiment.summary.update(values)
+            try:
+                logger.experiment.summary.update(values)
+            except Exception as err:  # called while a failed run is wound up: never hide the run's own error
+                log.warning("the W&B run summary was not updated: %s: %s", type(err).__name__, err)
 
 
 def finish_wandb() -> None:
