@@ -115,9 +115,10 @@ def test_table_1_finds_its_class_from_the_labels_without_decoding_an_image():
     assert decoded == []
 
 
-# torchvision's VGG16 with random weights (nothing can be downloaded) on photographs cut to 64 px: every
-# analysis by the network's own layer names.
-VGG16 = ["network=vgg16", "input.resize=64", "input.crop=64", *FAST]
+# torchvision's VGG16 with random weights (nothing can be downloaded) on photographs cut to 32 px (its five
+# pools leave 1 x 1 maps; its adaptive pool feeds the classifier all the same): every analysis by the network's
+# own layer names.
+VGG16 = ["network=vgg16", "input.resize=32", "input.crop=32", *FAST]
 VGG16_CONVS = ["features.0", "features.7", "features.14", "features.21", "features.28"]  # 5 of 13, evenly
 
 
@@ -134,7 +135,7 @@ def test_any_torchvision_network_gets_every_figure(photos, tmp_path):
     invariance = (out / "tables" / "invariance_table.csv").read_text().splitlines()
     assert invariance[0].endswith(",distance_features.0,distance_classifier.3")
     occlusion = (out / "tables" / "occlusion_table.csv").read_text().splitlines()
-    assert len(occlusion) == 1 + 2 * 13 * 13  # 2 photographs, patch 16 every 4 px on 64: 13 x 13 positions
+    assert len(occlusion) == 1 + 2 * 7 * 7  # 2 photographs, patch 8 every 4 px on 32: 7 x 7 positions
     assert summary["network"] == "vgg16" and summary["weights"] is None
 
 
