@@ -25,13 +25,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
-from zfexp.runs.progress import progress
 
 from zfexp.data.batch_preprocessing import BatchPreprocessing, WithCrops
 from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
 from zfexp.data.sampling import SEED_BITS, SeededItems, SeededSampler, private_generator
 from zfexp.data.transforms import Preprocessing, paper_transform, pixels_transform
 from zfexp.errors import InvalidValueError
+from zfexp.runs.progress import progress
 
 log = logging.getLogger(__name__)
 

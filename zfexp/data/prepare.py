@@ -24,11 +24,11 @@ from omegaconf import DictConfig
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
-from zfexp.runs.progress import progress
 
 from zfexp.data.base import write_atomic
 from zfexp.errors import DatasetNotFoundError, InvalidValueError
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
+from zfexp.runs.progress import progress
 
 log = logging.getLogger(__name__)
 JPEG_SUFFIXES = (".jpg", ".jpeg")
