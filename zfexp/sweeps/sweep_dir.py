@@ -87,7 +87,7 @@ def log_summary_to_wandb(sweep_dir: Path, table: list[dict], chart: str = "summa
     """The table and chart as one more run of the sweep's W&B group (offline unless credentials exist)."""
     import wandb
 
-    from zfexp.runs.loggers import wandb_credentials_present
+    from zfexp.runs.loggers import finish_wandb, wandb_credentials_present
 
     first = OmegaConf.load(next(sweep_dir.glob("*/config.yaml"))) if any(sweep_dir.glob("*/config.yaml")) else {}
     group = f"{first.get('sweep_name') or 'multirun'}-{sweep_dir.name}"
@@ -97,4 +97,6 @@ def log_summary_to_wandb(sweep_dir: Path, table: list[dict], chart: str = "summa
     columns = list(table[0])
     run.log({"summary/table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in table]),
              "summary/chart": wandb.Image(str(sweep_dir / chart))})
-    run.finish()
+    # Finished and W&B's service shut down: its transaction log is complete on disk when this returns (after
+    # finish() alone the service may still be writing it).
+    finish_wandb()
