@@ -7,6 +7,8 @@ and scikit-image's sample images: random crops, rescaled), and prepared once to 
 (``zfexp.data.prepare``). Then, alternating in rounds:
 
 - float in workers: ``data.augment_on=workers``, every step per image in the workers, float batches;
+- the same with PIL decoding: the folder loader before :func:`zfexp.data.imagenet.load_pixels` (PIL decodes,
+  then a conversion to a tensor), the pipeline as it was before the uint8 path and torchvision's decoding;
 - uint8 + device: ``data.augment_on=device`` (the default), uint8 batches, crop/flip/mean on the device;
 - the same two on the prepared tree;
 - DALI (``data.decoder=dali``) when ``nvidia-dali`` is installed and the device is CUDA;
@@ -43,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import timed  # noqa: E402
 from zfexp.data import FashionMNISTDataModule, ImageFolderDataModule  # noqa: E402
+from zfexp.data.imagenet import load_rgb  # noqa: E402
 from zfexp.data.prepare import images_to_prepare, resize_image  # noqa: E402
 from zfexp.models import zfnet  # noqa: E402
 
@@ -98,9 +101,20 @@ def prepare_tree(root: Path, out: Path, side: int = 256) -> Path:
     return out
 
 
-def imagenet_tree(root: Path, augment_on: str, args, device: torch.device) -> ImageFolderDataModule:
-    return ImageFolderDataModule(root=str(root), batch_size=args.batch_size, num_workers=args.workers,
-                                 augment_on=augment_on, pin_memory=device.type == "cuda")
+class DecodedByPIL(ImageFolderDataModule):
+    """The datamodule with the folder loader it had before ``load_pixels``: PIL decodes, then ``ToImage``."""
+
+    def _folder(self, split: str, transform):
+        folder = super()._folder(split, transform)
+        folder.loader = load_rgb
+        return folder
+
+
+def imagenet_tree(root: Path, augment_on: str, args, device: torch.device,
+                  pil: bool = False) -> ImageFolderDataModule:
+    return (DecodedByPIL if pil else ImageFolderDataModule)(
+        root=str(root), batch_size=args.batch_size, num_workers=args.workers, augment_on=augment_on,
+        pin_memory=device.type == "cuda")
 
 
 def dali_tree(root: Path, args) -> ImageFolderDataModule:
@@ -180,6 +194,7 @@ def main() -> None:
               f"{time.perf_counter() - t1:.1f} s)")
         variants = {  # name: (datamodule, the device step timed)
             "float in workers": (lambda: imagenet_tree(tree, "workers", args, device), True),
+            "float in workers, PIL decoding": (lambda: imagenet_tree(tree, "workers", args, device, pil=True), True),
             "uint8 from workers": (lambda: imagenet_tree(tree, "device", args, device), False),
             "uint8 + device step": (lambda: imagenet_tree(tree, "device", args, device), True),
             "float in workers, prepared": (lambda: imagenet_tree(prepared, "workers", args, device), True),
@@ -207,6 +222,10 @@ def main() -> None:
                    "float in workers, prepared" if name.endswith("prepared") else "float in workers"]
         ratio = f"{value / model:>13.2f}" if not name.startswith("Fashion") else f"{'':>13}"
         print(f"{name:<34} {value:>8.0f} {value / base:>8.2f}x {ratio}")
+    before = med["float in workers, PIL decoding"]
+    print(f"uint8 from workers / the float path with PIL decoding (the pipeline before): "
+          f"{med['uint8 from workers'] / before:.2f}x on the tree, "
+          f"{med['uint8 from workers, prepared'] / before:.2f}x prepared")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,35 @@ def test_corrupt_image_is_named_before_training(tmp_path):
         dm.prepare_data()  # the mean-image pass decodes every training image
 
 
+@pytest.mark.parametrize(("name", "mode", "options"), [
+    ("rgb.jpg", "RGB", {"quality": 90}), ("grey.jpg", "L", {}), ("cmyk.jpg", "CMYK", {}),
+    ("progressive.jpg", "RGB", {"progressive": True}), ("alpha.png", "RGBA", {}), ("palette.png", "P", {}),
+    ("still.gif", "RGB", {}), ("photo.bmp", "RGB", {}), ("photo.tif", "RGB", {}),  # the last two: PIL's
+])
+def test_the_folder_loader_gives_pils_rgb_pixels_in_every_format(tmp_path, name, mode, options):
+    from zfexp.data.imagenet import load_pixels
+
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.integers(-8, 9, (45, 61, 3)), axis=1)  # photo-like: JPEG keeps some detail
+    Image.fromarray(np.clip(smooth + 128, 0, 255).astype(np.uint8)).convert(mode).save(tmp_path / name, **options)
+    pixels = load_pixels(str(tmp_path / name))
+    expected = np.array(Image.open(tmp_path / name).convert("RGB"))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (3, 45, 61)
+    assert torch.equal(pixels, torch.from_numpy(expected).permute(2, 0, 1))
+
+
+@pytest.mark.parametrize("content", [b"not an image at all", "half"])
+def test_the_folder_loader_names_a_file_it_cannot_decode(tmp_path, content):
+    from zfexp.data.imagenet import load_pixels
+
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(whole)
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(content if isinstance(content, bytes) else whole.read_bytes()[:300])  # "half": truncated
+    with pytest.raises(CorruptImageError, match="broken.jpg"):
+        load_pixels(str(bad))
+
+
 def test_missing_cifar10_names_the_folder_and_the_download_switch(tmp_path):
     dm = CIFAR10DataModule(root=str(tmp_path), download=False, num_workers=0)
     assert (dm.num_classes, dm.num_channels) == (10, 3)

@@ -192,8 +192,8 @@ def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree_eager_and_compiled(
 
 
 def test_debug_fdr_runs_one_batch_and_keeps_the_analysis_callbacks_quiet(run_dir):
-    # As the README has it: the quickstart's callbacks keep their epochs (2, 4, 6) beyond fast_dev_run's one.
+    # As the README has it: the quickstart's callbacks keep their epochs (2, 4, 8) beyond fast_dev_run's one.
     metrics = train(compose_train(run_dir, ["experiment=quickstart", *TINY, "debug=fdr", "logger=csv",
-                                            "callbacks.deconv_snapshots.epochs=[1,2,4,6]"]))
+                                            "callbacks.deconv_snapshots.epochs=[1,2,4,8]"]))
     assert metrics["status"] == "completed" and metrics["global_step"] == 1
     assert not (run_dir / "images").exists()  # sanity/fast_dev_run: no figures

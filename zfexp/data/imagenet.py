@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.functional import pil_to_tensor
 
 from zfexp.data.base import ImageClassificationDataModule
 from zfexp.data.dali import DECODERS, DaliLoader, DaliSplit, check_dali_device, image_files, import_dali
@@ -31,11 +33,26 @@ def load_rgb(path: str) -> Image.Image:
                                 f"the split folders must be an image ({', '.join(IMG_EXTENSIONS)}).") from err
 
 
+def load_pixels(path: str) -> torch.Tensor:
+    """An image file as RGB ``uint8 [3, H, W]``: ImageFolder's loader for the datamodules.
+
+    torchvision decodes JPEG, PNG, WebP and GIF straight into a tensor with the same libraries as PIL and
+    the same pixels (tested), without PIL's image object and its conversion (``benchmarks/input_pipeline.py``
+    compares the two). PIL reads the other formats (BMP, TIFF, PPM), and names a file neither can decode."""
+    try:
+        pixels = decode_image(path, mode=ImageReadMode.RGB)
+    except RuntimeError:  # a format torchvision does not decode, or a broken file: PIL says which
+        pixels = None
+    if pixels is None or pixels.ndim != 3:  # an animated GIF decodes to frames; PIL reads the first
+        pixels = pil_to_tensor(load_rgb(path))
+    return pixels
+
+
 def image_folder(path: Path, transform, key: str) -> ImageFolder:
     """torchvision's ``ImageFolder`` of ``path``, with an error naming the config ``key`` and the folder when a
     class folder holds no image."""
     try:
-        return ImageFolder(str(path), transform=transform, loader=load_rgb)
+        return ImageFolder(str(path), transform=transform, loader=load_pixels)
     except FileNotFoundError as err:
         raise DatasetNotFoundError(f"{key}: {path} has class folders without images ({err}). Every class folder needs "
                                    "at least one image; remove the empty ones or fill them.") from err

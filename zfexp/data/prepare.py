@@ -9,8 +9,8 @@ bar; each image is written to a temporary file and renamed, so an interrupted ru
 next run continues where it stopped (images already in ``out`` are skipped). An image that cannot be decoded is
 named, skipped and counted (``prepare.json``, ``corrupt.txt``); the tree is still usable.
 
-The pixels are those the training's own resize would give (the same torchvision transform), then encoded again:
-JPEG inputs as JPEG at ``jpeg_quality`` (95), others in their own format.
+The pixels are those the training's own decoding and resize would give (the same loader and transform), then
+encoded again: JPEG inputs as JPEG at ``jpeg_quality`` (95), others in their own format.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from zfexp.data.base import write_atomic
-from zfexp.errors import DatasetNotFoundError, InvalidValueError
+from zfexp.data.imagenet import load_pixels
+from zfexp.errors import CorruptImageError, DatasetNotFoundError, InvalidValueError
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.progress import progress
 
@@ -51,10 +52,11 @@ def images_to_prepare(root: Path, out: Path, split_dirs: list[str]) -> list[tupl
 def resize_image(source: Path, destination: Path, side: int, jpeg_quality: int) -> str | None:
     """Write ``source`` with its smaller side at ``side`` px to ``destination``; ``None``, or why it could not."""
     try:
-        with Image.open(source) as image:
-            resized = v2.Resize(side, antialias=True)(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for truncated or foreign files
-        return f"{type(err).__name__}: {err}"
+        pixels = load_pixels(str(source))
+    except CorruptImageError as err:
+        cause = err.__cause__ or err  # PIL's own words for what is wrong with the file
+        return f"{type(cause).__name__}: {cause}"
+    resized = Image.fromarray(v2.Resize(side, antialias=True)(pixels).permute(1, 2, 0).numpy())
     options = {"quality": jpeg_quality} if destination.suffix.lower() in JPEG_SUFFIXES else {}
     fmt = Image.registered_extensions().get(destination.suffix.lower())
     write_atomic(destination, lambda tmp: resized.save(tmp, format=fmt, **options))
