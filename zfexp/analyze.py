@@ -262,8 +262,8 @@ def analyze(cfg: DictConfig, run: Run) -> None:
     run.record.update(ckpt_path=cfg.get("ckpt_path"), weights=cfg.get("weights"), images=str(cfg.images),
                       network=OmegaConf.to_container(network) if isinstance(network, DictConfig) else network,
                       analyses=list(cfg.analyses))
-    if cfg.get("network") is not None:
-        net = load_weights(build_network(cfg.network), cfg.get("weights")).to(device).eval()
+    if network is not None:
+        net = load_weights(build_network(network), cfg.get("weights")).to(device).eval()
         normalization = InputNormalization(**OmegaConf.to_container(cfg.input, resolve=True))
         dataset = ImageFiles(os.path.expanduser(str(cfg.images)), normalization.transform())
         labelled, inputs, class_names = False, normalization, None
