@@ -126,7 +126,7 @@ def dali_tree(root: Path, args) -> ImageFolderDataModule:
 def fashion_mnist(augment_on: str, args, device: torch.device) -> FashionMNISTDataModule:
     """The quickstart's data as it reads it: 28 px flips, in the training process (no loader workers)."""
     return FashionMNISTDataModule(root=str(ROOT / "data"), batch_size=128, num_workers=0, augment_on=augment_on,
-                                  preprocess={"resize": None, "crop": None, "input_size": 28})
+                                  preprocess={"resize": None, "crop": None, "input_size": 28, "pixel_scale": 1.0})
 
 
 def loader_rate(dm, device: torch.device, device_step: bool = True) -> float:

@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     dm = FashionMNISTDataModule(root=str(ROOT / "data"), num_workers=0,
-                                preprocess={"resize": None, "crop": None, "input_size": 28})
+                                preprocess={"resize": None, "crop": None, "input_size": 28, "pixel_scale": 1.0})
     dm.prepare_data()
     dataset = dm.analysis_dataset("val")
     loader = DataLoader(dataset, batch_size=256, shuffle=False)

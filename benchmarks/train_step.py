@@ -38,8 +38,9 @@ def batches_on_device(n_batches: int, batch_size: int, size: int, channels: int,
     training images (resized to ``size``, grey copied to ``channels``), on ``device``: ``distinct`` of them,
     repeated (device memory for 8 batches, not for every step)."""
     n = min(n_batches, distinct) * batch_size
+    preprocess = {"resize": 32, "crop": 32, "input_size": 28, "pixel_scale": 1.0}  # the fashion_mnist config's
     dm = FashionMNISTDataModule(root=str(ROOT / "data"), num_workers=0, subset_size=min(n, 55000),
-                                batch_size=min(n, 55000), preprocess={"resize": 32, "crop": 32, "input_size": 28})
+                                batch_size=min(n, 55000), preprocess=preprocess)
     dm.prepare_data()
     dm.setup("fit")
     images, labels = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)

@@ -18,8 +18,9 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from zfexp.checkpoints import LAST, LAST_STEP
-from zfexp.errors import InvalidValueError
+from zfexp.checks import positive_int
 from zfexp.module import is_finite_model
+from zfexp.runs.config_groups import config_key
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,9 @@ class ResumeCheckpoint(Checkpoint):
         every_n_train_steps: mid-epoch checkpoint interval in optimizer steps; ``null``: epoch boundaries only.
     """
 
-    def __init__(self, dirpath: str, every_n_train_steps: int | None = 500):
-        if every_n_train_steps is not None and (not isinstance(every_n_train_steps, int) or every_n_train_steps <= 0):
-            raise InvalidValueError(f"callbacks.resume_checkpoint.every_n_train_steps={every_n_train_steps!r}: must be "
-                                    "a positive number of steps, or null (epoch boundaries only)")
+    def __init__(self, dirpath: str, every_n_train_steps: int | None = 200):
+        positive_int(f"{config_key('ResumeCheckpoint')}.every_n_train_steps", every_n_train_steps,
+                     null="epoch boundaries only")
         self.dirpath = Path(dirpath)
         self.every_n_train_steps = every_n_train_steps
         self.latest_checkpoint: tuple[str, int] | None = None  # (path, global step) of the newest one written

@@ -11,13 +11,13 @@ import torch
 from callbacks.scheduled_analysis import (
     ProbedAnalysis,
     check_layers,
-    check_positive,
     chosen_maps,
     evaluating,
     is_quiet,
     log_image,
     network_of,
 )
+from zfexp.checks import positive_int
 from zfexp.figures.feature_tiles import strongest_unit_tiles
 from zfexp.figures.grid import image_grid
 
@@ -39,14 +39,14 @@ class DeconvSnapshots(ProbedAnalysis):
     def __init__(self, epochs: Sequence[int] = PAPER_EPOCHS, layers: Sequence[str] = PAPER_LAYERS,
                  maps_per_layer: int = 8, probe_size: int = 256, seed: int = 0):
         super().__init__(epochs, probe_size, seed)
-        check_positive("DeconvSnapshots", maps_per_layer=maps_per_layer)
+        positive_int(f"{self.config_key}.maps_per_layer", maps_per_layer)
         self.layers, self.maps_per_layer = list(layers), maps_per_layer
         self.maps: dict[str, list[int]] = {}
         self.snapshots: dict[str, dict[int, torch.Tensor]] = {}  # layer -> epoch -> tiles [K, C, s, s]
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        check_layers("DeconvSnapshots", network_of(pl_module), self.layers)
+        check_layers(f"{self.config_key}.layers", network_of(pl_module), self.layers)
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)

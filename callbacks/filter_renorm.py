@@ -10,7 +10,9 @@ from lightning.pytorch.callbacks import Callback
 
 from callbacks.scheduled_analysis import network_of
 from zfexp.analysis import conv_layers, renormalize_filter_masks_
+from zfexp.checks import positive_number
 from zfexp.errors import InvalidValueError
+from zfexp.runs.config_groups import config_key
 
 
 class FilterRenorm(Callback):
@@ -26,10 +28,11 @@ class FilterRenorm(Callback):
     """
 
     def __init__(self, radius: float = 0.1, layers: Sequence[str] | None = None, enabled: bool = True):
-        if not radius > 0:
-            raise InvalidValueError(f"FilterRenorm: radius={radius!r} must be positive")
+        self.config_key = config_key(type(self).__name__)  # names it in messages: callbacks.filter_renorm
+        positive_number(f"{self.config_key}.radius", radius, paper="0.1")
         if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
-            raise InvalidValueError(f"FilterRenorm: layers={layers!r} must be a list of layer names or null")
+            raise InvalidValueError(f"{self.config_key}.layers={layers!r}: must be a list of layer names, or null "
+                                    "(every conv layer)")
         self.radius = float(radius)
         self.enabled = bool(enabled)
         self.layers = list(layers) if layers is not None else None
@@ -38,7 +41,10 @@ class FilterRenorm(Callback):
         self._trained: list[str] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        convs = conv_layers(network_of(pl_module), self.layers)  # fails before training on an unknown layer name
+        try:  # fails before training on an unknown layer name
+            convs = conv_layers(network_of(pl_module), self.layers)
+        except InvalidValueError as err:
+            raise InvalidValueError(f"{self.config_key}.{err}") from err
         # Fixed layers (transfer with ``freeze``) are not renormalised: their weights must stay as loaded.
         self._trained = [name for name, conv in convs.items() if conv.weight.requires_grad]
 

@@ -9,12 +9,12 @@ import torch
 from callbacks.scheduled_analysis import (
     ProbedAnalysis,
     check_layers,
-    check_positive,
     chosen_maps,
     evaluating,
     log_image,
     network_of,
 )
+from zfexp.checks import positive_int
 from zfexp.figures.feature_tiles import strongest_unit_tiles
 from zfexp.figures.grid import image_grid
 
@@ -25,12 +25,12 @@ class GuidedBackpropSnapshots(ProbedAnalysis):
     def __init__(self, epochs: Sequence[int] = (), layers: Sequence[str] = ("conv3", "conv5"),
                  maps_per_layer: int = 4, probe_size: int = 64, seed: int = 0):
         super().__init__(epochs, probe_size, seed)  # checks epochs and probe_size, keeps the probe in the ckpt
-        check_positive("GuidedBackpropSnapshots", maps_per_layer=maps_per_layer)
+        positive_int(f"{self.config_key}.maps_per_layer", maps_per_layer)  # names the key, the value, what is valid
         self.layers, self.maps_per_layer = list(layers), maps_per_layer
 
     def setup(self, trainer, pl_module, stage):
-        super().setup(trainer, pl_module, stage)  # epochs beyond trainer.max_epochs fail here, before training
-        check_layers("GuidedBackpropSnapshots", network_of(pl_module), self.layers)
+        super().setup(trainer, pl_module, stage)  # names the epochs beyond trainer.max_epochs in the log
+        check_layers(f"{self.config_key}.layers", network_of(pl_module), self.layers)  # before training
 
     def analyse(self, trainer, pl_module, epoch):  # on rank zero, at the scheduled epochs; epoch None = end
         net = network_of(pl_module)

@@ -35,7 +35,8 @@ class InvarianceCurves(ProbedAnalysis):
         super().__init__(epochs, probe_size, seed)
         bad = [t for t in transforms if t not in TRANSFORMS]
         if bad or not transforms:
-            raise InvalidValueError(f"InvarianceCurves: transforms={list(transforms)}; valid: {', '.join(TRANSFORMS)}")
+            raise InvalidValueError(f"{self.config_key}.transforms={list(transforms)}; valid: a non-empty list of "
+                                    f"{', '.join(TRANSFORMS)}")
         self.transforms, self.layers = list(transforms), list(layers)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -43,7 +44,7 @@ class InvarianceCurves(ProbedAnalysis):
         try:
             check_feature_layers(network_of(pl_module), self.layers)
         except ValueError as err:
-            raise InvalidValueError(f"InvarianceCurves: {err}") from err
+            raise InvalidValueError(f"{self.config_key}.layers: {err}") from err
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
@@ -53,6 +54,8 @@ class InvarianceCurves(ProbedAnalysis):
             curves = {t: invariance_curves(net, images, labels, t, layers=self.layers,
                                            fill=0.0 if fill is None else float(fill.mean()))
                       for t in self.transforms}
-        log_figure(trainer, "invariance/curves", invariance_figure(curves, labels.tolist(), class_names(trainer)),
+        log_figure(trainer, self.key("invariance/curves", "invariance_curves"),
+                   invariance_figure(curves, labels.tolist(), class_names(trainer)),
                    caption=f"invariance to {', '.join(self.transforms)}", epoch=epoch)
-        log_table(trainer, "invariance/table", [row for c in curves.values() for row in c.table()], epoch=epoch)
+        log_table(trainer, self.key("invariance/table", "invariance_curves"),
+                  [row for c in curves.values() for row in c.table()], epoch=epoch)

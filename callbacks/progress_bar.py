@@ -11,7 +11,8 @@ import time
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 
-from callbacks.scheduled_analysis import check_positive
+from zfexp.checks import positive_int
+from zfexp.runs.config_groups import config_key
 from zfexp.runs.progress import duration, on_terminal
 
 log = logging.getLogger("zfexp.progress")
@@ -35,7 +36,7 @@ class PlainProgressBar(ProgressBar):
 
     def __init__(self, every_n_steps: int = 50):
         super().__init__()
-        check_positive(type(self).__name__, every_n_steps=every_n_steps)
+        positive_int(f"{config_key(type(self).__name__)}.every_n_steps", every_n_steps)
         self.every_n_steps = every_n_steps
         self._enabled = True
         self._epoch_start = 0.0

@@ -8,6 +8,8 @@ A new analysis callback subclasses ``ProbedAnalysis`` (or ``ScheduledAnalysis``)
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,15 @@ from torch import nn
 from zfexp.analysis.activations import eval_mode
 from zfexp.analysis.deconv_record import deconv_prefix
 from zfexp.analysis.map_choice import chosen_maps  # noqa: F401  (one of the pieces callbacks reuse)
+from zfexp.checks import is_int, positive_int
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.data.transforms import displayable
 from zfexp.errors import InvalidValueError
 from zfexp.random_state import preserved_random_state
+from zfexp.runs.config_groups import config_key
 from zfexp.runs.outputs import figure_to_image, file_key, write_image, write_table
+
+log = logging.getLogger(__name__)
 
 
 def network_of(pl_module: L.LightningModule) -> nn.Module:
@@ -33,30 +39,29 @@ def network_of(pl_module: L.LightningModule) -> nn.Module:
     return getattr(pl_module, "net", pl_module)
 
 
-def check_epochs(owner: str, epochs: Sequence[int]) -> list[int]:
+def check_epochs(key: str, epochs: Sequence[int]) -> list[int]:
     """Epoch numbers count from 1 (epoch 1 = after the first pass over the data), as in the paper."""
-    bad = [e for e in epochs if isinstance(e, bool) or not isinstance(e, int) or e < 1]
+    bad = [e for e in epochs if not is_int(e) or e < 1]
     if bad:
-        raise InvalidValueError(f"{owner}: epochs={list(epochs)} has {bad}; epochs are integers >= 1 (1 = after the "
-                                "first)")
+        raise InvalidValueError(f"{key}={list(epochs)} has {bad}; epochs are integers >= 1 (1 = after the first)")
     return sorted(set(epochs))
 
 
-def check_epochs_fit(owner: str, epochs: Sequence[int], trainer: L.Trainer) -> None:
-    if trainer.fast_dev_run:  # one batch, analyses quiet (debug=fdr): its single epoch is no schedule to check
-        return
+def say_epochs_not_reached(key: str, epochs: Sequence[int], trainer: L.Trainer) -> None:
+    """One log line naming the scheduled ``epochs`` beyond ``trainer.max_epochs``: a shorter run
+    (``trainer.max_epochs=2`` of a schedule made for 8) draws the epochs it reaches and goes on."""
     max_epochs = trainer.max_epochs
-    if max_epochs is not None and max_epochs > 0 and any(e > max_epochs for e in epochs):
-        raise InvalidValueError(f"{owner}: epochs {[e for e in epochs if e > max_epochs]} are beyond "
-                                f"trainer.max_epochs={max_epochs}; valid: 1..{max_epochs}")
+    beyond = [e for e in epochs if max_epochs is not None and 0 < max_epochs < e]
+    if beyond and not trainer.fast_dev_run:
+        log.warning("%s: epochs %s are beyond trainer.max_epochs=%d and are not drawn", key, beyond, max_epochs)
 
 
-def check_layers(owner: str, model: nn.Module, layers: Sequence[str]) -> None:
+def check_layers(key: str, model: nn.Module, layers: Sequence[str]) -> None:
     for layer in layers:
         try:
             deconv_prefix(model, layer)
         except ValueError as err:
-            raise InvalidValueError(f"{owner}: {err}") from err
+            raise InvalidValueError(f"{key}: {err}") from err
 
 
 def is_quiet(trainer: L.Trainer) -> bool:
@@ -144,20 +149,37 @@ class ScheduledAnalysis(Callback):
     every ``every_n_epochs``, and, when ``run_at_fit_end``, once more at the end of fit with ``epoch=None``.
 
     A subclass writes ``analyse``; it may override ``due`` for another schedule, and calls
-    ``super().setup(...)`` if it overrides ``setup`` (that checks ``epochs`` against ``trainer.max_epochs``)."""
+    ``super().setup(...)`` if it overrides ``setup`` (that names the ``epochs`` beyond ``trainer.max_epochs``).
+
+    ``config_key`` names the callback in messages: its key in the config (``callbacks.occlusion_maps``), else its
+    class name (``OcclusionMaps.patch=0: ...``). Its ``state_key`` is built from its settings, as
+    ``ModelCheckpoint``'s is: two callbacks of one class with other settings keep their states apart."""
 
     run_at_fit_end = True
 
     def __init__(self, epochs: Sequence[int] = (), every_n_epochs: int | None = None):
-        name = type(self).__name__
-        if every_n_epochs is not None:
-            check_positive(name, every_n_epochs=every_n_epochs)
-        self.epochs = check_epochs(name, epochs)
+        self.config_key = config_key(type(self).__name__)
+        positive_int(f"{self.config_key}.every_n_epochs", every_n_epochs, null="only the epochs listed")
+        self.epochs = check_epochs(f"{self.config_key}.epochs", epochs)
         self.every_n_epochs = every_n_epochs
+
+    @property
+    def state_key(self) -> str:
+        settings = inspect.signature(type(self).__init__).parameters
+        return self._generate_state_key(**{name: getattr(self, name) for name in settings if name != "self"
+                                           and hasattr(self, name)})
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            check_epochs_fit(type(self).__name__, self.epochs, trainer)
+            say_epochs_not_reached(f"{self.config_key}.epochs", self.epochs, trainer)
+
+    def key(self, key: str, own_entry: str) -> str:
+        """``key`` (``occlusion/panel``) of a figure or table, as logged: a callback configured under another entry
+        than ``own_entry`` (the one its config file gives it, ``occlusion_maps``) logs under that entry's name
+        (``callbacks.occlusion_conv4`` -> ``occlusion_conv4/panel``), so that two callbacks of one class never
+        write over each other's figures."""
+        group, _, entry = self.config_key.rpartition(".")
+        return key if group != "callbacks" or entry == own_entry else f"{entry}/{key.rpartition('/')[2]}"
 
     def due(self, epoch: int, trainer: L.Trainer) -> bool:
         return epoch in self.epochs or bool(self.every_n_epochs) and epoch % self.every_n_epochs == 0
@@ -191,7 +213,7 @@ class ProbedAnalysis(ScheduledAnalysis):
     def __init__(self, epochs: Sequence[int] = (), probe_size: int = 4, seed: int = 0,
                  every_n_epochs: int | None = None):
         super().__init__(epochs, every_n_epochs)
-        check_positive(type(self).__name__, probe_size=probe_size)
+        positive_int(f"{self.config_key}.probe_size", probe_size)
         self.probe_size, self.seed = probe_size, seed
         self.probe: torch.Tensor | None = None  # dataset indices
 
@@ -208,13 +230,6 @@ class ProbedAnalysis(ScheduledAnalysis):
 
     def load_state_dict(self, state: dict) -> None:
         self.probe = state.get("probe")
-
-
-def check_positive(owner: str, **values) -> None:
-    """Each keyword is a count that must be an integer >= 1; the error names the key and the value."""
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidValueError(f"{owner}: {key}={value!r} must be a positive integer")
 
 
 def for_display(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,6 @@ from callbacks.deconv_snapshots import PAPER_LAYERS
 from callbacks.scheduled_analysis import (
     ScheduledAnalysis,
     check_layers,
-    check_positive,
     chosen_maps,
     eval_dataset,
     evaluating,
@@ -22,6 +21,7 @@ from callbacks.scheduled_analysis import (
     network_of,
 )
 from zfexp.analysis import top_activations_by_layer
+from zfexp.checks import positive_int
 from zfexp.figures.feature_tiles import top_k_sheet, top_k_table, top_k_tiles
 
 
@@ -37,13 +37,14 @@ class TopActivations(ScheduledAnalysis):
                  every_n_epochs: int | None = None, max_images: int | None = None, batch_size: int = 256,
                  seed: int = 0):
         super().__init__(every_n_epochs=every_n_epochs)
-        check_positive("TopActivations", k=k, maps_per_layer=maps_per_layer)
+        positive_int(f"{self.config_key}.k", k)
+        positive_int(f"{self.config_key}.maps_per_layer", maps_per_layer)
         self.layers, self.maps_per_layer, self.k = list(layers), maps_per_layer, k
         self.max_images, self.batch_size, self.seed = max_images, batch_size, seed
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        check_layers("TopActivations", network_of(pl_module), self.layers)
+        check_layers(f"{self.config_key}.layers", network_of(pl_module), self.layers)
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)

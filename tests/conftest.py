@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+import logging
 import os
+import runpy
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -67,3 +73,50 @@ def run_dir(tmp_path: Path) -> Path:
 
 def train_cmd(*overrides: str) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), f"paths.data_dir={DATA_DIR}", *overrides]
+
+
+def run_entry_point(module: str) -> None:
+    """Run an entry point as its command line does: ``"train"`` is ``python train.py``, a module
+    (``"zfexp.analyze"``) is ``python -m <module>``'s ``main()``."""
+    if module == "train":
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    else:
+        importlib.import_module(module).main()
+
+
+def run_in_process(module: str, *overrides: str) -> tuple[int, str]:
+    """An entry point run in this process as its command line runs it (Hydra's own ``main``, error reporting
+    included): ``(exit code, what it wrote to stderr)``. Cheaper than a subprocess by the imports; the logging
+    Hydra sets up for the job is taken down afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    GlobalHydra.instance().clear()
+    stderr = io.StringIO()
+    code = 0
+    with mock.patch.object(sys, "argv", [module, f"paths.data_dir={DATA_DIR}", *overrides]), \
+            contextlib.redirect_stderr(stderr):
+        try:
+            run_entry_point(module)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        finally:
+            GlobalHydra.instance().clear()
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+                    handler.close()
+            root.setLevel(level)
+    return code, stderr.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The ``last.ckpt`` of a short quickstart run (zfnet_small, a slice of the data), in its run dir with its
+    ``config.yaml``: the kind of checkpoint a colleague passes on."""
+    from zfexp.training import train
+
+    run = tmp_path_factory.mktemp("tiny_fit") / "logs" / "train" / "runs" / "run0"
+    run.mkdir(parents=True)
+    train(compose_train(run, ["experiment=quickstart", *TINY_RUN, "logger=csv", "callbacks=default",
+                              "callbacks.progress_bar=null", "test=false", "data.subset_size=128"]))
+    return run / "checkpoints" / "last.ckpt"

@@ -92,9 +92,24 @@ def test_bad_values_stop_before_anything_is_loaded(checkpoint, tmp_path, overrid
 
 def test_a_corrupt_photograph_is_named(checkpoint, photos, tmp_path):
     (photos / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(CorruptImageError, match="broken.png"):
+    with pytest.raises(CorruptImageError, match="broken.png") as err:
         analyze(compose_config("analyze", analyze_dir(tmp_path), [f"ckpt_path={checkpoint}", f"images={photos}",
                                                                   "analyses=[occlusion]", "logger=csv", *FAST]))
+    assert "split folders" not in str(err.value)  # a folder of photographs has none
+
+
+def test_the_checkpoint_is_read_once_and_its_mean_image_normalises_the_inputs(checkpoint, tmp_path, monkeypatch):
+    """The network sees its inputs as in its training (a transfer run's: the pretraining data's mean), not
+    normalised with a mean image of the data it is given now."""
+    from zfexp.data.base import ImageClassificationDataModule
+
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(str(path)) or load(path, *a, **k))
+    monkeypatch.setattr(ImageClassificationDataModule, "_load_or_compute_mean",
+                        lambda self: pytest.fail("the mean image of the data was used"))
+    summary = analyze(compose_config("analyze", analyze_dir(tmp_path), [f"ckpt_path={checkpoint}", "logger=csv",
+                                                                        "analyses=[deconv]", *FAST]))
+    assert summary["status"] == "completed" and reads.count(str(checkpoint)) == 1
 
 
 def test_table_1_finds_its_class_from_the_labels_without_decoding_an_image():

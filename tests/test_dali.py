@@ -45,7 +45,7 @@ def datamodule(root, **kwargs) -> ImageFolderDataModule:
 
 
 def test_bad_decoder_is_named(tmp_path):
-    with pytest.raises(InvalidValueError, match="data.decoder='nvjpeg'; valid: cpu"):
+    with pytest.raises(InvalidValueError, match="data.decoder='nvjpeg'; valid for imagenet: cpu, dali"):
         ImageFolderDataModule(root=str(tmp_path), decoder="nvjpeg")
     with pytest.raises(InvalidValueError, match="data.decoder=dali needs data.augment_on=device or auto"):
         ImageFolderDataModule(root=str(tmp_path), decoder="dali", augment_on="workers")

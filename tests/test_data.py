@@ -1,5 +1,7 @@
 """Datamodules and the paper's preprocessing, on real Fashion-MNIST and on small generated trees."""
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +60,7 @@ def test_paper_transform_subtracts_mean_scales_and_crops():
 
 
 def test_ten_crop_gives_corners_centre_and_their_flips():
-    p = Preprocessing(resize=None, crop=None, input_size=2, mean_image=False, ten_crop=True)
+    p = Preprocessing(resize=None, crop=None, input_size=2, mean_image=False, ten_crop=True, pixel_scale=1.0)
     image = torch.arange(16, dtype=torch.uint8).view(1, 4, 4)
     crops = paper_transform(p, None, train=False)(image)
     assert crops.shape == (10, 1, 2, 2)
@@ -84,7 +86,7 @@ def test_bad_preprocessing_names_the_key(options, words):
 
 def fmnist(**kw):
     kw = {"root": str(DATA_DIR), "num_workers": 0, "batch_size": 32,
-          "preprocess": {"resize": 32, "crop": 32, "input_size": 28}, **kw}
+          "preprocess": {"resize": 32, "crop": 32, "input_size": 28, "pixel_scale": 1.0}, **kw}
     return FashionMNISTDataModule(**kw)
 
 
@@ -234,3 +236,13 @@ def test_two_folders_with_one_name_and_size_never_share_a_cached_mean(tmp_path, 
         means.append(dm.mean)
     assert len(list(shared.glob("*.pt"))) == 2
     assert not torch.equal(means[0], means[1])  # each is its own folder's mean
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_files_written_atomically_take_the_permissions_of_any_new_file(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "mean.pt", lambda tmp: torch.save(torch.zeros(2), tmp))
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "mean.pt").stat().st_mode) == mode  # a shared tree is readable by the others

@@ -1,5 +1,6 @@
 """The deconvnet engine against an independent gradient formulation, a hand-computed case, and geometry."""
 
+import copy
 from collections import OrderedDict
 
 import pytest
@@ -342,3 +343,17 @@ def test_layer_activations_of_several_layers_equal_the_deconvnets_own_forward_pa
     assert model.training  # and leaves the model in the mode it was in
     for layer in ("conv1", "conv3", "conv5"):
         assert torch.equal(together[layer], DeconvNet(model).forward_record(images, layer)[0]), layer
+
+
+@pytest.mark.parametrize("layer, mode", [("conv5", "max"), ("conv4", "map"), ("conv3", "max")])
+@pytest.mark.parametrize("windowed", [True, False])
+def test_a_network_kept_channels_last_projects_ordinary_images(tiny_checkpoint, layer, mode, windowed):
+    """The quickstart trains channels-last; in a notebook its checkpoint meets plain NCHW images."""
+    from zfexp.module import ImageClassifier
+
+    net = ImageClassifier.load_from_checkpoint(tiny_checkpoint).net.eval()
+    assert net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(net).to(memory_format=torch.contiguous_format)
+    images = torch.randn(3, 1, 28, 28)
+    ours = DeconvNet(net, windowed=windowed).project(images, layer, [0, 2], mode)
+    assert torch.allclose(ours, DeconvNet(plain, windowed=windowed).project(images, layer, [0, 2], mode), atol=1e-6)

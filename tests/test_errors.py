@@ -4,25 +4,24 @@ the key and the value (no traceback), exit non-zero, and write nothing to resume
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, train_cmd
+from tests.conftest import ROOT, TINY_RUN, run_in_process, train_cmd
 from tests.test_data import make_image_tree
 
 QUICK = ["logger=csv", "data.num_workers=0", "trainer.max_epochs=1",
          "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 
 
-def error_paragraph(done: subprocess.CompletedProcess) -> str:
+def error_paragraph(code: int, stderr: str) -> str:
     """What the user reads: from 'Error: ' to the end of stderr; there must be no traceback anywhere."""
-    assert done.returncode != 0, done.stdout[-2000:]
-    assert "Traceback" not in done.stderr, done.stderr[-4000:]
-    assert "Error: " in done.stderr, done.stderr[-4000:]
-    paragraph = done.stderr[done.stderr.index("Error: "):].strip()
+    assert code != 0, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-4000:]
+    assert "Error: " in stderr, stderr[-4000:]
+    paragraph = stderr[stderr.index("Error: "):].strip()
     assert len(paragraph.splitlines()) <= 4, paragraph
     return paragraph
 
@@ -72,6 +71,18 @@ BAD_VALUES = {
     "a class folder without images": (lambda tmp: ["data=imagenet", f"data.root={empty_class_tree(tmp)}"],
                                       ["data.root", "dog", "without images"]),
     "a mandatory value left unset": (["data=imagenet"], ["data.root is required", "data.root=..."]),
+    "a precision Lightning does not know": (["trainer.precision=banana"],
+                                            ["trainer.precision='banana'", "bf16-mixed", "32-true"]),
+    "a renorm radius of zero": (["callbacks.filter_renorm.radius=0"], ["callbacks.filter_renorm.radius=0", "positive"]),
+    "true as a renorm radius": (["callbacks.filter_renorm.radius=true"], ["callbacks.filter_renorm.radius=True"]),
+    "true as a checkpoint interval": (["callbacks.resume_checkpoint.every_n_train_steps=true"],
+                                      ["callbacks.resume_checkpoint.every_n_train_steps=True", "positive integer"]),
+    "an occlusion stride of zero": (["callbacks=paper", "callbacks.occlusion_maps.stride=0"],
+                                    ["callbacks.occlusion_maps.stride=0", "positive integer"]),
+    "an unknown occlusion layer": (["callbacks=paper", "callbacks.occlusion_maps.feature_layer=conv9"],
+                                   ["callbacks.occlusion_maps.feature_layer", "conv9", "conv5"]),
+    "a decoder this dataset has not": (["data.decoder=foo"], ["data.decoder='foo'", "fashion_mnist: cpu"]),
+    "dali for Fashion-MNIST": (["data.decoder=dali"], ["data.decoder='dali'", "data=imagenet"]),
 }
 
 
@@ -80,9 +91,7 @@ def test_a_bad_value_stops_train_py_before_training_with_one_paragraph(tmp_path,
     overrides, words = BAD_VALUES[case]
     overrides = overrides(tmp_path) if callable(overrides) else overrides
     log_dir = tmp_path / "logs"
-    done = subprocess.run(train_cmd(*QUICK, f"paths.log_dir={log_dir}", *overrides), cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    paragraph = error_paragraph(done)
+    paragraph = error_paragraph(*run_in_process("train", *QUICK, f"paths.log_dir={log_dir}", *overrides))
     for word in words:
         assert word in paragraph, (word, paragraph)
     assert not list(log_dir.glob("train/runs/*/checkpoints/*.ckpt"))  # stopped before training
@@ -92,20 +101,17 @@ def test_a_corrupt_image_read_in_a_loader_worker_is_named_without_the_workers_tr
     tree = make_image_tree(tmp_path / "imagenet", classes=("cat", "dog"), n_train=3, n_val=1, size=(40, 40))
     broken = tree / "train" / "dog" / "1.jpg"
     broken.write_bytes(broken.read_bytes()[:100])
-    done = subprocess.run(train_cmd(*QUICK, f"paths.log_dir={tmp_path / 'logs'}", "data=imagenet",
-                                    f"data.root={tree}", "data.num_workers=1", "data.batch_size=2",
-                                    "data.preprocess={resize: 40, crop: 40, input_size: 32, ten_crop: false}"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    paragraph = error_paragraph(done)
+    preprocess = "data.preprocess={resize: 40, crop: 40, input_size: 32, ten_crop: false}"
+    paragraph = error_paragraph(*run_in_process("train", *QUICK, f"paths.log_dir={tmp_path / 'logs'}", "data=imagenet",
+                                                f"data.root={tree}", "data.num_workers=1", "data.batch_size=2",
+                                                preprocess))
     assert f"cannot read image {broken}" in paragraph and "worker" not in paragraph, paragraph
 
 
 def test_analyze_and_features_report_a_bad_checkpoint_in_one_paragraph(tmp_path):
     ckpt = not_a_checkpoint(tmp_path)
     for module in ("zfexp.analyze", "zfexp.features"):
-        done = subprocess.run([sys.executable, "-m", module, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / module}"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
-        paragraph = error_paragraph(done)
+        paragraph = error_paragraph(*run_in_process(module, f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / module}"))
         assert f"ckpt_path={ckpt}" in paragraph and "not a complete checkpoint" in paragraph, paragraph
         # The run lifecycle's record: the resolved config and <task>.json marked failed with the error.
         record = json.loads((tmp_path / module / f"{module.split('.')[1]}.json").read_text())
@@ -128,3 +134,28 @@ def test_a_launcher_preset_without_its_extra_names_the_extra():
         check_launcher_extra(["-m", "sweep=seeds", "hydra/launcher=ray"], missing)
     check_launcher_extra(["hydra/launcher=basic"], missing)  # a preset Hydra ships needs nothing
     check_launcher_extra(["hydra/launcher=ray", "hydra/launcher=slurm"], LAUNCHER_EXTRAS)  # both installed here
+
+
+def test_resuming_a_checkpoint_of_another_network_says_which_before_training(tiny_checkpoint, tmp_path):
+    log_dir = tmp_path / "logs"
+    paragraph = error_paragraph(*run_in_process("train", *QUICK, "experiment=quickstart", "model=alexnet_small",
+                                                f"ckpt_path={tiny_checkpoint}", f"paths.log_dir={log_dir}"))
+    assert "its network is not the one this run builds" in paragraph, paragraph
+    assert "net.conv1.weight is [8, 1, 5, 5] there" in paragraph, paragraph  # the shapes, then the configs
+    assert "model._target_: 'zfexp.models.zfnet_small' there, 'zfexp.models.alexnet_small' here" in paragraph
+    assert str(tiny_checkpoint.parents[1] / "config.yaml") in paragraph
+    assert not list(log_dir.glob("train/runs/*/checkpoints/*.ckpt"))
+
+
+def test_logger_none_runs_the_default_callbacks_without_a_logger(tmp_path):
+    code, stderr = run_in_process("train", *TINY_RUN, "logger=none", "callbacks=default", "callbacks.progress_bar=null",
+                                  "test=false", f"paths.log_dir={tmp_path / 'logs'}")
+    assert code == 0, stderr[-3000:]
+    (metrics,) = (tmp_path / "logs").glob("train/runs/*/metrics.json")
+    assert json.loads(metrics.read_text())["status"] == "completed"
+
+
+def test_analyze_names_the_full_key_of_a_layer_the_network_lacks(tiny_checkpoint, tmp_path):
+    paragraph = error_paragraph(*run_in_process("zfexp.analyze", f"ckpt_path={tiny_checkpoint}", "logger=csv",
+                                                "occlusion.feature_layer=conv9", f"paths.log_dir={tmp_path}"))
+    assert "occlusion.feature_layer: layer='conv9'" in paragraph and "conv5" in paragraph, paragraph

@@ -179,6 +179,8 @@ def test_bad_correspondence_arguments_are_named():
         correspondence(model, images, {"eye": [(0, 0, 3, 3)] * 2})
     with pytest.raises(ValueError, match="at least 2 images"):
         correspondence(model, images[:1], {"eye": [(0, 0, 3, 3)]})
+    with pytest.raises(ValueError, match=r"part 'eye' box \(0.1, 0.1, 0.3, 0.3\): a box is 4 pixel indices"):
+        correspondence(model, images, {"eye": [(0.1, 0.1, 0.3, 0.3)] * 3})  # fractions of the side
 
 
 def test_the_automatic_way_is_the_devices_and_gives_both_forced_ways_maps():
@@ -228,6 +230,13 @@ def test_drill_down_checks_its_settings():
     assert OcclusionMaps(approximate={"threshold": 0.02}).approximate == DrillDown(threshold=0.02)
     with pytest.raises(ValueError, match="approximate.margin=-1"):
         OcclusionMaps(approximate={"margin": -1})
+    # true: the approximate mode with its defaults; false: every position
+    images = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    assert occlusion_maps(small_net(), images, [0], patch=8, stride=2, approximate=True).exact is not None
+    assert occlusion_maps(small_net(), images, [0], patch=8, stride=2, approximate=False).exact is None
+    assert OcclusionMaps(approximate=True).approximate == DrillDown()
+    with pytest.raises(ValueError, match=r"approximate=\{'treshold': 0.1\} has \['treshold'\]; valid fields"):
+        OcclusionMaps(approximate={"treshold": 0.1})
 
 
 def test_approximate_mode_with_no_effect_anywhere_computes_only_the_coarse_grid():

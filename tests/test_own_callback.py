@@ -87,7 +87,7 @@ def test_readme_example_runs_in_a_fit_and_its_images_land_in_the_run_dir_and_wan
     assert len(media) == 4
 
     # The final picture is the engine's output for the trained network, probe set and maps, both rules.
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("GuidedBackpropSnapshots")]
     net = ImageClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt").net.eval()
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -135,7 +135,7 @@ def test_bad_arguments_are_named(make, words):
 
 
 def test_a_bad_layer_stops_the_run_before_training(run_dir):
-    with pytest.raises(ValueError, match=r"GuidedBackpropSnapshots: .*'conv8'.*conv1"):
+    with pytest.raises(ValueError, match=r"callbacks.guided_backprop.layers: .*'conv8'.*conv1"):
         train(compose_train(run_dir, [*TINY_RUN, "logger=csv", "callbacks=[default,guided_backprop]",
                                       "callbacks.guided_backprop.layers=[conv8]"]))
     assert not list(run_dir.glob("checkpoints/*.ckpt"))
@@ -230,12 +230,13 @@ def test_the_shared_schedule_runs_at_epochs_every_n_and_at_the_end(tmp_path, kw,
     assert cb.ran == ran
 
 
-def test_the_shared_schedule_rejects_epochs_beyond_the_fit_before_training(tmp_path):
-    cb = Every(epochs=[7])
+def test_a_shorter_fit_draws_the_scheduled_epochs_it_reaches_and_names_the_others(tmp_path, caplog):
+    cb = Every(epochs=[2, 7, 9])
     trainer = L.Trainer(max_epochs=6, callbacks=[cb], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, default_root_dir=tmp_path)
-    with pytest.raises(ValueError, match=r"Every: epochs \[7\] are beyond trainer.max_epochs=6; valid: 1..6"):
+    with caplog.at_level(logging.WARNING):
         trainer.fit(Tiny())
-    assert cb.ran == []
-    with pytest.raises(ValueError, match=r"Every: every_n_epochs=0"):
+    assert cb.ran == [2, None]
+    assert "Every.epochs: epochs [7, 9] are beyond trainer.max_epochs=6 and are not drawn" in caplog.text
+    with pytest.raises(ValueError, match=r"Every.every_n_epochs=0: must be a positive integer"):
         Every(every_n_epochs=0)

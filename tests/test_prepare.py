@@ -6,6 +6,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,3 +96,41 @@ def test_prepare_command_line(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "prepare.json").read_text())["written"] == 4
     assert "broken.jpg" in done.stderr + done.stdout
+
+
+def processes_holding(text: str) -> list[int]:
+    """The pids of the processes whose command line holds ``text`` (zombies, which run nothing, left out)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(errors="replace") \
+                    and " Z " not in (proc / "stat").read_text():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_prepare_killed_with_sigkill_leaves_no_worker_behind(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(400):  # the workers are still busy when the parent dies
+        path = tmp_path / "in" / "train" / f"c{i % 3}" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(path)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "zfexp.data.prepare", f"data.root={tmp_path / 'in'}", f"out={out}",
+                             "data.val_dir=train", "data.preprocess.resize=16", "workers=2",
+                             f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list(out.rglob("*.png"))) < 20 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "prepare finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    time.sleep(1.0)
+    assert processes_holding(f"out={out}") == []  # the pool's workers ended with their parent
+    written = len(list(out.rglob("*.png")))
+    time.sleep(0.5)
+    assert len(list(out.rglob("*.png"))) == written < 400

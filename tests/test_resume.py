@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from tests.conftest import ROOT, train_cmd
 from tests.wandb_records import history
+from zfexp.data.sampling import ResumableLoader, SeededItems, SeededSampler
 
 # Long enough epochs to kill one in the middle (3000 // 32 = 94 steps), dropout on so that the global
 # generator matters, the paper's random crops and flips (resize 32 -> 28 px crops) so that augmentation does.
@@ -39,7 +41,7 @@ def run_metrics(log_dir: Path, *overrides: str) -> dict:
 
 def final_weights(metrics: dict) -> dict[str, torch.Tensor]:
     last = metrics["run_dir"] / "checkpoints" / "last.ckpt"
-    return torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def kill_when(log_dir: Path, overrides: list[str], ready) -> Path:
 
 def step_of(path: Path) -> int | None:
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+        return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
     except (FileNotFoundError, RuntimeError, EOFError):
         return None
 
@@ -76,15 +78,18 @@ def step_of(path: Path) -> int | None:
 @pytest.mark.parametrize("where", ["mid_epoch", "epoch_boundary"])
 def test_killed_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path, uninterrupted, where):
     log_dir = tmp_path / "logs"
-    if where == "mid_epoch":  # in the second epoch; two loader workers: the StatefulDataLoader's multi-process path
-        overrides = ["callbacks.resume_checkpoint.every_n_train_steps=10", "data.num_workers=2"]
-        ckpts = kill_when(log_dir, overrides, lambda d: (step_of(d / "last_step.ckpt") or 0) > STEPS_PER_EPOCH)
+    if where == "mid_epoch":  # in the second epoch, with two loader workers; resumed on a machine without them
+        overrides = ["callbacks.resume_checkpoint.every_n_train_steps=10"]
+        killed, resuming = ["data.num_workers=2"], ["data.num_workers=0"]
+        ckpts = kill_when(log_dir, [*overrides, *killed],
+                          lambda d: (step_of(d / "last_step.ckpt") or 0) > STEPS_PER_EPOCH)
     else:  # only epoch-boundary checkpoints: killed early in the second epoch
         overrides = ["callbacks.resume_checkpoint.every_n_train_steps=null", "data.num_workers=0"]
+        killed = resuming = []
         ckpts = kill_when(log_dir, overrides, lambda d: step_of(d / "last.ckpt") == STEPS_PER_EPOCH)
     assert not (ckpts.parent / "metrics.json").exists()  # killed: it never finished
 
-    resumed = run_metrics(log_dir, *overrides, "ckpt_path=last")
+    resumed = run_metrics(log_dir, *overrides, *resuming, "ckpt_path=last")
     resumed_from = Path(resumed["resumed_from"])
     killed_at = step_of(resumed_from)
     if where == "mid_epoch":
@@ -96,6 +101,46 @@ def test_killed_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path, uninterr
     before, after = final_weights(uninterrupted), final_weights(resumed)
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("workers_before, workers_after", [(2, 0), (0, 2), (2, 1)])
+def test_a_loader_resumes_its_epoch_with_another_number_of_workers(workers_before, workers_after):
+    """The rest of the epoch, batch for batch, whatever the processes before and after; and again after a
+    second interruption in the resumed epoch (the position counts from the epoch's start)."""
+    data = SeededItems(TensorDataset(torch.arange(50)))
+
+    def loader(workers: int) -> ResumableLoader:
+        sampler = SeededSampler(50, seed=7)
+        sampler.set_epoch(3)
+        return ResumableLoader(data, sampler=sampler, batch_size=4, num_workers=workers)
+
+    whole = [batch[0].tolist() for batch in loader(0)]
+    first = loader(workers_before)
+    batches = iter(first)
+    done = [next(batches)[0].tolist() for _ in range(5)]
+    state = first.state_dict()
+    assert state == {"batches": 5, "finished": False}
+    second = loader(workers_after)
+    second.load_state_dict(state)
+    batches = iter(second)
+    done += [next(batches)[0].tolist() for _ in range(3)]
+    third = loader(workers_before)
+    third.load_state_dict(second.state_dict())
+    assert done + [batch[0].tolist() for batch in third] == whole
+
+
+def test_a_loader_reads_the_state_torchdata_wrote_in_older_checkpoints():
+    data = SeededItems(TensorDataset(torch.arange(50)))
+    sampler = SeededSampler(50, seed=7)
+    whole = [batch[0].tolist() for batch in ResumableLoader(data, sampler=sampler, batch_size=4)]
+    for state in ({"_num_yielded": 5, "_iterator_finished": False},  # torchdata's, without worker processes
+                  {"_snapshot": {"_snapshot_step": 4}, "_steps_since_snapshot": 1, "_iterator_finished": False}):
+        resumed = ResumableLoader(data, sampler=SeededSampler(50, seed=7), batch_size=4)
+        resumed.load_state_dict(state)
+        assert [batch[0].tolist() for batch in resumed] == whole[5:]
+    ended = ResumableLoader(data, sampler=SeededSampler(50, seed=7), batch_size=4)
+    ended.load_state_dict({"batches": 13, "finished": True})  # an epoch's end: the next epoch, from its start
+    assert len(list(ended)) == 13
 
 
 def test_the_same_command_gives_the_same_numbers_with_and_without_the_mean_image_cache(tmp_path, fashion_mnist_raw):
@@ -123,7 +168,7 @@ def test_a_diverged_run_recovers_by_following_its_message(tmp_path):
     (run,) = log_dir.glob("train/runs/*")
     assert str(run / "checkpoints" / "last.ckpt") in message
     advice = re.search(r"python train\.py (ckpt_path=last module\.lr=\S+)", message).group(1).split()
-    kept = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    kept = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert kept["global_step"] == 0 and kept["optimizer_states"][0]["param_groups"][0]["lr"] == 1e4
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
 
@@ -134,7 +179,7 @@ def test_a_diverged_run_recovers_by_following_its_message(tmp_path):
     metrics = json.loads(max(log_dir.glob("train/runs/*/metrics.json"), key=lambda p: p.stat().st_mtime).read_text())
     assert metrics["status"] == "completed" and metrics["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("train/loss", "val/loss", "test/loss"))
-    resumed = torch.load(Path(metrics["best_checkpoint"]).parent / "last.ckpt", weights_only=False)
+    resumed = torch.load(Path(metrics["best_checkpoint"]).parent / "last.ckpt", weights_only=True)
     assert Path(metrics["best_checkpoint"]).parent.parent != run  # the resumed run's own
     assert resumed["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.01)
 
@@ -148,7 +193,7 @@ def test_a_resumed_run_logs_to_the_wandb_run_it_resumes(tmp_path):
     train(compose_train(first, ["experiment=quickstart", "callbacks=default", *TINY_RUN, "test=false"]))
     (first_wandb,) = first.glob("wandb/offline-run-*")
     run_id = first_wandb.name.rsplit("-", 1)[1]
-    ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(first / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["wandb_run_id"] == run_id
 
     metrics = train(compose_train(second, ["experiment=quickstart", "callbacks=default", *TINY_RUN, "test=false",

@@ -1,6 +1,7 @@
 """train.py end to end on small slices of real Fashion-MNIST: outputs, W&B offline run, resume, bad input."""
 
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from omegaconf.errors import MissingMandatoryValue
 
@@ -150,7 +152,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert (first / "checkpoints" / "last.ckpt").read_bytes() == good
     assert "NonFiniteLossError" in read_metrics(second)["error"]
     for ckpt in second.glob("checkpoints/*.ckpt"):  # whatever was saved on the way out is finite
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), ckpt
 
 
@@ -173,7 +175,7 @@ def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree_eager_and_compiled(
     assert metrics["status"] == "completed" and metrics["epochs"] == 1 and metrics["global_step"] == 2
     assert metrics["num_parameters"] == sum(p.numel() for p in zfnet(num_classes=2).parameters())
     (mean_file,) = tree.glob("imagenet_mean_r256_c256_*.pt")
-    assert torch.load(mean_file).shape == (3, 256, 256)
+    assert torch.load(mean_file, weights_only=True).shape == (3, 256, 256)
     resolved = (run / "config.yaml").read_text()
     assert "ten_crop: true" in resolved and "input_size: 224" in resolved and "pixel_scale: 255.0" in resolved
 
@@ -183,7 +185,7 @@ def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree_eager_and_compiled(
     for key in ("train/loss", "val/loss", "test/loss"):
         assert compiled_metrics[key] == pytest.approx(metrics[key], rel=1e-4), key
     assert "compile: true" in (compiled / "config.yaml").read_text()
-    checkpoint = torch.load(compiled / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(compiled / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["hyper_parameters"]["compile"] is True
     assert not [k for k in checkpoint["state_dict"] if "_orig_mod" in k]
     plain = zfnet(num_classes=2)
@@ -197,3 +199,18 @@ def test_debug_fdr_runs_one_batch_and_keeps_the_analysis_callbacks_quiet(run_dir
                                             "callbacks.deconv_snapshots.epochs=[1,2,4,8]"]))
     assert metrics["status"] == "completed" and metrics["global_step"] == 1
     assert not (run_dir / "images").exists()  # sanity/fast_dev_run: no figures
+
+
+def test_runs_started_in_the_same_second_get_run_dirs_of_their_own(tmp_path):
+    def run_dir_of(*overrides: str) -> str:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", overrides=[f"paths.log_dir={tmp_path}", *overrides], return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        first = str(cfg.hydra.run.dir)
+        assert str(cfg.hydra.run.dir) == first  # one run's dir is fixed once drawn
+        return first, str(cfg.hydra.sweep.dir)
+
+    (one, sweep_one), (two, sweep_two) = run_dir_of("ckpt_path=last"), run_dir_of("ckpt_path=last")
+    assert one != two and sweep_one != sweep_two
+    assert re.fullmatch(r".*/train/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}", one), one

@@ -4,6 +4,7 @@ trees in the Caltech layouts, mean per-class accuracy, fixed layers, the transfe
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def pretrained_ckpt(tmp_path_factory, fashion_mnist_raw) -> Path:
 
 
 def state(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def test_fixed_layers_are_bit_identical_after_transfer_and_fc8_is_new(tmp_path, pretrained_ckpt):
@@ -200,8 +201,8 @@ def test_fixed_layers_are_bit_identical_after_transfer_and_fc8_is_new(tmp_path, 
     assert after["net.fc8.weight"].shape == (5, 32) and not torch.equal(before["net.fc8.weight"],
                                                                         after["net.fc8.weight"])
     # the inputs were normalised with the pretraining run's mean image, not the new pool's
-    pre_mean = torch.load(pretrained_ckpt, weights_only=False)["FashionMNISTDataModule"]["mean_image"]
-    new_mean = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)[
+    pre_mean = torch.load(pretrained_ckpt, weights_only=True)["FashionMNISTDataModule"]["mean_image"]
+    new_mean = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)[
         "FashionMNISTFewShotDataModule"]["mean_image"]
     assert torch.equal(pre_mean, new_mean)
     module = ImageClassifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -284,18 +285,26 @@ def test_transfer_curve_sweep_runs_every_cell(tmp_path, pretrained_ckpt):
 
 
 # -- features by layer ---------------------------------------------------------------------------------------
-def test_features_by_layer_extracts_once_and_prints_table7(tmp_path, pretrained_ckpt, monkeypatch):
+def test_features_by_layer_extracts_once_and_logs_table7(tmp_path, pretrained_ckpt, monkeypatch, caplog):
     import zfexp.features as features
+    from zfexp.data.base import ImageClassificationDataModule
 
-    calls = []
+    calls, reads, load = [], [], torch.load
     real = features.extract_features
     monkeypatch.setattr(features, "extract_features", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(str(path)) or load(path, *a, **k))
+    # The pretraining run's mean image normalises the pool: no pass over the pool for a mean of its own.
+    monkeypatch.setattr(ImageClassificationDataModule, "_load_or_compute_mean",
+                        lambda self: pytest.fail("the pool's mean image was computed"))
+    caplog.set_level(logging.INFO)
     run_dir = tmp_path / "logs" / "features" / "runs" / "f"
     cfg = compose_config("features", run_dir, [
         f"ckpt_path={pretrained_ckpt}", "data=fashion_mnist_few_shot", "data.train_per_class=5",
         "data.test_per_class=10", "data.num_workers=0", "folds=2", "layers=[conv1,conv5,fc7]", "logger=csv"])
     summary = features.features_by_layer(cfg)
     assert calls == [["conv1", "conv5", "fc7"]]  # one pass over the images, all layers at once
+    assert reads.count(str(pretrained_ckpt)) == 1  # the checkpoint read once
+    assert "fold 1 softmax   fc7:" in caplog.text and "| SVM (5) |" in caplog.text  # in <run dir>/features.log
     assert summary["images"] <= 2 * 5 * (5 + 10)
     assert summary["feature_dims"]["conv1"] == 8 * 6 * 6  # 14x14 maps max-pooled to 6x6
     rows = {r["row"]: r for r in summary["rows"]}

@@ -3,6 +3,7 @@ the checkpoint, and their argument checks."""
 
 import csv
 import json
+import logging
 
 import pytest
 import torch
@@ -74,7 +75,7 @@ def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir)
     assert (dead * 8) == pytest.approx(round(dead * 8))  # a count out of TINY's 8 conv1 filters
     assert metrics["filters/rms_max/conv5"] == pytest.approx(float(logged[-1]["filters/rms_max/conv5"]))
 
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("DeconvSnapshots")]
     assert sorted(state["snapshots"]["conv3"]) == [1, 2] and len(state["maps"]["conv3"]) == 8
     restored = DeconvSnapshots()
@@ -82,13 +83,17 @@ def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir)
     assert torch.equal(restored.probe, state["probe"])
 
 
-def test_evolution_grid_is_maps_by_epochs(run_dir):
+def test_evolution_grid_is_maps_by_epochs_of_a_shorter_fit_than_scheduled(run_dir, caplog):
     from PIL import Image
 
-    train(compose_train(run_dir, ["experiment=quickstart", *TINY, "trainer.max_epochs=2", "logger=csv",
-                                  "callbacks.deconv_snapshots.epochs=[1,2]",
-                                  "callbacks.deconv_snapshots.maps_per_layer=3",
-                                  "callbacks.top_activations=null", "callbacks.filter_diagnostics=null", "test=false"]))
+    # The quickstart's own schedule, epochs 1, 2, 4 and 8, in a fit of 2 epochs: it draws 1 and 2, and says so.
+    with caplog.at_level(logging.WARNING):
+        train(compose_train(run_dir, ["experiment=quickstart", *TINY, "trainer.max_epochs=2", "logger=csv",
+                                      "callbacks.deconv_snapshots.epochs=[1,2,4,8]",
+                                      "callbacks.deconv_snapshots.maps_per_layer=3",
+                                      "callbacks.top_activations=null", "callbacks.filter_diagnostics=null",
+                                      "test=false"]))
+    assert "callbacks.deconv_snapshots.epochs: epochs [4, 8] are beyond trainer.max_epochs=2" in caplog.text
     one = Image.open(run_dir / "images" / "deconv_conv1_epoch001.png")
     grid = Image.open(run_dir / "images" / "deconv_conv1_evolution.png")
     tile = one.size[1] - 2  # one row of 3 tiles, 1 px padding around
@@ -113,14 +118,12 @@ def test_bad_arguments_are_named_at_construction(make, words):
 
 
 @pytest.mark.parametrize("overrides, words", [
-    (["callbacks.deconv_snapshots.epochs=[1,5]"], ["DeconvSnapshots", "[5]", "trainer.max_epochs=2"]),
-    (["callbacks.deconv_snapshots.layers=[conv9]"], ["DeconvSnapshots", "'conv9'", "conv1"]),
-    (["callbacks.top_activations.layers=[fc6]"], ["TopActivations", "'fc6'"]),
+    (["callbacks.deconv_snapshots.layers=[conv9]"], ["callbacks.deconv_snapshots.layers", "'conv9'", "conv1"]),
+    (["callbacks.top_activations.layers=[fc6]"], ["callbacks.top_activations.layers", "'fc6'"]),
     (["callbacks.filter_diagnostics.first_layer=conv7"], ["'conv7'"]),
-    (["callbacks.occlusion_maps.feature_layer=fc6"], ["OcclusionMaps", "'fc6'", "conv5"]),
-    (["callbacks.occlusion_maps.patch=40"], ["OcclusionMaps", "patch=40", "28x28"]),
-    (["callbacks.occlusion_maps.epochs=[3]"], ["OcclusionMaps", "[3]", "trainer.max_epochs=2"]),
-    (["callbacks.invariance_curves.layers=[fc9]"], ["InvarianceCurves", "'fc9'", "fc7"]),
+    (["callbacks.occlusion_maps.feature_layer=fc6"], ["callbacks.occlusion_maps.feature_layer", "'fc6'", "conv5"]),
+    (["callbacks.occlusion_maps.patch=40"], ["callbacks.occlusion_maps.patch=40", "28x28"]),
+    (["callbacks.invariance_curves.layers=[fc9]"], ["callbacks.invariance_curves.layers", "'fc9'", "fc7"]),
 ])
 def test_bad_layers_and_epochs_stop_before_training(run_dir, overrides, words):
     with pytest.raises(ValueError) as err:
@@ -128,3 +131,16 @@ def test_bad_layers_and_epochs_stop_before_training(run_dir, overrides, words):
                                       "callbacks.deconv_snapshots.epochs=[1]", *overrides]))
     assert all(w in str(err.value) for w in words), str(err.value)
     assert not list(run_dir.glob("checkpoints/*.ckpt"))
+
+
+def test_two_occlusion_callbacks_keep_their_own_state_and_figures(run_dir):
+    second = ("+callbacks.occlusion_conv4={_target_: callbacks.OcclusionMaps, feature_layer: conv4, probe_size: 2, "
+              "stride: 7, seed: 1}")
+    train(compose_train(run_dir, ["experiment=quickstart", *TINY, "logger=csv", "callbacks.deconv_snapshots=null",
+                                  "callbacks.top_activations=null", "callbacks.filter_diagnostics=null",
+                                  "callbacks.invariance_curves=null", "test=false", second]))
+    states = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    occlusion = {key: state for key, state in states.items() if key.startswith("OcclusionMaps")}
+    assert len(occlusion) == 2 and "'feature_layer': 'conv4'" in " ".join(occlusion)
+    assert {p.name for p in (run_dir / "images").glob("occlusion*.png")} == {"occlusion_panel_final.png",
+                                                                             "occlusion_conv4_panel_final.png"}

@@ -12,6 +12,7 @@ numbers behind the occlusion, invariance and correspondence figures, also W&B ta
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from zfexp.analysis import (
 from zfexp.analysis.activations import check_feature_layers
 from zfexp.analysis.deconv_record import deconv_prefix
 from zfexp.analysis.map_choice import chosen_maps
+from zfexp.analysis.occlusion import drill_down
 from zfexp.data.classes import dataset_targets
 from zfexp.data.normalization import InputNormalization
 from zfexp.data.photos import ImageFiles, photo_transform
@@ -41,11 +43,13 @@ from zfexp.figures.feature_tiles import strongest_unit_tiles, top_k_sheet, top_k
 from zfexp.figures.grid import image_grid
 from zfexp.figures.plots import invariance_figure, occlusion_figure
 from zfexp.models.external import build_network, default_conv_layers, default_invariance_layers, load_weights
-from zfexp.module import ImageClassifier
-from zfexp.pretrained import load_pretrained
+from zfexp.pretrained import load_pretrained, pretrained_network
 from zfexp.runs.devices import check_device, device_of
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.outputs import write_figure, write_image, write_table
+from zfexp.safe_load import trust_option
+
+log = logging.getLogger(__name__)
 
 ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
 
@@ -110,9 +114,10 @@ class Analysis:
         patch = c.patch or max(1, min(images.shape[-2:]) // 4)
         stride = c.stride or max(1, patch // 4)
         approximate = c.get("approximate")
+        approximate = OmegaConf.to_container(approximate) if isinstance(approximate, DictConfig) else approximate
         result = occlusion_maps(self.net, images, labels, patch, stride, fill=self.fill(images),
                                 feature_layer=c.feature_layer, batch_size=c.batch_size,
-                                approximate=OmegaConf.to_container(approximate) if approximate is not None else None)
+                                approximate=drill_down(approximate, "occlusion.approximate"))
         self.figure("occlusion/panel", occlusion_figure(result, self.shown(images), labels.tolist(),
                                                         self.class_names, c.feature_layer,
                                                         "true" if self.labelled else "predicted"),
@@ -151,8 +156,8 @@ class Analysis:
         self.image("correspondence/occluded", image_grid(torch.stack(rows).cpu(), normalise="minmax"),
                    f"rows: original, {', '.join(parts)} occluded")
         for row in result.table():
-            print(f"correspondence {row['occlusion']:>8} {row['layer']:>6}: "
-                  f"Delta = {row['delta_mean']:.3f} +- {row['delta_std']:.3f}")
+            log.info("correspondence %8s %6s: Delta = %.3f +- %.3f", row["occlusion"], row["layer"], row["delta_mean"],
+                     row["delta_std"])
 
     def fill(self, images: torch.Tensor) -> torch.Tensor:
         """The paper's grey, the dataset mean, per channel ``[C]``."""
@@ -212,10 +217,9 @@ def check_config(cfg: DictConfig) -> None:
             raise InvalidValueError("images=test: with network=..., there is no training run to take a test split "
                                     "from; give images=<a folder of photographs>")
         InputNormalization(**OmegaConf.to_container(cfg.input, resolve=True))
-    else:
-        if cfg.get("weights") is not None:
-            raise InvalidValueError(f"weights={cfg.weights}: only with network=...; a checkpoint holds its weights")
-        load_pretrained(cfg.ckpt_path, key="ckpt_path")  # a complete checkpoint of ours, before anything is built
+    elif cfg.get("weights") is not None:
+        raise InvalidValueError(f"weights={cfg.weights}: only with network=...; a checkpoint holds its weights")
+    trust_option(cfg)
 
 
 def resolve_layers(cfg: DictConfig, net: torch.nn.Module) -> None:
@@ -234,12 +238,13 @@ def resolve_layers(cfg: DictConfig, net: torch.nn.Module) -> None:
                 deconv_prefix(net, layer)
             except ValueError as err:
                 raise InvalidValueError(f"{group}.{key}: {err}") from err
-    for group, layers in (("occlusion", [cfg.occlusion.feature_layer]), ("invariance", cfg.invariance.layers),
-                          ("correspondence", cfg.correspondence.layers)):
+    for key, layers in (("occlusion.feature_layer", [cfg.occlusion.feature_layer]),
+                        ("invariance.layers", cfg.invariance.layers),
+                        ("correspondence.layers", cfg.correspondence.layers)):
         try:
             check_feature_layers(net, list(layers))
         except ValueError as err:
-            raise InvalidValueError(f"{group}: {err}") from err
+            raise InvalidValueError(f"{key}: {err}") from err
 
 
 def data_config(cfg: DictConfig) -> DictConfig:
@@ -263,14 +268,16 @@ def analyze(cfg: DictConfig, run: Run) -> None:
                       network=OmegaConf.to_container(network) if isinstance(network, DictConfig) else network,
                       analyses=list(cfg.analyses))
     if network is not None:
-        net = load_weights(build_network(network), cfg.get("weights")).to(device).eval()
+        net = load_weights(build_network(network), cfg.get("weights"), trust_option(cfg)).to(device).eval()
         normalization = InputNormalization(**OmegaConf.to_container(cfg.input, resolve=True))
         dataset = ImageFiles(os.path.expanduser(str(cfg.images)), normalization.transform())
         labelled, inputs, class_names = False, normalization, None
     else:
-        module = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location=device)
-        net = module.net.to(device).eval()
+        pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path", trusted=trust_option(cfg))
+        net = pretrained_network(pretrained).to(device)
         datamodule = instantiate(data_config(cfg), _convert_="all")
+        if pretrained.mean_image is not None and datamodule.preprocess.mean_image:
+            datamodule.mean = pretrained.mean_image  # the inputs normalised as the network was trained
         datamodule.prepare_data()
         datamodule.setup("test")
         if str(cfg.images) == "test":
@@ -286,7 +293,7 @@ def analyze(cfg: DictConfig, run: Run) -> None:
     with torch.no_grad():
         for name in cfg.analyses:
             getattr(job, name)()
-    print(f"analyses written to {run.dir}")
+    log.info("analyses written to %s", run.dir)
 
 
 main = hydra_entry_point(analyze, "analyze")

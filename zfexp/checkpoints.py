@@ -3,8 +3,6 @@ choosing the one ``ckpt_path=last`` resumes."""
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +10,7 @@ from typing import Any
 import torch
 
 from zfexp.errors import CheckpointError
+from zfexp.safe_load import load_torch_file, require_torch_file
 
 LAST = "last.ckpt"  # a run's newest epoch end (or its start, before the first step)
 LAST_STEP = "last_step.ckpt"  # the newest mid-epoch checkpoint of a run
@@ -20,36 +19,49 @@ RESUMABLE = (LAST, LAST_STEP)
 
 def check_checkpoint_file(path: str | Path, key: str = "ckpt_path") -> Path:
     """``path`` as a Path when it is a complete checkpoint file (a ``torch.save`` archive whose index can be
-    read: a truncated file cannot); else a :class:`CheckpointError` naming ``key``, the file and what is wrong.
-    Reads only the archive's index, not the tensors."""
+    read: a truncated file cannot; or a file of torch's pre-1.6 format); else a :class:`CheckpointError`
+    naming ``key``, the file and what is wrong. Reads only the archive's index, not the tensors."""
     path = Path(path).expanduser()
     if not path.is_file():
         latest = "; or ckpt_path=last (the newest of this task's runs)" if key == "ckpt_path" else ""
         raise CheckpointError(f"{key}={path}: no such file; give a .ckpt written by train.py "
                               f"(logs/train/runs/<time>/checkpoints/last.ckpt){latest}")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in archive.namelist()):
-                raise zipfile.BadZipFile("no data.pkl in the archive")
-    except (zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"{key}={path}: not a complete checkpoint ({err}): the file is truncated (a copy or a "
-                              "save that was cut short) or is not a file written by torch.save. Give another "
-                              "checkpoint; ckpt_path=last picks the newest complete one.") from err
+    require_torch_file(path, key, "another checkpoint; ckpt_path=last picks the newest complete one", "checkpoint")
     return path
 
 
-def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
-    """The checkpoint's contents (on the CPU), with the errors of a damaged file named as such."""
+def read_checkpoint(path: str | Path, key: str = "ckpt_path", trusted: bool = False, mmap: bool = False
+                    ) -> dict[str, Any]:
+    """The checkpoint's contents (on the CPU), read safely (:func:`~zfexp.safe_load.load_torch_file`; ``trusted``:
+    the user's opt-in to a full unpickling), with the errors of a damaged file named as such. ``mmap``: tensors
+    are read from the file only when used."""
     path = check_checkpoint_file(path, key)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, AttributeError, ImportError) as err:
-        raise CheckpointError(f"{key}={path}: the file cannot be read as a checkpoint ({type(err).__name__}: {err}); "
-                              "give a .ckpt written by train.py") from err
+    ckpt = load_torch_file(path, key, trusted=trusted, mmap=mmap)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{key}={path}: holds a {type(ckpt).__name__}, not a checkpoint; give a .ckpt written by "
                               "train.py")
     return ckpt
+
+
+def check_resumes(ckpt: Mapping[str, Any], module: torch.nn.Module, path: str | Path) -> None:
+    """A run resumes a checkpoint of the network it builds: every weight present, of the same shape. Else a
+    :class:`CheckpointError` naming what differs, and the network config of each where they differ."""
+    saved, own = ckpt.get("state_dict") or {}, module.state_dict()
+    wrong = [f"{k} is {list(saved[k].shape)} there, {list(v.shape)} here" for k, v in own.items()
+             if k in saved and saved[k].shape != v.shape]
+    wrong += [f"{k} is missing there" for k in own if k not in saved]
+    wrong += [f"{k} is not in this network" for k in saved if k not in own]
+    if not wrong:
+        return
+    theirs = dict((ckpt.get("hyper_parameters") or {}).get("net") or {})
+    ours = dict(getattr(module, "hparams", {}).get("net") or {})
+    configs = "; ".join(f"model.{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in sorted({*theirs, *ours})
+                        if theirs.get(k) != ours.get(k) and k != "lrn")
+    more = "; ..." if len(wrong) > 3 else ""
+    differ = f". The configs differ: {configs}" if configs else ""
+    raise CheckpointError(f"ckpt_path={path}: its network is not the one this run builds ({'; '.join(wrong[:3])}{more})"
+                          f"{differ}. Resume with the overrides of the run that wrote it (its resolved config: "
+                          f"{Path(path).parent.parent / 'config.yaml'}), or start afresh with ckpt_path=null.")
 
 
 def newest_resumable(runs_dir: Path, exclude: Path | None = None) -> Path | None:

@@ -26,5 +26,9 @@ class CheckpointError(UserError, FileNotFoundError):
     """A checkpoint path names no file, or a file that is not (or no longer) a complete checkpoint."""
 
 
+class UnsafeFileError(CheckpointError):
+    """A file holds objects that ``torch.load(weights_only=True)`` refuses: reading it could run code."""
+
+
 class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; the message names the checkpoint to resume from."""

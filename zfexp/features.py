@@ -11,6 +11,7 @@ to ``logs/features/runs/<time>/`` and the table to W&B.
 
 from __future__ import annotations
 
+import logging
 import statistics
 
 from hydra.utils import get_class, instantiate
@@ -20,12 +21,14 @@ from torch.utils.data import Subset
 from zfexp.analysis.linear_probes import CLASSIFIERS, extract_features, probe_accuracy
 from zfexp.data.few_shot import FewShotDataModule
 from zfexp.errors import InvalidValueError
-from zfexp.module import ImageClassifier
-from zfexp.pretrained import check_compatible, load_pretrained
+from zfexp.pretrained import check_compatible, load_pretrained, pretrained_network
 from zfexp.runs.devices import check_device, device_of
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.outputs import write_table
+from zfexp.safe_load import trust_option
 from zfexp.sweeps.paper_numbers import TABLE7
+
+log = logging.getLogger(__name__)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -36,6 +39,7 @@ def check_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.folds, int) or cfg.folds < 1:
         raise InvalidValueError(f"folds={cfg.folds}: must be a positive integer (paper: 5)")
     check_device(cfg.device)
+    trust_option(cfg)
     if cfg.max_side is not None and cfg.max_side < 1:
         raise InvalidValueError(f"max_side={cfg.max_side}: must be a positive map side, or null (no pooling)")
 
@@ -87,17 +91,17 @@ def features_by_layer(cfg: DictConfig, run: Run) -> None:
     check_config(cfg)
     device = device_of(cfg.device)
     folds = fold_datamodules(cfg)
-    pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path")
-    net = ImageClassifier.load_from_checkpoint(cfg.ckpt_path, map_location="cpu").net.eval()
+    pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path", trusted=trust_option(cfg))
+    net = pretrained_network(pretrained)
     missing = [layer for layer in cfg.layers if layer not in getattr(net, "layer_names", ())]
     if missing:
         raise InvalidValueError(f"layers={list(cfg.layers)}: {missing} not in the network; valid: "
                                 f"{', '.join(n for n in net.layer_names if n != 'fc8')}")
     first = folds[0]
-    first.prepare_data()
     check_compatible(pretrained, first.num_channels, first.input_size)
     if pretrained.mean_image is not None and first.preprocess.mean_image:
-        first.mean = pretrained.mean_image  # the inputs normalised as the network was trained
+        first.mean = pretrained.mean_image  # the inputs normalised as the network was trained, not the pool's mean
+    first.prepare_data()
     splits = [dm.split_indices for dm in folds]
     used = sorted({i for train, test in splits for i in (*train, *test)})
     position = {index: row for row, index in enumerate(used)}
@@ -115,7 +119,7 @@ def features_by_layer(cfg: DictConfig, run: Run) -> None:
                 acc = probe_accuracy(kind, x[tr], labels[tr], x[te], labels[te], seed=cfg.seed,
                                      **OmegaConf.to_container(cfg[kind]))
                 scores[(kind, layer)].append(acc)
-                print(f"fold {fold} {kind:>7} {layer:>5}: {acc:.1f}%", flush=True)
+                log.info("fold %d %7s %5s: %.1f%%", fold, kind, layer, acc)
     rows = table7_rows(scores)
     dims = {layer: int(t.shape[1]) for layer, t in feats.items()}
     classes = ", ".join(first.classes) if len(first.classes) <= 10 else f"{len(first.classes)} classes"
@@ -126,8 +130,7 @@ def features_by_layer(cfg: DictConfig, run: Run) -> None:
     (run.dir / "features.md").write_text(text)
     write_table(run.dir, run.open_loggers(cfg), "features/table7", rows, 0)
     run.record.update(feature_dims=dims, rows=rows)
-    print(text, end="")
-    print(f"written to {run.dir}")
+    log.info("%s\nwritten to %s", text.rstrip("\n"), run.dir)
 
 
 main = hydra_entry_point(features_by_layer, "features")

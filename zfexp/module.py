@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
+from types import MappingProxyType
 from typing import Any
 
 import lightning as L
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 # over the restored optimizer's (lowering module.lr is how a diverged run is recovered).
 RESUMABLE_SETTINGS = ("lr", "momentum", "weight_decay")
 PAPER_LR = 1e-2
+# The paper anneals "manually when the validation error plateaus": ReduceLROnPlateau on val/top1_err (in points).
+LR_PLATEAU = MappingProxyType({"factor": 0.1, "patience": 2, "threshold": 0.1, "threshold_mode": "abs",
+                               "min_lr": 1e-5})
 # Set while load_from_checkpoint builds a module: a network config naming no LRN convention is then an old one.
 _READING_CHECKPOINT: ContextVar[bool] = ContextVar("reading_checkpoint", default=False)
 
@@ -78,7 +82,8 @@ class ImageClassifier(L.LightningModule):
             ``zfexp.models.zfnet``) and its options; ``num_classes``, ``in_channels`` and
             ``input_size`` are passed to the builder from here.
         lr, momentum, weight_decay: SGD settings (paper: 1e-2, 0.9; weight decay not given).
-        lr_plateau: ``ReduceLROnPlateau`` options, monitoring ``val/top1_err``; ``null`` for a constant LR.
+        lr_plateau: ``ReduceLROnPlateau`` options, monitoring ``val/top1_err`` (default: ``LR_PLATEAU``); ``null``
+            for a constant LR.
         channels_last: run convolutions in NHWC memory layout (faster on tensor-core GPUs); ``"auto"``: when
             the trainer runs on a CUDA device.
         compile: run the training, validation and test steps through ``torch.compile(net)``. The compiled
@@ -106,8 +111,8 @@ class ImageClassifier(L.LightningModule):
         lr: float = 1e-2,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
-        lr_plateau: Mapping[str, Any] | None = None,
-        channels_last: bool | str = False,
+        lr_plateau: Mapping[str, Any] | None = LR_PLATEAU,
+        channels_last: bool | str = "auto",
         freeze: str | None = None,
         compile: bool = False,
     ):
@@ -162,13 +167,15 @@ class ImageClassifier(L.LightningModule):
         self._restored: dict[str, Any] | None = None  # what on_load_checkpoint read, applied at on_train_start
 
     @classmethod
-    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
-        """Lightning's, with the network config of checkpoints older than ``model.lrn.convention`` read as they
-        were trained (:func:`~zfexp.checkpoints.with_lrn_convention`)."""
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
+                             weights_only: bool = True, **kwargs):
+        """Lightning's, reading safely by default (``weights_only=True``: tensors and plain values, never code;
+        ``False`` only for a file you trust), with the network config of checkpoints older than
+        ``model.lrn.convention`` read as they were trained (:func:`~zfexp.checkpoints.with_lrn_convention`)."""
         token = _READING_CHECKPOINT.set(True)
         try:
-            return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
-                                                hparams_file=hparams_file, strict=strict, **kwargs)
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                                strict=strict, weights_only=weights_only, **kwargs)
         finally:
             _READING_CHECKPOINT.reset(token)
 

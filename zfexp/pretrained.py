@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from zfexp.checkpoints import read_checkpoint, with_lrn_convention
@@ -32,10 +33,10 @@ class Pretrained:
     mean_image: torch.Tensor | None  # the mean image its inputs were normalised with, when the checkpoint has it
 
 
-def load_pretrained(path: str | Path, key: str = "pretrained_ckpt") -> Pretrained:
-    """Read a checkpoint written by ``train.py`` (a Lightning checkpoint of :class:`ImageClassifier`); errors
-    name the config ``key`` that gave the path."""
-    ckpt = read_checkpoint(path, key)
+def load_pretrained(path: str | Path, key: str = "pretrained_ckpt", trusted: bool = False) -> Pretrained:
+    """Read a checkpoint written by ``train.py`` (a Lightning checkpoint of :class:`ImageClassifier`), safely
+    unless ``trusted`` (the user's ``trust_checkpoint=true``); errors name the config ``key`` that gave the path."""
+    ckpt = read_checkpoint(path, key, trusted=trusted)
     hparams = ckpt.get("hyper_parameters") or {}
     if "net" not in hparams or "state_dict" not in ckpt:
         raise CheckpointError(f"{key}={path}: not a checkpoint of zfexp's ImageClassifier (it has no "
@@ -46,6 +47,18 @@ def load_pretrained(path: str | Path, key: str = "pretrained_ckpt") -> Pretraine
     net = with_lrn_convention(hparams["net"], "torch")  # a checkpoint naming no convention predates the key
     return Pretrained(str(path), net, int(hparams["in_channels"]), int(hparams["input_size"]),
                       int(hparams["num_classes"]), state, mean)
+
+
+def pretrained_network(pretrained: Pretrained) -> nn.Module:
+    """The checkpoint's network with its weights, in eval mode: what the analyses and Table 7 look at."""
+    net = instantiate(pretrained.net, num_classes=pretrained.num_classes, in_channels=pretrained.in_channels,
+                      input_size=pretrained.input_size, _convert_="all")
+    try:
+        net.load_state_dict(pretrained.state_dict)
+    except RuntimeError as err:
+        raise CheckpointError(f"{pretrained.path}: its weights do not fit the network built from its own config "
+                              f"({str(err).splitlines()[0]}); the file was not written by train.py") from err
+    return net.eval()
 
 
 def check_compatible(pretrained: Pretrained, in_channels: int, input_size: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,18 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from zfexp.checkpoints import RESUMABLE, check_checkpoint_file, newest_resumable
+from zfexp.checkpoints import RESUMABLE, check_checkpoint_file, check_resumes, newest_resumable, read_checkpoint
 from zfexp.errors import CheckpointError, InvalidValueError
 from zfexp.module import ImageClassifier
 from zfexp.pretrained import check_compatible, load_all_but_classifier_, load_pretrained
 from zfexp.runs.config_groups import instantiate_group
 from zfexp.runs.lifecycle import Run, task_wrapper
-from zfexp.runs.loggers import checkpoint_wandb_run_id
+from zfexp.runs.loggers import WANDB_RUN_KEY
+from zfexp.safe_load import trust_option
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +79,17 @@ def run_seed(seed: int | None) -> int:
     return secrets.randbelow(SEED_RANGE[1] + 1)
 
 
+PRECISIONS = (*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS), 64, 32, 16)
+
+
 def check_trainer(cfg: DictConfig) -> None:
-    """The epoch and step counts of ``trainer``: a run that would train nothing is an error, not a result."""
+    """The epoch and step counts of ``trainer`` (a run that would train nothing is an error, not a result) and
+    its precision, checked before Lightning is given them."""
     t = cfg.trainer
+    precision = t.get("precision")
+    if precision is not None and precision not in PRECISIONS:
+        raise InvalidValueError(f"trainer.precision={precision!r}; valid: {', '.join(map(str, PRECISIONS))} (or "
+                                "${zfexp.bf16_where_native:}: bf16-mixed where the device computes it natively)")
     max_epochs, max_steps, min_epochs = t.get("max_epochs"), t.get("max_steps", -1), t.get("min_epochs")
     for key, value in (("max_epochs", max_epochs), ("max_steps", max_steps), ("min_epochs", min_epochs)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -124,21 +135,32 @@ def name_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
             wandb_cfg.group = f"{cfg.get('sweep_name') or 'multirun'}-{run_dir.parent.name}"
 
 
-def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
-    """A run resumed from a checkpoint logs to the W&B run the checkpoint was written under (``resume="allow"``;
-    offline too: ``wandb sync`` then puts both parts in one run). An ``id`` the user set is kept."""
+def continue_wandb_run(cfg: DictConfig, resumed: dict[str, Any] | None) -> None:
+    """A run resumed from a checkpoint (its contents: ``resumed``) logs to the W&B run the checkpoint was written
+    under (``resume="allow"``; offline too: ``wandb sync`` then puts both parts in one run). An ``id`` the user
+    set is kept."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if wandb_cfg is None or ckpt_path is None or wandb_cfg.get("id"):
-        return
-    run_id = checkpoint_wandb_run_id(ckpt_path)
-    if run_id is None:
+    run_id = (resumed or {}).get(WANDB_RUN_KEY)
+    if wandb_cfg is None or run_id is None or wandb_cfg.get("id"):
         return
     with open_dict(wandb_cfg):
         wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
     log.info("resuming W&B run %s", run_id)
 
 
-def build_module(cfg: DictConfig, datamodule) -> ImageClassifier:
+def without_logger_only_callbacks(callbacks: list[Callback], loggers: list) -> list[Callback]:
+    """``callbacks`` less those that only write to a logger (``LearningRateMonitor``) when there is none
+    (``logger=none``): Lightning would stop the run for them."""
+    if loggers:
+        return callbacks
+    dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+    if dropped:
+        log.info("no logger (logger=none): leaving out %s, which only write to one",
+                 ", ".join(type(c).__name__ for c in dropped))
+    return [c for c in callbacks if c not in dropped]
+
+
+def build_module(cfg: DictConfig, datamodule, trusted: bool = False) -> ImageClassifier:
     """The network of the ``model`` group; or, with ``pretrained_ckpt``, the checkpoint's network with a new
     fc8 for this data's classes, its other weights loaded and layers up to ``freeze`` fixed (``from_scratch``:
     the same network randomly initialised, every layer trained)."""
@@ -151,7 +173,7 @@ def build_module(cfg: DictConfig, datamodule) -> ImageClassifier:
             raise InvalidValueError(f"freeze={freeze}: fixing layers needs pretrained_ckpt=<a train.py checkpoint>; or "
                                     "set freeze=null")
         return ImageClassifier(net=cfg.model, **dims, **options)
-    pretrained = load_pretrained(cfg.pretrained_ckpt)
+    pretrained = load_pretrained(cfg.pretrained_ckpt, trusted=trusted)
     check_compatible(pretrained, datamodule.num_channels, datamodule.input_size)
     module = ImageClassifier(net=pretrained.net, **dims, **options, freeze=None if from_scratch else freeze)
     if from_scratch:
@@ -175,22 +197,30 @@ def train(cfg: DictConfig, run: Run) -> None:
     metrics = run.record
     check_seed(cfg.get("seed"))
     check_trainer(cfg)
+    trust = trust_option(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, run.dir)
+    # Read (safely, unless trusted) before anything is built: only its records are read here, not its tensors.
+    resumed = read_checkpoint(ckpt_path, "ckpt_path", trusted=trust, mmap=True) if ckpt_path else None
     # Seeded before anything is built. What draws from the global generators from here on: the weights'
     # initialisation and dropout. The data's order and augmentations have generators of their own.
     metrics["seed"] = L.seed_everything(run_seed(cfg.get("seed")), workers=True, verbose=False)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
-    module = build_module(cfg, datamodule)
+    module = build_module(cfg, datamodule, trust)
+    if resumed is not None:
+        check_resumes(resumed, module, ckpt_path)
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callback")
     name_wandb_run(cfg, run.dir)
-    continue_wandb_run(cfg, ckpt_path)
+    continue_wandb_run(cfg, resumed)
+    del resumed  # its tensors are mapped from the file: not held through the fit
     loggers = run.open_loggers(cfg, {"num_parameters": module.num_parameters})
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=without_logger_only_callbacks(callbacks, loggers),
+                                     logger=loggers or False)
 
     metrics.update(num_parameters=module.num_parameters, resumed_from=ckpt_path)
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # Lightning reads the checkpoint as we did: weights_only unless the user trusts it.
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
         fit_metrics = _floats(trainer.callback_metrics)
         metrics.update({k: v for k, v in fit_metrics.items() if k.startswith(FIT_METRIC_PREFIXES)})
     best = next((c.best_model_path for c in trainer.checkpoint_callbacks
@@ -198,8 +228,8 @@ def train(cfg: DictConfig, run: Run) -> None:
     if cfg.get("test", True):
         # Val and test error of the best checkpoint (the current weights when there is none).
         eval_ckpt = best if best else None
-        val = trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
-        test = trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False)
+        val = trainer.validate(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False, weights_only=True)
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False, weights_only=True)
         metrics.update(_floats(val[0] if val else {}))
         metrics.update(_floats(test[0] if test else {}))
     metrics.update(epochs=trainer.current_epoch, global_step=trainer.global_step, best_checkpoint=best)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from zfexp.analysis.activations import check_feature_layers, layer_outputs
+from zfexp.checks import is_int
 from zfexp.errors import InvalidValueError
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), inclusive, as receptive_field returns
@@ -57,6 +58,10 @@ def _check_boxes(name: str, boxes: Sequence[Box], n: int, height: int, width: in
         raise InvalidValueError(f"correspondence: part {name!r} has {len(boxes)} boxes for {n} images; give one per "
                                 "image")
     for box in boxes:
+        if len(box) != 4 or not all(is_int(v) for v in box):
+            raise InvalidValueError(f"correspondence: part {name!r} box {tuple(box)}: a box is 4 pixel indices (top, "
+                                    "left, bottom, right), integers, inclusive; for fractions of the image side, use "
+                                    "python -m zfexp.analyze with correspondence.parts")
         top, left, bottom, right = box
         if not (0 <= top <= bottom < height and 0 <= left <= right < width):
             raise InvalidValueError(f"correspondence: part {name!r} box {tuple(box)} is not inside the "

@@ -79,7 +79,7 @@ class DeconvNet:
             image = torch.arange(n, device=acts.device).repeat_interleave(k)
             out = project_unit_windows(steps, image, chan.repeat(n), where.flatten(), value.flatten(), images,
                                        acts.shape[-1], self.max_elements, self.rule)
-            return out.view(n, k, *images.shape[1:])
+            return out.reshape(n, k, *images.shape[1:])
         if mode == "max":
             selected = _keep_max(selected)
         out = images.new_zeros((n, k, *images.shape[1:]))
@@ -133,12 +133,14 @@ class DeconvNet:
         # so only the K filters that matter are applied and the C_l-wide zero tensor is never built.
         weight = conv_step.module.weight[chan]  # [K, C_in, kh, kw]
         x = self._conv_transpose(selected, weight, conv_step, groups=k)  # [N, K * C_in, H, W]
-        x = x.view(n * k, -1, *x.shape[2:])
+        # reshape, not view: a network kept channels-last (as the GPU path trains it) gives outputs in that
+        # layout whatever the images' layout, and regrouping channels then needs a copy.
+        x = x.reshape(n * k, -1, *x.shape[2:])
         if paired:  # from here on the pairs are a batch of k images with one map each
             n, k = k, 1
         for step in reversed(steps[:top]):
             x = self._invert(step, x, n, k, self.rule)
-        return x.view(1, n, *x.shape[1:]) if paired else x.view(n, k, *x.shape[1:])
+        return x.reshape(1, n, *x.shape[1:]) if paired else x.reshape(n, k, *x.shape[1:])
 
     @staticmethod
     def _conv_transpose(x: torch.Tensor, weight: torch.Tensor, step: RecordedStep, groups: int = 1) -> torch.Tensor:
@@ -162,7 +164,7 @@ class DeconvNet:
                 x = F.relu(x)
             if rule == "deconvnet":
                 return x
-            return (x.view(n, k, *x.shape[1:]) * step.active.unsqueeze(1)).view_as(x)
+            return (x.reshape(n, k, *x.shape[1:]) * step.active.unsqueeze(1)).reshape(x.shape)
         if isinstance(module, nn.MaxPool2d):
             # Unpool: each pooled value goes back to its switch; where windows overlap and share a switch,
             # their values add (scatter_add), which is also what the max-pool gradient does.

@@ -11,9 +11,11 @@ where the coarse one shows an effect, and says which positions it computed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -119,6 +121,25 @@ class DrillDown:
         return self.coarse or max(1, (patch // 2) // stride)
 
 
+def drill_down(approximate: DrillDown | Mapping[str, Any] | bool | None, key: str = "approximate") -> DrillDown | None:
+    """What ``approximate`` asks for: a :class:`DrillDown`, its fields as a mapping, ``True`` (its defaults), or
+    ``None`` / ``False`` (every position computed). ``key`` names the value in the error."""
+    if approximate is None or approximate is False:
+        return None
+    if approximate is True:
+        return DrillDown()
+    if isinstance(approximate, DrillDown):
+        return approximate
+    if isinstance(approximate, Mapping):
+        unknown = set(approximate) - {f.name for f in dataclasses.fields(DrillDown)}
+        if unknown:
+            raise InvalidValueError(f"{key}={dict(approximate)} has {sorted(unknown)}; valid fields: coarse, "
+                                    "threshold, margin")
+        return DrillDown(**approximate)
+    raise InvalidValueError(f"{key}={approximate!r}; valid: null or false (every position computed), true (the "
+                            "approximate mode with its defaults), or {coarse: ..., threshold: ..., margin: ...}")
+
+
 def incremental_pays(device: torch.device) -> bool:
     """Whether recomputing only the square's footprint is the faster way on ``device``: on a CPU it is (x2 to
     x4 over whole occluded copies, ``benchmarks/occlusion.py``); on a GPU, whose cost is kernel launches and
@@ -132,7 +153,7 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
                    stride: int, fill: float | torch.Tensor | None = None, feature_layer: str = "conv5",
                    batch_size: int = 64, incremental: bool | None = None,
                    probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   approximate: DrillDown | dict | None = None) -> OcclusionResult:
+                   approximate: DrillDown | Mapping[str, Any] | bool | None = None) -> OcclusionResult:
     """Occlusion sensitivity of ``images [N, C, H, W]`` with true ``labels [N]``.
 
     Args:
@@ -144,8 +165,8 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
         incremental: compute only the square's footprint at each layer; ``None``: where it is the faster way
             (:func:`incremental_pays`) and the network is a plain ``nn.Sequential`` (same results either way).
         probabilities: logits -> class probabilities (default softmax).
-        approximate: a :class:`DrillDown` (or its fields as a mapping) for the approximate mode; ``None``: every
-            position computed. The result's ``exact`` says which positions were.
+        approximate: a :class:`DrillDown` (or its fields as a mapping; ``True``: its defaults) for the
+            approximate mode; ``None``: every position computed. The result's ``exact`` says which positions were.
     """
     n, c, height, width = images.shape
     labels = torch.as_tensor(labels, dtype=torch.long, device=images.device).flatten()
@@ -161,8 +182,7 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
     probabilities = probabilities or (lambda logits: logits.softmax(-1))
     fill_image = _fill_image(fill, images)
     rows, cols = occluder_positions(height, patch, stride), occluder_positions(width, patch, stride)
-    if isinstance(approximate, dict):
-        approximate = DrillDown(**approximate)
+    approximate = drill_down(approximate)
     leaves = sequential_leaves(model)
     if incremental is None:
         incremental = leaves is not None and incremental_pays(images.device)

@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,15 +23,15 @@ from typing import Any
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms import v2
 
 from zfexp.data.batch_preprocessing import BatchPreprocessing, WithCrops
 from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
-from zfexp.data.sampling import SEED_BITS, SeededItems, SeededSampler, private_generator
+from zfexp.data.sampling import SEED_BITS, ResumableLoader, SeededItems, SeededSampler, private_generator
 from zfexp.data.transforms import Preprocessing, paper_transform, pixels_transform
-from zfexp.errors import InvalidValueError
+from zfexp.errors import CheckpointError, InvalidValueError, UnsafeFileError
 from zfexp.runs.progress import progress
+from zfexp.safe_load import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +41,26 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
     Readers never see half a file, and jobs of a parallel sweep that prepare the same file at once (each
     extracting the dataset or caching the mean image) each write their own temporary file: the last rename
-    wins with a complete file.
+    wins with a complete file. The file gets the permissions of any new file (0666 less the umask), not
+    ``mkstemp``'s 0600: a tree prepared or a cache written by one user is readable by the others.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
@@ -90,8 +99,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     The training order and every random crop and flip come from the data seed (the run's seed,
     ``torch.initial_seed()`` when training starts, kept in checkpoints) through :class:`SeededSampler`, never
-    from the global random generators; the training loader is torchdata's ``StatefulDataLoader``, so a run
-    resumed from a mid-epoch checkpoint sees the rest of the epoch's batches, augmented as they would have been.
+    from the global random generators; the training loader (:class:`~zfexp.data.sampling.ResumableLoader`) keeps
+    its position in the epoch, so a run resumed from a mid-epoch checkpoint, with any number of loader workers,
+    sees the rest of the epoch's batches, augmented as they would have been.
     """
 
     name = "dataset"
@@ -101,15 +111,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
         self,
         root: str,
         batch_size: int = 128,
-        num_workers: int = 2,
+        num_workers: int = 8,
         preprocess: Mapping[str, Any] | None = None,
         val_size: int = 5000,
         split_seed: int = 0,
         subset_size: int | None = None,
         pin_memory: bool = True,
         class_subset: list[int | str] | None = None,
-        exclude_classes: list[int | str] | None = None,
+        exclude_classes: Sequence[int | str] = (),
         augment_on: str = "auto",
+        decoder: str = "cpu",
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -135,6 +146,12 @@ class ImageClassificationDataModule(L.LightningDataModule):
                 f"data.augment_on=device needs images of one size to batch them, but data.preprocess.crop=null with "
                 f"resize={self.preprocess.resize} keeps each image's aspect ratio; set data.preprocess.crop (the "
                 "paper: 256) or data.augment_on=workers")
+        if decoder not in self.decoders:
+            dali = " (dali decodes the image files of an ImageFolder tree on the GPU: data=imagenet)" \
+                if decoder == "dali" else ""
+            raise InvalidValueError(f"data.decoder={decoder!r}; valid for {self.name}: {', '.join(self.decoders)} "
+                                    f"(cpu: decoded in the loader processes){dali}")
+        self.decoder = decoder
         self.augment_on = augment_on  # "auto" is resolved in setup()
         self.batch_preprocessing: BatchPreprocessing | None = None
         self.class_subset = list(class_subset) if class_subset is not None else None
@@ -150,6 +167,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
     all_classes: list[str]  # the dataset's class names, index = the dataset's label
     num_channels: int
     image_size: int | None = None  # the side of every image, for datasets of one size (checked against preprocess)
+    decoders: tuple[str, ...] = ("cpu",)  # the values of ``decoder`` this dataset can take
 
     def _train_dataset(self, transform) -> Dataset:
         raise NotImplementedError
@@ -238,8 +256,15 @@ class ImageClassificationDataModule(L.LightningDataModule):
         path = self._mean_cache_path(len(train_full))
         if path.exists():
             try:
-                return torch.load(path, map_location="cpu")
-            except Exception as err:  # a truncated cache file: recompute rather than fail
+                cached = load_torch_file(path, "mean image cache", what="a mean image cached by zfexp",
+                                         remedy=f"It is a cache that zfexp did not write: delete it (rm {path}), and "
+                                         "the mean image is computed again.")
+                if isinstance(cached, torch.Tensor):
+                    return cached
+                log.warning("mean image cache %s holds a %s; recomputing", path, type(cached).__name__)
+            except UnsafeFileError:
+                raise
+            except CheckpointError as err:  # a truncated cache file: recompute rather than fail
                 log.warning("mean image cache %s is unreadable (%s); recomputing", path, err)
         train_idx, _ = self._split_indices(len(train_full))
         mean = compute_mean_image(Subset(train_full, train_idx), num_workers=self.hparams.num_workers,
@@ -347,7 +372,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """Images per training epoch; ``None``: one pass over the training set."""
         return None
 
-    def train_dataloader(self) -> StatefulDataLoader:
+    def train_dataloader(self) -> ResumableLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = SeededSampler(len(self.data_train), self.data_seed, epoch_size=self.train_epoch_size(),
@@ -357,7 +382,7 @@ class ImageClassificationDataModule(L.LightningDataModule):
             # (the one that skips to the checkpoint's position) before that call, so it is set here already.
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
         items = self.data_train if self.augment_on == "workers" else WithCrops(self.data_train, self.preprocess)
-        return StatefulDataLoader(SeededItems(items), sampler=sampler, **self._loader_options())
+        return ResumableLoader(SeededItems(items), sampler=sampler, **self._loader_options())
 
     # -- state kept in checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class FewShotDataModule(ImageClassificationDataModule):
     has_val_split = True
 
     def __init__(self, root: str, train_per_class: int = 30, test_per_class: int | None = 50, fold: int = 0,
-                 epoch_size: int | None = None, **kwargs):
+                 epoch_size: int | None = 10240, **kwargs):
         kwargs.setdefault("val_size", 0)
         super().__init__(root, **kwargs)
         if epoch_size is not None and epoch_size < 1:

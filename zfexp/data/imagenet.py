@@ -29,8 +29,8 @@ def load_rgb(path: str) -> Image.Image:
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:
-        raise CorruptImageError(f"cannot read image {path}: {err}. Replace or delete this file; every file under "
-                                f"the split folders must be an image ({', '.join(IMG_EXTENSIONS)}).") from err
+        raise CorruptImageError(f"cannot read image {path}: {err}. Replace or delete this file: it is named as an "
+                                f"image ({', '.join(IMG_EXTENSIONS)}) but cannot be decoded as one.") from err
 
 
 def load_pixels(path: str) -> torch.Tensor:
@@ -68,20 +68,18 @@ class ImageFolderDataModule(ImageClassificationDataModule):
     has_val_split = True
     num_channels = 3
 
+    decoders = DECODERS
+
     def __init__(self, root: str, train_dir: str = "train", val_dir: str = "val", test_dir: str | None = None,
-                 decoder: str = "cpu", **kwargs):
+                 **kwargs):
         super().__init__(root, **kwargs)
         self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir or val_dir}
-        if decoder not in DECODERS:
-            raise InvalidValueError(f"data.decoder={decoder!r}; valid: cpu (loader processes, the default), dali "
-                                    "(NVIDIA DALI on the GPU, the [dali] extra)")
-        if decoder == "dali":
+        if self.decoder == "dali":
             if self.augment_on == "workers":
                 raise InvalidValueError("data.decoder=dali needs data.augment_on=device or auto (DALI yields uint8 "
                                         "batches on the GPU), got workers")
             self.augment_on = "device"
             import_dali()  # a missing extra is said now, before anything is read or trained
-        self.decoder = decoder
 
     def _split_path(self, split: str) -> Path:
         path = self.root / self.split_dirs[split]

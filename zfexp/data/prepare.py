@@ -15,8 +15,11 @@ encoded again: JPEG inputs as JPEG at ``jpeg_quality`` (95), others in their own
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.progress import progress
 
 log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
@@ -63,7 +67,25 @@ def resize_image(source: Path, destination: Path, side: int, jpeg_quality: int) 
     return None
 
 
+_PARENT: int | None = None  # the pid of the process that started this pool worker
+
+
+def die_with_parent(parent: int) -> None:
+    """Initializer of the pool's workers: a worker ends when the process that started it does, also when that
+    one is killed with SIGKILL (then nothing tells the pool to stop). On Linux the kernel sends it SIGKILL at
+    once (``PR_SET_PDEATHSIG``); on any system each task first checks that its parent is still the same."""
+    global _PARENT
+    _PARENT = parent
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent ended before the signal was asked for
+        os._exit(1)
+
+
 def _resize_task(args: tuple[Path, Path, int, int]) -> str | None:
+    if _PARENT is not None and os.getppid() != _PARENT:
+        os._exit(1)
     return resize_image(*args)
 
 
@@ -104,7 +126,7 @@ def prepare(cfg: DictConfig, run: Run) -> None:
              f"; removed {stale} partial files of an interrupted run" if stale else "")
     corrupt: list[str] = []
     workers = cfg.workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         results = pool.map(_resize_task, todo, chunksize=max(1, min(64, len(todo) // (8 * workers))))
         for (src, *_), problem in progress(zip(todo, results, strict=True), len(todo), "prepare", unit="img"):
             if problem is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from zfexp.errors import InvalidValueError
 
@@ -41,9 +42,9 @@ class SeededSampler(DistributedSampler):
     DDP), cycled when ``epoch_size`` is larger than the dataset; ``sample_seed`` seeds that image's random
     transforms and is drawn per position in the epoch, so an image seen twice in an epoch is augmented twice.
 
-    It keeps no state of its own: torchdata's ``StatefulDataLoader`` resumes an epoch by skipping the pairs it
-    had already yielded, which are the same pairs again. Lightning calls ``set_epoch`` before each epoch, and
-    leaves a ``DistributedSampler`` in place under DDP.
+    Its only state is where a resumed epoch starts (:meth:`resume_at`): :class:`ResumableLoader` resumes an
+    epoch by skipping the pairs it had already yielded, which are the same pairs again. Lightning calls
+    ``set_epoch`` before each epoch, and leaves a ``DistributedSampler`` in place under DDP.
 
     Args:
         dataset_size: number of items of the dataset.
@@ -60,6 +61,13 @@ class SeededSampler(DistributedSampler):
         self.epoch_size = epoch_size or dataset_size
         super().__init__(range(self.epoch_size), num_replicas=num_replicas, rank=rank, shuffle=True,
                          seed=seed % 2**SEED_BITS, drop_last=False)
+        self.start = 0  # the position in the epoch the current iteration began at
+        self._resumed: tuple[int, int] | None = None  # (epoch, position) of a resumed epoch
+
+    def resume_at(self, position: int) -> None:
+        """The current epoch's iterations begin at ``position`` of its pairs (a resumed epoch); other epochs at 0.
+        Keyed by the epoch, as a loader may start an iteration more than once before it is consumed."""
+        self._resumed = (self.epoch, position)
 
     def epoch_items(self) -> tuple[list[int], list[int]]:
         """``(indices, sample_seeds)`` of this rank for the current epoch, each of length ``len(self)``."""
@@ -76,7 +84,40 @@ class SeededSampler(DistributedSampler):
         return order[mine].tolist(), seeds[mine].tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter(list(zip(*self.epoch_items())))
+        self.start = self._resumed[1] if self._resumed is not None and self._resumed[0] == self.epoch else 0
+        return iter(list(zip(*self.epoch_items()))[self.start:])
+
+
+def batches_yielded(state: dict[str, Any]) -> tuple[int, bool]:
+    """``(batches yielded in the epoch, whether the epoch's iteration had ended)`` from the state of a
+    ``StatefulDataLoader`` with or without worker processes (the two kinds of state torchdata writes)."""
+    if "_snapshot" in state:  # worker processes: the last snapshot and the steps since
+        count = state["_snapshot"]["_snapshot_step"] + state["_steps_since_snapshot"]
+    else:
+        count = state.get("_num_yielded", 0)
+    return int(count), bool(state.get("_iterator_finished", False))
+
+
+class ResumableLoader(StatefulDataLoader):
+    """torchdata's ``StatefulDataLoader`` over a :class:`SeededSampler`, whose state is its position in the epoch
+    alone: ``{"batches": n, "finished": bool}``.
+
+    The order and every augmentation are functions of the seed, the epoch and the position (not of the loader
+    processes), so the position is all there is to resume, and a run resumes with any ``data.num_workers``,
+    whatever the killed run had (torchdata's own state differs with and without worker processes and cannot be
+    loaded across). States written by torchdata itself (older checkpoints) are read too."""
+
+    def state_dict(self) -> dict[str, Any]:
+        done, finished = batches_yielded(super().state_dict())
+        return {"batches": self.sampler.start // self.batch_size + done, "finished": finished}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict({})  # a fresh iteration, which the sampler starts where the state was (the
+        # datamodule set the sampler to the epoch being resumed before Lightning calls this)
+        done, finished = ((state_dict["batches"], state_dict["finished"]) if "batches" in state_dict
+                          else batches_yielded(state_dict))
+        if done and not finished:
+            self.sampler.resume_at(done * self.batch_size)
 
 
 class SeededItems(Dataset):

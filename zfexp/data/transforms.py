@@ -27,7 +27,7 @@ class Preprocessing:
     mean_image: bool = True  # subtract the per-pixel mean image of the training set
     hflip: bool = True  # random horizontal flips for training
     ten_crop: bool = False  # evaluate on 10 crops and average the softmax
-    pixel_scale: float = 1.0  # 255 reproduces the paper's [-128, 128] input range
+    pixel_scale: float = 255.0  # the paper's [-128, 128] input range; 1.0: [-0.5, 0.5]
 
     def __post_init__(self) -> None:
         for key in ("resize", "crop"):

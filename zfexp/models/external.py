@@ -9,13 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from zfexp.errors import CheckpointError, InvalidValueError
 from zfexp.models.zfnet import CONV_NAMES
+from zfexp.safe_load import load_torch_file
 
 
 def build_network(spec: str | Mapping[str, Any]) -> nn.Module:
@@ -50,20 +50,18 @@ def build_network(spec: str | Mapping[str, Any]) -> nn.Module:
     return net.eval()
 
 
-def load_weights(net: nn.Module, weights: str | None) -> nn.Module:
+def load_weights(net: nn.Module, weights: str | None, trusted: bool = False) -> nn.Module:
     """Load a state_dict file (or a checkpoint dict holding one under ``state_dict`` or ``model``) into ``net``,
-    every key matching; ``None`` or ``"none"``: keep the builder's initialisation."""
+    every key matching; ``None`` or ``"none"``: keep the builder's initialisation. Read safely
+    (:func:`~zfexp.safe_load.load_torch_file`) unless ``trusted``."""
     if weights is None or str(weights).lower() == "none":
         return net
     path = Path(str(weights)).expanduser()
     if not path.is_file():
         raise CheckpointError(f"weights={path}: no such file; give a state_dict saved with "
                               "torch.save(net.state_dict(), path), or weights=none for random weights")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"weights={path} cannot be read as a torch state_dict ({type(err).__name__}: {err}); "
-                              "save it with torch.save(net.state_dict(), path)") from err
+    state = load_torch_file(path, "weights", trusted=trusted, what="a state_dict saved with "
+                            "torch.save(net.state_dict(), path)")
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]

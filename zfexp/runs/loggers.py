@@ -24,6 +24,17 @@ def wandb_credentials_present() -> bool:
         return False
 
 
+def wandb_offline(offline: bool | None = None) -> bool:
+    """Whether W&B logs offline: ``WANDB_MODE`` from the environment when set, else ``offline``, else offline
+    unless credentials are present."""
+    mode = os.environ.get("WANDB_MODE", "")
+    if mode in ("offline", "dryrun"):
+        return True
+    if mode == "online":
+        return False
+    return offline if offline is not None else not wandb_credentials_present()
+
+
 def wandb_logger(
     save_dir: str,
     project: str = "zfexp",
@@ -41,9 +52,7 @@ def wandb_logger(
     uploaded later with ``wandb sync <save_dir>/wandb/offline-run-*``. A ``WANDB_MODE`` set in the environment
     wins over both.
     """
-    if offline is None:
-        offline = os.environ.get("WANDB_MODE", "") in ("offline", "dryrun") or (
-            os.environ.get("WANDB_MODE", "") != "online" and not wandb_credentials_present())
+    offline = wandb_offline(offline)
     if offline:
         log.info("W&B is offline (no credentials, or offline=true); sync later with "
                  "`wandb sync %s/wandb/offline-run-*`",
@@ -62,15 +71,6 @@ def wandb_run_id(loggers: Sequence) -> str | None:
         if isinstance(logger, WandbLogger) and getattr(logger.experiment, "id", None):
             return str(logger.experiment.id)
     return None
-
-
-def checkpoint_wandb_run_id(ckpt_path: str) -> str | None:
-    """The W&B run id a checkpoint was written under (``None`` for one without, or written without W&B). The
-    file is memory-mapped: only this entry is read, not the weights."""
-    import torch
-
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=False)
-    return checkpoint.get(WANDB_RUN_KEY)
 
 
 def record_in_wandb_summary(loggers: Sequence, record: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -35,7 +36,16 @@ def project_root() -> str:
     return os.environ.get("ZFEXP_ROOT") or str(Path(__file__).resolve().parents[2])
 
 
+def run_tag() -> str:
+    """Six random hex digits after the time in a run dir's name (``2026-11-30_12-40-03_3fa9c1``): runs started in
+    the same second (two resumes, the jobs of two sweeps on a cluster) never share a dir. Drawn from the OS, not
+    from the run's random generators; cached like Hydra's ``now``, so a sweep's jobs share their sweep dir."""
+    return secrets.token_hex(3)
+
+
 for _name, _resolver in (("zfexp.gpus_per_job", gpus_per_job), ("zfexp.project_root", project_root),
                          ("zfexp.bf16_where_native", bf16_where_native)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
+if not OmegaConf.has_resolver("zfexp.run_tag"):
+    OmegaConf.register_new_resolver("zfexp.run_tag", run_tag, use_cache=True)

@@ -84,16 +84,17 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
 
 
 def log_summary_to_wandb(sweep_dir: Path, table: list[dict], chart: str = "summary.png") -> None:
-    """The table and chart as one more run of the sweep's W&B group (offline unless credentials exist)."""
+    """The table and chart as one more run of the sweep's W&B group, in the mode the runs take (WANDB_MODE, else
+    offline unless credentials exist)."""
     import wandb
 
-    from zfexp.runs.loggers import finish_wandb, wandb_credentials_present
+    from zfexp.runs.loggers import finish_wandb, wandb_offline
 
     first = OmegaConf.load(next(sweep_dir.glob("*/config.yaml"))) if any(sweep_dir.glob("*/config.yaml")) else {}
     group = f"{first.get('sweep_name') or 'multirun'}-{sweep_dir.name}"
     run = wandb.init(project=(first.get("logger") or {}).get("wandb", {}).get("project", "zfexp"), group=group,
                      job_type="summary", name=f"{group} summary", dir=str(sweep_dir),
-                     mode="online" if wandb_credentials_present() else "offline")
+                     mode="offline" if wandb_offline() else "online")
     columns = list(table[0])
     run.log({"summary/table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in table]),
              "summary/chart": wandb.Image(str(sweep_dir / chart))})
