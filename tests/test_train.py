@@ -168,19 +168,27 @@ def _paper_imagenet_epoch(tree: Path, log_dir: Path, *overrides: str) -> Path:
     return run
 
 
-def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree_eager_and_compiled(tmp_path):
-    tree = make_image_tree(tmp_path / "imagenet", classes=("n01", "n02"), n_train=4, n_val=2, size=(300, 260))
-    run = _paper_imagenet_epoch(tree, tmp_path / "eager")
+@pytest.fixture(scope="module")
+def paper_tree(tmp_path_factory) -> Path:
+    return make_image_tree(tmp_path_factory.mktemp("imagenet"), classes=("n01", "n02"), n_train=4, n_val=2,
+                           size=(300, 260))
+
+
+def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree(tmp_path, paper_tree):
+    run = _paper_imagenet_epoch(paper_tree, tmp_path / "eager")
     metrics = read_metrics(run)
     assert metrics["status"] == "completed" and metrics["epochs"] == 1 and metrics["global_step"] == 2
     assert metrics["num_parameters"] == sum(p.numel() for p in zfnet(num_classes=2).parameters())
-    (mean_file,) = tree.glob("imagenet_mean_r256_c256_*.pt")
+    (mean_file,) = paper_tree.glob("imagenet_mean_r256_c256_*.pt")
     assert torch.load(mean_file, weights_only=True).shape == (3, 256, 256)
     resolved = (run / "config.yaml").read_text()
     assert "ten_crop: true" in resolved and "input_size: 224" in resolved and "pixel_scale: 255.0" in resolved
 
-    # torch.compile: the same two steps give the same losses; the checkpoint is the plain network's.
-    compiled = _paper_imagenet_epoch(tree, tmp_path / "compiled", "module.compile=true")
+
+@pytest.mark.slow  # compiling the network at 224 px takes 40-90 s on 2 cores
+def test_a_compiled_run_gives_the_eager_runs_losses_and_the_plain_networks_checkpoint(tmp_path, paper_tree):
+    metrics = read_metrics(_paper_imagenet_epoch(paper_tree, tmp_path / "eager"))
+    compiled = _paper_imagenet_epoch(paper_tree, tmp_path / "compiled", "module.compile=true")
     compiled_metrics = read_metrics(compiled)
     for key in ("train/loss", "val/loss", "test/loss"):
         assert compiled_metrics[key] == pytest.approx(metrics[key], rel=1e-4), key
