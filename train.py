@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from zfexp.errors import UserError
-from zfexp.runs.launchers import check_launcher_extra
+from zfexp.runs.launchers import check_launcher_extra, quiet_repeated_launcher_warnings
 from zfexp.runs.reporting import reported_errors
 from zfexp.training import train
 
@@ -34,4 +34,5 @@ if __name__ == "__main__":
         check_launcher_extra(sys.argv[1:])
     except UserError as err:
         sys.exit(f"Error: {err}")
+    quiet_repeated_launcher_warnings()
     main()

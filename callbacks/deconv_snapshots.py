@@ -34,7 +34,7 @@ class DeconvSnapshots(ProbedAnalysis):
         seed: seeds both choices; they are stored in the checkpoint, so a resumed run keeps them.
     """
 
-    run_at_fit_end = False  # the end of fit draws the evolution grid instead (on_fit_end)
+    run_at_fit_end = False  # the end of fit draws the evolution grid instead (on_train_end)
 
     def __init__(self, epochs: Sequence[int] = PAPER_EPOCHS, layers: Sequence[str] = PAPER_LAYERS,
                  maps_per_layer: int = 8, probe_size: int = 256, seed: int = 0):
@@ -60,7 +60,7 @@ class DeconvSnapshots(ProbedAnalysis):
                 log_image(trainer, f"deconv/{layer}", image_grid(tiles[None]),
                           caption=f"{layer}: strongest activation of maps {self.maps[layer]}", epoch=epoch)
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if is_quiet(trainer) or not trainer.is_global_zero:
             return
         for layer, by_epoch in self.snapshots.items():

@@ -146,7 +146,8 @@ def log_scalars(trainer: L.Trainer, stats: dict[str, float]) -> None:
 class ScheduledAnalysis(Callback):
     """Base of the analysis callbacks: runs ``analyse(trainer, pl_module, epoch)`` on rank zero only, never during
     sanity checks or fast_dev_run, after the train epochs in ``epochs`` (counted from 1, as in the paper) and
-    every ``every_n_epochs``, and, when ``run_at_fit_end``, once more at the end of fit with ``epoch=None``.
+    every ``every_n_epochs``, and, when ``run_at_fit_end``, once more at the end of fit with ``epoch=None`` (at
+    ``on_train_end``, on the training device).
 
     A subclass writes ``analyse``; it may override ``due`` for another schedule, and calls
     ``super().setup(...)`` if it overrides ``setup`` (that names the ``epochs`` beyond ``trainer.max_epochs``).
@@ -193,9 +194,13 @@ class ScheduledAnalysis(Callback):
         if self.due(epoch, trainer) and not last:
             self._run(trainer, pl_module, epoch)
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The end-of-fit analysis, where the training ran: at ``on_fit_end`` Lightning has already torn the
+        strategy down and moved the module to the CPU. Under DDP the other ranks wait for rank zero's analysis
+        at the barrier that follows (within the process group's timeout, 30 minutes by default)."""
         if self.run_at_fit_end:
             self._run(trainer, pl_module, None)
+            trainer.strategy.barrier(f"{self.config_key}: end of fit")
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         if is_quiet(trainer) or not trainer.is_global_zero:

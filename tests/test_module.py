@@ -67,3 +67,17 @@ def test_checkpoint_alone_rebuilds_the_network(tmp_path):
 def test_bad_optimiser_settings_are_named(kw, words):
     with pytest.raises(ValueError, match=words):
         make_module(**kw)
+
+
+def test_an_analysis_leaves_a_transfer_runs_fixed_layers_in_eval_mode():
+    from callbacks.scheduled_analysis import evaluating
+    from zfexp.analysis import occlusion_maps
+
+    module = make_module(freeze="fc7").train()
+    training = [name for name, child in module.net.named_children() if child.training]
+    assert training == ["fc8"]  # layers 1-7 fixed: no dropout, no batch-norm statistics updated
+    with evaluating(module.net):  # what every analysis callback does
+        assert not any(m.training for m in module.net.modules())
+    occlusion_maps(module.net, torch.randn(1, 1, 28, 28), [0], patch=7, stride=7)
+    assert [name for name, child in module.net.named_children() if child.training] == training
+    assert module.net.training  # the network itself back in training mode, its fixed layers not

@@ -240,3 +240,20 @@ def test_a_shorter_fit_draws_the_scheduled_epochs_it_reaches_and_names_the_other
     assert "Every.epochs: epochs [7, 9] are beyond trainer.max_epochs=6 and are not drawn" in caplog.text
     with pytest.raises(ValueError, match=r"Every.every_n_epochs=0: must be a positive integer"):
         Every(every_n_epochs=0)
+
+
+def test_the_end_of_fit_analysis_runs_before_the_strategy_moves_the_module_off_its_device(tmp_path):
+    """On a GPU run the final analyses must see the network on the GPU: Lightning's teardown moves it to the CPU
+    before ``on_fit_end``."""
+    events = []
+
+    class Recording(Every):
+        def analyse(self, trainer, pl_module, epoch):
+            events.append(("analyse", epoch, next(pl_module.parameters()).device.type))
+
+    trainer = L.Trainer(max_epochs=2, callbacks=[Recording(epochs=[1])], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    teardown = trainer.strategy.teardown
+    trainer.strategy.teardown = lambda: events.append(("teardown",)) or teardown()
+    trainer.fit(Tiny())
+    assert events == [("analyse", 1, "cpu"), ("analyse", None, "cpu"), ("teardown",)]

@@ -22,14 +22,16 @@ class _Caught(Exception):
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block (dropout off, batch-norm statistics frozen), then back in the mode
-    it was in: an analysis never leaves a training network in eval mode."""
-    was_training = model.training
+    """``model`` in eval mode for the block (dropout off, batch-norm statistics frozen), then every submodule
+    back in the mode it was in: an analysis never leaves a training network in eval mode, nor puts a layer kept
+    in eval mode (a transfer run's fixed layers) back into training."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def feature_layers(model: nn.Module) -> list[str]:

@@ -4,6 +4,7 @@ SLURM, so their Hydra plugins are not in the base install."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 from collections.abc import Mapping, Sequence
 
 from zfexp.errors import UserError
@@ -22,6 +23,29 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # its parent package is missing too
         return False
+
+
+class FirstOnly(logging.Filter):
+    """Lets through the first record whose message holds ``text``, and drops the ones after it."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text, self.seen = text, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.text not in record.getMessage():
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+def quiet_repeated_launcher_warnings() -> None:
+    """The SLURM preset's launcher polls ``sacct`` for its jobs' states every few seconds; on a cluster that keeps
+    no accounting every poll fails and submitit warns each time (the jobs run and end all the same: their results
+    are read from their files). The first warning is kept, its repeats dropped."""
+    submitit_log = logging.getLogger("submitit")
+    if not any(isinstance(f, FirstOnly) for f in submitit_log.filters):
+        submitit_log.addFilter(FirstOnly("Bypassing sacct error"))
 
 
 def check_launcher_extra(argv: Sequence[str], extras: Mapping[str, tuple[str, str]] = LAUNCHER_EXTRAS) -> None:
