@@ -1,8 +1,10 @@
 """The LightningModule: error metrics in %, 10-crop averaging, the NaN-loss stop."""
 
+import lightning as L
 import pytest
 import torch
 from torch.nn import functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from zfexp.errors import NonFiniteLossError
 from zfexp.module import ImageClassifier, TopKError
@@ -38,9 +40,10 @@ def test_ten_crop_evaluation_averages_the_softmax():
     labels = torch.tensor([1, 2, 3])
     with torch.no_grad():
         expected = torch.stack([F.softmax(module(c), -1).mean(0) for c in crops])  # one image at a time
-        module._eval_step((crops, labels), module.val_metrics, "val")
+        module._eval_step((crops, labels), module.val_metrics, module.val_loss, "val")
     top1 = module.val_metrics["top1_err"].compute().item()
     assert top1 == pytest.approx(100.0 * (expected.argmax(-1) != labels).float().mean().item())
+    assert module.val_loss.compute().item() == pytest.approx(F.nll_loss(expected.log(), labels).item(), rel=1e-5)
 
 
 def test_nan_loss_stops_with_a_clear_message():
@@ -81,3 +84,47 @@ def test_an_analysis_leaves_a_transfer_runs_fixed_layers_in_eval_mode():
     occlusion_maps(module.net, torch.randn(1, 1, 28, 28), [0], patch=7, stride=7)
     assert [name for name, child in module.net.named_children() if child.training] == training
     assert module.net.training  # the network itself back in training mode, its fixed layers not
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts, per training step, the reads of a device value by the host (``.item()``, ``bool(tensor)``: on a GPU
+    each waits for the device) and the tensors made from Python numbers (on a GPU, copies the host waits for)."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = self.made = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.reads += func is torch.ops.aten._local_scalar_dense.default
+        self.made += func is torch.ops.aten.lift_fresh.default
+        return func(*args, **(kwargs or {}))
+
+
+class CountSyncs(L.Callback):
+    def __init__(self):
+        self.steps: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.mode = HostSyncs().__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # after backward and the step
+        self.mode.__exit__(None, None, None)
+        self.steps.append((self.mode.reads, self.mode.made))
+
+
+def test_a_training_step_makes_one_host_sync_the_divergence_check(monkeypatch):
+    """So that the host runs ahead of a GPU: the network with LRN, the metrics, the loss's mean, filter
+    renormalisation. ``F.one_hot`` checks its values on the host on a CPU only (on CUDA the device asserts them):
+    it runs as on CUDA here."""
+    from callbacks import FilterRenorm
+
+    monkeypatch.setattr(F, "one_hot", lambda x, num_classes: torch.zeros(
+        *x.shape, num_classes, dtype=torch.long).scatter_(-1, x.long().unsqueeze(-1), 1))
+    net = {**SMALL_NET, "norm": "lrn"}
+    module = ImageClassifier(net=net, num_classes=10, in_channels=1, input_size=28, lr_plateau=None)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    counting = CountSyncs()
+    trainer = L.Trainer(max_epochs=1, callbacks=[FilterRenorm(), counting], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(data, batch_size=16))
+    assert counting.steps[1:] == [(1, 0)] * 3, counting.steps  # after the first (which makes LRN's constants)

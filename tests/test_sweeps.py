@@ -206,27 +206,6 @@ def test_a_sweep_without_repeated_seeds_keeps_one_row_per_job(tmp_path):
     assert all("n" not in r and "val top-1 std" not in r for r in table)
 
 
-def test_ddp_on_two_cpu_processes_writes_each_image_once(tmp_path):
-    log_dir = tmp_path / "logs"
-    done = subprocess.run(train_cmd("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
-                                    "trainer.precision=32-true", "trainer.sync_batchnorm=false",
-                                    "module.channels_last=false", f"paths.log_dir={log_dir}", "test=false",
-                                    *FAST, "callbacks.deconv_snapshots={epochs: [1], probe_size: 32, "
-                                    "layers: [conv1, conv5], maps_per_layer: 2, _target_: callbacks.DeconvSnapshots}"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    # Epoch-level losses are reduced over the ranks: Lightning's warning about logging them without it is absent.
-    assert "sync_dist" not in done.stdout + done.stderr
-    (run,) = (log_dir / "train" / "runs").iterdir()
-    assert "strategy: ddp" in (run / "config.yaml").read_text()
-    images = sorted(p.name for p in (run / "images").glob("*.png"))
-    assert images == ["deconv_conv1_epoch001.png", "deconv_conv1_evolution.png", "deconv_conv5_epoch001.png",
-                      "deconv_conv5_evolution.png"]
-    media = list(run.glob("wandb/offline-run-*/files/media/images/**/*.png"))
-    assert len(media) == len(images)  # one W&B run, each image logged once
-    assert len(list(run.glob("wandb/offline-run-*"))) == 1
-
-
 def test_the_sweep_summary_takes_wandbs_mode_as_the_runs_do(tmp_path, monkeypatch):
     from zfexp.runs.loggers import wandb_offline
     from zfexp.sweeps.sweep_dir import log_summary_to_wandb

@@ -222,3 +222,34 @@ def test_runs_started_in_the_same_second_get_run_dirs_of_their_own(tmp_path):
     (one, sweep_one), (two, sweep_two) = run_dir_of("ckpt_path=last"), run_dir_of("ckpt_path=last")
     assert one != two and sweep_one != sweep_two
     assert re.fullmatch(r".*/train/runs/\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}", one), one
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16-mixed"), (False, "32-true")])
+def test_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native, expected):
+    """A V100 or T4 supports bf16 only by emulation (torch counts it unless told not to): float32 there."""
+    from zfexp.runs.resolvers import bf16_where_native
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert bf16_where_native("gpu") == expected
+
+
+def test_seed_null_gives_every_process_of_a_torchrun_or_srun_launch_one_seed(monkeypatch):
+    from zfexp.training import run_seed
+
+    def seed_of(**env: str) -> int:
+        for key in ("WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_STEP_ID", "LOCAL_RANK",
+                    "RANK", "SLURM_PROCID", "PL_GLOBAL_SEED"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        return run_seed(None)
+
+    torchrun = [seed_of(WORLD_SIZE="4", TORCHELASTIC_RUN_ID="abc", RANK=str(r), LOCAL_RANK=str(r)) for r in range(4)]
+    assert len(set(torchrun)) == 1 and 0 <= torchrun[0] < 2**32  # the ranks' shards of the data then fit together
+    assert seed_of(WORLD_SIZE="4", TORCHELASTIC_RUN_ID="another launch") != torchrun[0]
+    srun = {seed_of(SLURM_NTASKS="2", SLURM_JOB_ID="77", SLURM_STEP_ID="0", SLURM_PROCID=str(r)) for r in range(2)}
+    assert len(srun) == 1
+    with pytest.raises(InvalidValueError, match="seed=null: this process is one of several"):
+        seed_of(WORLD_SIZE="2", RANK="1")
+    assert seed_of() != seed_of()  # one process: a seed drawn from the OS

@@ -18,11 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
 from torch.optim.lr_scheduler import ReduceLROnPlateau
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import MetricCollection
 
 from zfexp.checkpoints import with_lrn_convention
 from zfexp.errors import InvalidValueError, NonFiniteLossError
+from zfexp.metrics import MeanClassAccuracy, TopKError, WeightedMean
 from zfexp.random_state import random_state, set_random_state
 from zfexp.runs.loggers import WANDB_RUN_KEY, wandb_run_id
 
@@ -37,26 +37,6 @@ LR_PLATEAU = MappingProxyType({"factor": 0.1, "patience": 2, "threshold": 0.1, "
                                "min_lr": 1e-5})
 # Set while load_from_checkpoint builds a module: a network config naming no LRN convention is then an old one.
 _READING_CHECKPOINT: ContextVar[bool] = ContextVar("reading_checkpoint", default=False)
-
-
-class TopKError(MulticlassAccuracy):
-    """Top-k classification error in percent: ``100 * (1 - top-k accuracy)``, micro-averaged."""
-
-    def __init__(self, num_classes: int, top_k: int):
-        super().__init__(num_classes=num_classes, top_k=top_k, average="micro")
-
-    def compute(self) -> torch.Tensor:
-        return 100.0 * (1.0 - super().compute())
-
-
-class MeanClassAccuracy(MulticlassAccuracy):
-    """Mean over classes of the per-class accuracy, in percent: the metric of the paper's Caltech tables."""
-
-    def __init__(self, num_classes: int):
-        super().__init__(num_classes=num_classes, top_k=1, average="macro")
-
-    def compute(self) -> torch.Tensor:
-        return 100.0 * super().compute()
 
 
 def frozen_children(net: nn.Module, freeze: str | None) -> list[str]:
@@ -161,9 +141,11 @@ class ImageClassifier(L.LightningModule):
         metrics = MetricCollection({"top1_err": TopKError(num_classes, 1), "top5_err": TopKError(num_classes, top5),
                                     "mean_class_acc": MeanClassAccuracy(num_classes)})
         self.train_metrics = metrics.clone(prefix="train/")
-        self.train_loss = MeanMetric()  # the epoch's mean training loss, kept in mid-epoch checkpoints
+        self.train_loss = WeightedMean()  # the epoch's mean training loss, kept in mid-epoch checkpoints
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # Mean losses over images: under DDP, ranks with shares of different sizes combine exactly.
+        self.val_loss, self.test_loss = WeightedMean(), WeightedMean()
         self._restored: dict[str, Any] | None = None  # what on_load_checkpoint read, applied at on_train_start
 
     @classmethod
@@ -219,18 +201,32 @@ class ImageClassifier(L.LightningModule):
         images, labels = batch
         logits = self._step_net(images)
         loss = F.cross_entropy(logits, labels)
-        if not torch.isfinite(loss):
-            # Raised before backward and the optimizer step: the diverged weights are never stepped further,
-            # and no checkpoint is written from them (see callbacks.ResumeCheckpoint).
-            raise NonFiniteLossError(self._divergence_message(loss.item()))
+        self._stop_if_diverged(loss)
         self.train_metrics.update(logits.detach(), labels)
-        self.train_loss.update(loss.detach(), weight=labels.numel())
+        self.train_loss.update(loss, labels.numel())
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=False)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=False)
         return loss
 
-    def _divergence_message(self, loss: float) -> str:
+    def _stop_if_diverged(self, loss: torch.Tensor) -> None:
+        """Raise :class:`NonFiniteLossError` when the loss is NaN or infinite on this process or, under DDP, on any:
+        every rank stops at the same step, before backward, whose gradient all-reduce would otherwise wait for the
+        rank that stopped. Before backward and the optimizer step: the diverged weights are never stepped
+        further, and no checkpoint is written from them (see callbacks.ResumeCheckpoint).
+
+        The step's one host-device synchronisation (the decision is the host's; AMP's GradScaler makes the same
+        one), with a single collective under DDP."""
+        diverged = (~torch.isfinite(loss.detach())).float()
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            diverged = self.trainer.strategy.reduce(diverged, reduce_op="sum")
+        count = int(diverged.item())
+        if count:
+            what = f"{loss.item()}" if world == 1 else f"not finite on {count} of {world} processes"
+            raise NonFiniteLossError(self._divergence_message(what))
+
+    def _divergence_message(self, loss: str) -> str:
         trainer = self._trainer
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer is not None and trainer.optimizers else None
         where = f"train/loss is {loss} at epoch {self.current_epoch + 1}, global step {self.global_step}"
@@ -257,8 +253,10 @@ class ImageClassifier(L.LightningModule):
         if trainer is not None and trainer.training and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             # Mid-epoch: the epoch's metrics so far (torchmetrics keeps its states out of state_dict). At the
             # epoch's end they belong to the finished epoch, and the resumed run starts the next one afresh.
-            checkpoint["train_metric_states"] = {"metrics": _metric_states(self.train_metrics),
-                                                 "loss": _metric_states(self.train_loss)}
+            # Under DDP every rank calls this hook and each holds its share: the checkpoint keeps their sum.
+            checkpoint["train_metric_states"] = {"metrics": _metric_states(self.train_metrics, trainer.strategy),
+                                                 "loss": _metric_states(self.train_loss, trainer.strategy),
+                                                 "ranks_summed": True}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hparams = checkpoint.get("hyper_parameters") or {}
@@ -274,7 +272,9 @@ class ImageClassifier(L.LightningModule):
             return
         if restored.get("random_state") is not None:
             set_random_state(restored["random_state"])
-        if restored.get("train_metric_states") is not None:
+        # The epoch's metrics so far: the sum of every rank's share, taken on by rank zero alone (the other ranks
+        # start from zero), so that the epoch's synced metrics add each share once, with any number of ranks.
+        if restored.get("train_metric_states") is not None and self.trainer.is_global_zero:
             _load_metric_states(self.train_metrics, restored["train_metric_states"]["metrics"])
             _load_metric_states(self.train_loss, restored["train_metric_states"]["loss"])
             self.train_metrics.to(self.device), self.train_loss.to(self.device)
@@ -290,7 +290,8 @@ class ImageClassifier(L.LightningModule):
                         group["initial_lr"] = new
             log.info("module.%s=%g replaces the checkpoint's %g (its optimizer was at %g)", key, new, old, current)
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, stage: str) -> None:
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, mean_loss: WeightedMean,
+                   stage: str) -> None:
         images, labels = batch
         if images.dim() == 5:  # [B, n_crops, C, S, S]: average the softmax over the crops
             b, n = images.shape[:2]
@@ -302,16 +303,17 @@ class ImageClassifier(L.LightningModule):
             loss = F.cross_entropy(logits, labels)
             scores = logits
         metrics.update(scores, labels)
-        # sync_dist: under DDP the epoch's loss is the mean over every rank's batches, not rank zero's alone
-        # (the torchmetrics metrics sync themselves).
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=stage == "val", sync_dist=True)
+        mean_loss.update(loss, labels.numel())
+        # Metrics objects: under DDP torchmetrics sums every rank's states, so the epoch's values are over all the
+        # images once, whatever the size of each rank's share.
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+        self._eval_step(batch, self.val_metrics, self.val_loss, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+        self._eval_step(batch, self.test_metrics, self.test_loss, "test")
 
     def on_validation_epoch_end(self) -> None:
         """Step the plateau scheduler on this epoch's validation error here, not after the epoch's end as
@@ -345,13 +347,19 @@ class ImageClassifier(L.LightningModule):
         return sum(p.numel() for p in self.net.parameters())
 
 
-def _metric_states(metric: nn.Module) -> dict[str, Any]:
-    """A torchmetrics metric's (or collection's) accumulated states, which its ``state_dict`` leaves out."""
+def _metric_states(metric: nn.Module, strategy: Any = None) -> dict[str, Any]:
+    """A torchmetrics metric's (or collection's) accumulated states, which its ``state_dict`` leaves out; with a
+    DDP ``strategy``, summed over the ranks (a collective: every rank calls it). Every state of our metrics is a
+    sum (:mod:`zfexp.metrics`)."""
     metric.persistent(True)
     try:
-        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in metric.state_dict().items()}
+        states = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in metric.state_dict().items()}
     finally:
         metric.persistent(False)
+    if strategy is not None and strategy.world_size > 1:
+        states = {k: strategy.reduce(v, reduce_op="sum") if isinstance(v, torch.Tensor) else v
+                  for k, v in states.items()}
+    return states
 
 
 def _load_metric_states(metric: nn.Module, states: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ Kept apart from ``train.py`` so tests (and notebooks) call it with a config comp
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -69,14 +70,35 @@ def check_seed(seed: Any) -> None:
 
 
 def run_seed(seed: int | None) -> int:
-    """The seed this process runs with: the configured one; for ``seed=null`` one drawn from the OS, except in
-    the extra processes Lightning's DDP launches (``LOCAL_RANK`` > 0), which take rank zero's from
-    ``PL_GLOBAL_SEED`` so that every rank draws the same numbers."""
+    """The seed this process runs with: the configured one; for ``seed=null`` one drawn from the OS. Every
+    process of one DDP run must draw the same: the extra processes Lightning's DDP launches (``LOCAL_RANK`` > 0)
+    take rank zero's from ``PL_GLOBAL_SEED``; processes started together by an external launcher take one
+    derived from the launch they share (:func:`shared_launch_id`)."""
     if seed is not None:
         return int(seed)
     if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("PL_GLOBAL_SEED"):
         return int(os.environ["PL_GLOBAL_SEED"])
+    launch = shared_launch_id()
+    if launch is not None:
+        digest = hashlib.blake2b(launch.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little") % (SEED_RANGE[1] + 1)
     return secrets.randbelow(SEED_RANGE[1] + 1)
+
+
+def shared_launch_id() -> str | None:
+    """What every process of a multi-process launch by torchrun or srun has in common, and no other launch
+    has (torchrun's run id; SLURM's job and step); ``None`` for a single process. A launch of several processes
+    that says neither cannot share a drawn seed: ``seed=null`` is refused there."""
+    env = os.environ
+    if int(env.get("WORLD_SIZE", "1")) <= 1 and int(env.get("SLURM_NTASKS", "1")) <= 1:
+        return None
+    if env.get("TORCHELASTIC_RUN_ID"):
+        return f"torchrun {env['TORCHELASTIC_RUN_ID']}"
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm {env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '')}"
+    raise InvalidValueError("seed=null: this process is one of several started together (WORLD_SIZE > 1) by a "
+                            "launcher that names no run id (TORCHELASTIC_RUN_ID, SLURM_JOB_ID), so the processes "
+                            "cannot draw one seed; give seed=<an integer>")
 
 
 PRECISIONS = (*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS), 64, 32, 16)

@@ -27,7 +27,14 @@ from torchvision.transforms import v2
 
 from zfexp.data.batch_preprocessing import BatchPreprocessing, WithCrops
 from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
-from zfexp.data.sampling import SEED_BITS, ResumableLoader, SeededItems, SeededSampler, private_generator
+from zfexp.data.sampling import (
+    SEED_BITS,
+    EvaluationShards,
+    ResumableLoader,
+    SeededItems,
+    SeededSampler,
+    private_generator,
+)
 from zfexp.data.transforms import Preprocessing, paper_transform, pixels_transform
 from zfexp.errors import CheckpointError, InvalidValueError, UnsafeFileError
 from zfexp.runs.progress import progress
@@ -401,7 +408,16 @@ class ImageClassificationDataModule(L.LightningDataModule):
             self.seed = int(state_dict["data_seed"])
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.data_val, shuffle=False, **self._loader_options())
+        return self._evaluation_loader(self.data_val)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.data_test, shuffle=False, **self._loader_options())
+        return self._evaluation_loader(self.data_test)
+
+    def _evaluation_loader(self, dataset: Dataset) -> DataLoader:
+        """In order; under DDP each rank's share of it, every image once (:class:`EvaluationShards`: Lightning
+        leaves a ``DistributedSampler`` in place rather than pad the set with repeated images)."""
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = EvaluationShards(len(dataset), trainer.world_size, trainer.global_rank)
+        return DataLoader(dataset, shuffle=False, sampler=sampler, **self._loader_options())

@@ -51,18 +51,21 @@ class LocalContrastNorm(nn.Module):
         self.size, self.convention = size, convention
         self.alpha, self.beta, self.k = float(alpha), float(beta), float(k)
         self.alpha_per_sum = self.alpha if convention == "paper" else self.alpha / size
-        self._bands: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+        self._constants: dict[tuple[int, torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _band(self, x: torch.Tensor) -> torch.Tensor:
+    def _band_and_k(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The window band and ``k`` as a tensor, made once per shape, dtype and device: not buffers (nothing of
+        them in state_dict), and not made in each forward (a tensor made from a Python number on a GPU is a
+        copy the host waits for)."""
         key = (x.shape[1], x.dtype, x.device)
-        if key not in self._bands:  # not a buffer: nothing of it in state_dict, and rebuilt per device and dtype
-            self._bands[key] = window_band(x.shape[1], self.size, x.dtype, x.device)
-        return self._bands[key]
+        if key not in self._constants:
+            self._constants[key] = (window_band(x.shape[1], self.size, x.dtype, x.device),
+                                    torch.tensor(self.k, dtype=x.dtype, device=x.device))
+        return self._constants[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        band = self._band(x)
+        band, k = self._band_and_k(x)
         n, c, h, w = x.shape
-        k = torch.tensor(self.k, dtype=x.dtype, device=x.device)
         if x.is_contiguous(memory_format=torch.channels_last):
             squares = x.square().permute(0, 2, 3, 1).reshape(-1, c)  # [N*H*W, C], a view in channels-last
             denominator = torch.addmm(k, squares, band, alpha=self.alpha_per_sum)  # k + alpha * window sums

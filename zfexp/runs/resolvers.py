@@ -18,13 +18,15 @@ def gpus_per_job() -> int:
 
 def bf16_where_native(accelerator: str = "auto") -> str:
     """``trainer.precision`` for runs that should take the hardware's fast path: ``"bf16-mixed"`` where the device
-    the trainer will use computes bfloat16 natively (a CUDA GPU that supports it; a CPU with AMX or AVX512-BF16,
+    the trainer will use computes bfloat16 natively (a CUDA GPU from Ampere on; a CPU with AMX or AVX512-BF16,
     where oneDNN's bf16 convolutions are several times faster than float32's), else ``"32-true"`` (bf16 emulated
     on an older CPU would be slower)."""
     import torch
 
     if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+        # Natively only (Ampere and newer): by default torch also counts emulation, on which a V100 or T4 runs
+        # bf16 without cuDNN's kernels, slower than float32.
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
     native = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() or \
         getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
     return "bf16-mixed" if native else "32-true"
