@@ -379,7 +379,8 @@ class ImageClassificationDataModule(L.LightningDataModule):
         """Images per training epoch; ``None``: one pass over the training set."""
         return None
 
-    def train_dataloader(self) -> ResumableLoader:
+    def train_sampler(self) -> SeededSampler:
+        """This rank's training order and the images' seeds (:class:`SeededSampler`)."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = SeededSampler(len(self.data_train), self.data_seed, epoch_size=self.train_epoch_size(),
@@ -388,8 +389,17 @@ class ImageClassificationDataModule(L.LightningDataModule):
             # The epoch Lightning passes to set_epoch before each epoch; a resumed run makes its first iterator
             # (the one that skips to the checkpoint's position) before that call, so it is set here already.
             sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        return sampler
+
+    def evaluation_sampler(self, dataset: Dataset) -> EvaluationShards:
+        """This rank's share of an evaluation set, every image once (:class:`EvaluationShards`)."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return EvaluationShards(len(dataset), world, rank)
+
+    def train_dataloader(self) -> ResumableLoader:
         items = self.data_train if self.augment_on == "workers" else WithCrops(self.data_train, self.preprocess)
-        return ResumableLoader(SeededItems(items), sampler=sampler, **self._loader_options())
+        return ResumableLoader(SeededItems(items), sampler=self.train_sampler(), **self._loader_options())
 
     # -- state kept in checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -414,10 +424,6 @@ class ImageClassificationDataModule(L.LightningDataModule):
         return self._evaluation_loader(self.data_test)
 
     def _evaluation_loader(self, dataset: Dataset) -> DataLoader:
-        """In order; under DDP each rank's share of it, every image once (:class:`EvaluationShards`: Lightning
-        leaves a ``DistributedSampler`` in place rather than pad the set with repeated images)."""
-        trainer = self.trainer
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:
-            sampler = EvaluationShards(len(dataset), trainer.world_size, trainer.global_rank)
-        return DataLoader(dataset, shuffle=False, sampler=sampler, **self._loader_options())
+        """In order; under DDP each rank's share of it, every image once (a ``DistributedSampler``, which
+        Lightning leaves in place rather than pad the set with repeated images)."""
+        return DataLoader(dataset, sampler=self.evaluation_sampler(dataset), **self._loader_options())

@@ -1,19 +1,19 @@
 """``data.decoder=dali``: an ImageFolder datamodule's images decoded and cut on the GPU by NVIDIA DALI.
 
-DALI reads the files (this rank's shard of them under DDP), decodes them with nvJPEG (and the hardware JPEG
-decoders where the GPU has them), resizes the smaller side and takes the centre crop on the GPU, and draws
-each training image's crop and flip; the batches it yields are the default loaders' batches, already on the
-device: ``(uint8 [B, 3, S, S], labels [B], crops [B, 3])`` for training, ``(uint8 images, labels)`` for
-evaluation. The rest (the mean image, ``pixel_scale``, the crops and flips, the 10 crops) is the same
+DALI reads the files (this rank's share of them under DDP) in the default loaders' order, decodes them with
+nvJPEG (and the hardware JPEG decoders where the GPU has them), resizes the smaller side and takes the centre
+crop on the GPU; each training image's crop and flip are the default path's, drawn from the image's seed. The
+batches it yields are the default loaders' batches, already on the device: ``(uint8 [B, 3, S, S], labels [B],
+crops [B, 3])`` for training, ``(uint8 images, labels)`` for evaluation. The rest (the mean image, ``pixel_scale``, the crops and flips, the 10 crops) is the same
 :class:`~zfexp.data.batch_preprocessing.BatchPreprocessing` as the default path, so both train on the same
 preprocessing; DALI's resampling and JPEG decoder differ from torchvision's by a few grey levels.
 
 An optional extra (``pip install -e .[dali]``: the wheel ``nvidia-dali-cuda130``). ``device="cpu"`` builds the
 same pipeline on the CPU (DALI's CPU operators): what the tests check on a machine without a GPU.
 
-Differences from the default loaders: the order of the images comes from DALI's reader (seeded by the run's
-data seed and the rank, reshuffled every epoch), not from :class:`~zfexp.data.sampling.SeededSampler`; a run
-resumed mid-epoch starts that epoch's order again rather than skipping the batches it had seen.
+The order, the crops and flips, the shares of the ranks and the resumption of an epoch are the default loaders'
+(:class:`~zfexp.data.sampling.SeededSampler`, :class:`~zfexp.data.sampling.EvaluationShards`): only the decoder
+and the resampling differ.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from zfexp.data.classes import ClassSubset
-from zfexp.data.transforms import Preprocessing
+from zfexp.data.transforms import Preprocessing, draw_crop_flip
 from zfexp.errors import InvalidValueError
 from zfexp.runs.launchers import MissingExtraError
 
@@ -73,20 +73,18 @@ def image_files(dataset: Dataset) -> list[tuple[str, int]]:
 class DaliSplit:
     """One loader's files and settings."""
 
-    files: list[tuple[str, int]]
+    files: list[tuple[str, int]]  # (path, label) of every image of the split, in the dataset's order
     preprocess: Preprocessing
     batch_size: int
     train: bool
-    seed: int
-    shard_id: int = 0
-    num_shards: int = 1
     device: str = "gpu"  # "gpu": nvJPEG + GPU operators; "cpu": DALI's CPU operators
     device_id: int | None = 0
     num_threads: int = 4
 
 
-def build_pipeline(split: DaliSplit) -> Any:
-    """The DALI pipeline of one split; outputs ``images`` (uint8 CHW), ``labels`` and, for training, ``crops``."""
+def build_pipeline(split: DaliSplit, files: list[tuple[str, int]], crops: list[torch.Tensor] | None) -> Any:
+    """The DALI pipeline of one pass over ``files``, read in that order: outputs ``images`` (uint8 CHW),
+    ``labels`` and, for training, ``crops`` (``[3]`` each, given: DALI draws nothing)."""
     dali = import_dali()
     from nvidia.dali import fn, types
 
@@ -97,49 +95,92 @@ def build_pipeline(split: DaliSplit) -> Any:
     gpu = split.device == "gpu"
 
     @dali.pipeline_def(batch_size=split.batch_size, num_threads=split.num_threads,
-                       device_id=split.device_id if gpu else None, seed=split.seed % 2**31)
+                       device_id=split.device_id if gpu else None)
     def pipeline():
-        encoded, labels = fn.readers.file(
-            files=[f for f, _ in split.files], labels=[y for _, y in split.files], name="reader",
-            shard_id=split.shard_id, num_shards=split.num_shards, random_shuffle=split.train,
-            pad_last_batch=not split.train)
+        # The reader pads the last batch with its last image; the iterator drops the padding (PARTIAL).
+        encoded, labels = fn.readers.file(files=[f for f, _ in files], labels=[y for _, y in files], name="reader",
+                                          random_shuffle=False, pad_last_batch=True)
         images = fn.decoders.image(encoded, device="mixed" if gpu else "cpu", output_type=types.RGB)
         images = fn.resize(images, resize_shorter=p.resize, antialias=True, interp_type=types.INTERP_LINEAR)
         images = fn.crop(images, crop=(p.crop, p.crop), crop_pos_x=0.5, crop_pos_y=0.5)
         images = fn.transpose(images, perm=[2, 0, 1])  # HWC -> CHW, still uint8
-        if not split.train:
+        if crops is None:
             return images, labels
-        slack = p.crop - p.input_size
-        top = fn.random.uniform(range=[0, slack], dtype=types.INT32)  # integer ranges are inclusive
-        left = fn.random.uniform(range=[0, slack], dtype=types.INT32)
-        flip = fn.random.coin_flip(probability=0.5 if p.hflip else 0.0, dtype=types.INT32)
-        return images, labels, fn.stack(top, left, flip)
+        return images, labels, fn.external_source(source=CropBatches(crops, split.batch_size), batch=True,
+                                                  dtype=types.INT64)
 
     pipe = pipeline()
     pipe.build()
     return pipe
 
 
+class CropBatches:
+    """The crops of one pass, a batch per call, in the reader's order: the last batch padded as the reader pads
+    it, and the last one repeated should the pipeline read ahead past the pass."""
+
+    def __init__(self, crops: list[torch.Tensor], batch_size: int):
+        self.crops = [c.numpy() for c in crops]
+        self.batch_size, self.next = batch_size, 0
+
+    def __call__(self) -> list[Any]:
+        start = min(self.next, max(0, len(self.crops) - 1) // self.batch_size * self.batch_size)
+        self.next += self.batch_size
+        batch = self.crops[start: start + self.batch_size]
+        return batch + [batch[-1]] * (self.batch_size - len(batch))
+
+
+def seeded_crop(seed: int, p: Preprocessing) -> torch.Tensor:
+    """The training crop and flip ``[3]`` the default path draws for an image seeded with ``seed``
+    (:class:`~zfexp.data.sampling.SeededItems` then :class:`~zfexp.data.batch_preprocessing.WithCrops`)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        return draw_crop_flip(p.crop, p.crop, p.input_size, p.hflip)
+
+
 class DaliLoader:
     """The batches of one split as the default loaders give them (see the module's docstring), on the pipeline's
-    device; one pass per ``iter()``. ``len()`` is this shard's number of batches."""
+    device, in the order of ``sampler``: for training a :class:`~zfexp.data.sampling.SeededSampler` (the default
+    path's order, crops and flips, this rank's share; Lightning sets its epoch), for evaluation an
+    :class:`~zfexp.data.sampling.EvaluationShards`. Each ``iter()`` builds the pass's pipeline: a pass cut short
+    (Lightning's sanity check, ``limit_*_batches``) leaves nothing behind for the next. Its state is its position
+    in the epoch, as :class:`~zfexp.data.sampling.ResumableLoader`'s: a run resumed mid-epoch continues it."""
 
-    def __init__(self, split: DaliSplit):
+    def __init__(self, split: DaliSplit, sampler: Any):
         import_dali()
+        self.split, self.sampler = split, sampler
+        self.outputs = ["images", "labels", "crops"] if split.train else ["images", "labels"]
+        self.batch_size = split.batch_size
+        self._yielded, self._finished = 0, False
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.split.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         from nvidia.dali.plugin.base_iterator import LastBatchPolicy
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-        self.split = split
-        self.outputs = ["images", "labels", "crops"] if split.train else ["images", "labels"]
-        self.iterator = DALIGenericIterator([build_pipeline(split)], self.outputs, reader_name="reader",
-                                            last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)
+        order = list(self.sampler)
+        self._yielded, self._finished = 0, False
+        if self.split.train:
+            files = [self.split.files[index] for index, _ in order]
+            crops = [seeded_crop(seed, self.split.preprocess) for _, seed in order]
+        else:
+            files, crops = [self.split.files[index] for index in order], None
+        if files:
+            iterator = DALIGenericIterator([build_pipeline(self.split, files, crops)], self.outputs,
+                                           reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL)
+            for (data,) in iterator:
+                batch = [data["images"], data["labels"].reshape(-1).long()]
+                if self.split.train:
+                    batch.append(data["crops"].long())
+                self._yielded += 1
+                yield tuple(batch)
+        self._finished = True
 
-    def __len__(self) -> int:
-        return math.ceil(math.ceil(len(self.split.files) / self.split.num_shards) / self.split.batch_size)
+    def state_dict(self) -> dict[str, Any]:
+        start = getattr(self.sampler, "start", 0)
+        return {"batches": start // self.batch_size + self._yielded, "finished": self._finished}
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        for (data,) in self.iterator:
-            batch = [data["images"], data["labels"].reshape(-1).long()]
-            if self.split.train:
-                batch.append(data["crops"].long())
-            yield tuple(batch)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("batches") and not state_dict.get("finished") and hasattr(self.sampler, "resume_at"):
+            self.sampler.resume_at(state_dict["batches"] * self.batch_size)

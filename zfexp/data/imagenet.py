@@ -128,16 +128,15 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             check_dali_device(self.trainer.strategy.root_device)  # before the first batch
 
     def _dali_loader(self, split: str) -> DaliLoader:
-        """This rank's shard of ``split`` as a DALI pipeline on this rank's GPU."""
+        """This rank's share of ``split``, in the default loaders' order, decoded by DALI on this rank's GPU."""
         trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         device = trainer.strategy.root_device if trainer is not None else torch.device("cuda", 0)
         check_dali_device(device)
         dataset = {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]
+        sampler = self.train_sampler() if split == "train" else self.evaluation_sampler(dataset)
         return DaliLoader(DaliSplit(image_files(dataset), self.preprocess, self.hparams.batch_size,
-                                    train=split == "train", seed=derived_seed(self.data_seed, rank), shard_id=rank,
-                                    num_shards=world, device="gpu", device_id=device.index or 0,
-                                    num_threads=max(1, self.hparams.num_workers)))
+                                    train=split == "train", device="gpu", device_id=device.index or 0,
+                                    num_threads=max(1, self.hparams.num_workers)), sampler)
 
     def train_dataloader(self):
         return self._dali_loader("train") if self.decoder == "dali" else super().train_dataloader()
