@@ -255,8 +255,7 @@ class ImageClassifier(L.LightningModule):
             # epoch's end they belong to the finished epoch, and the resumed run starts the next one afresh.
             # Under DDP every rank calls this hook and each holds its share: the checkpoint keeps their sum.
             checkpoint["train_metric_states"] = {"metrics": _metric_states(self.train_metrics, trainer.strategy),
-                                                 "loss": _metric_states(self.train_loss, trainer.strategy),
-                                                 "ranks_summed": True}
+                                                 "loss": _metric_states(self.train_loss, trainer.strategy)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         hparams = checkpoint.get("hyper_parameters") or {}

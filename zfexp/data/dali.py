@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from zfexp.data.classes import ClassSubset
+from zfexp.data.sampling import position_state, resume_from
 from zfexp.data.transforms import Preprocessing, draw_crop_flip
 from zfexp.errors import InvalidValueError
 from zfexp.runs.launchers import MissingExtraError
@@ -178,9 +179,10 @@ class DaliLoader:
         self._finished = True
 
     def state_dict(self) -> dict[str, Any]:
-        start = getattr(self.sampler, "start", 0)
-        return {"batches": start // self.batch_size + self._yielded, "finished": self._finished}
+        if not self.split.train:
+            return {}
+        return position_state(self.sampler, self.batch_size, self._yielded, self._finished)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("batches") and not state_dict.get("finished") and hasattr(self.sampler, "resume_at"):
-            self.sampler.resume_at(state_dict["batches"] * self.batch_size)
+        if self.split.train and state_dict:
+            resume_from(self.sampler, self.batch_size, state_dict)

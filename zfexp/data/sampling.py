@@ -113,6 +113,20 @@ def batches_yielded(state: dict[str, Any]) -> tuple[int, bool]:
     return int(count), bool(state.get("_iterator_finished", False))
 
 
+def position_state(sampler: SeededSampler, batch_size: int, done: int, finished: bool) -> dict[str, Any]:
+    """A training loader's state: its position in the epoch, ``done`` batches into this iteration (which began
+    at ``sampler.start``), and whether the epoch's iteration has ended."""
+    return {"batches": sampler.start // batch_size + done, "finished": finished}
+
+
+def resume_from(sampler: SeededSampler, batch_size: int, state: dict[str, Any]) -> None:
+    """Have ``sampler`` start its current epoch where a loader's ``state`` left it: ours (:func:`position_state`)
+    or torchdata's own (older checkpoints)."""
+    done, finished = (state["batches"], state["finished"]) if "batches" in state else batches_yielded(state)
+    if done and not finished:
+        sampler.resume_at(done * batch_size)
+
+
 class ResumableLoader(StatefulDataLoader):
     """torchdata's ``StatefulDataLoader`` over a :class:`SeededSampler`, whose state is its position in the epoch
     alone: ``{"batches": n, "finished": bool}``.
@@ -123,16 +137,12 @@ class ResumableLoader(StatefulDataLoader):
     loaded across). States written by torchdata itself (older checkpoints) are read too."""
 
     def state_dict(self) -> dict[str, Any]:
-        done, finished = batches_yielded(super().state_dict())
-        return {"batches": self.sampler.start // self.batch_size + done, "finished": finished}
+        return position_state(self.sampler, self.batch_size, *batches_yielded(super().state_dict()))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict({})  # a fresh iteration, which the sampler starts where the state was (the
         # datamodule set the sampler to the epoch being resumed before Lightning calls this)
-        done, finished = ((state_dict["batches"], state_dict["finished"]) if "batches" in state_dict
-                          else batches_yielded(state_dict))
-        if done and not finished:
-            self.sampler.resume_at(done * self.batch_size)
+        resume_from(self.sampler, self.batch_size, state_dict)
 
 
 class SeededItems(Dataset):
