@@ -154,9 +154,12 @@ class ScheduledAnalysis(Callback):
 
     ``config_key`` names the callback in messages: its key in the config (``callbacks.occlusion_maps``), else its
     class name (``OcclusionMaps.patch=0: ...``). Its ``state_key`` is built from its settings, as
-    ``ModelCheckpoint``'s is: two callbacks of one class with other settings keep their states apart."""
+    ``ModelCheckpoint``'s is: two callbacks of one class with other settings keep their states apart. The
+    settings of when and how fast it runs (``SCHEDULE``) are left out of it: a resumed run may change them and
+    keep the state (the probe images, the snapshots so far)."""
 
     run_at_fit_end = True
+    SCHEDULE = ("epochs", "every_n_epochs", "batch_size")
 
     def __init__(self, epochs: Sequence[int] = (), every_n_epochs: int | None = None):
         self.config_key = config_key(type(self).__name__)
@@ -167,8 +170,8 @@ class ScheduledAnalysis(Callback):
     @property
     def state_key(self) -> str:
         settings = inspect.signature(type(self).__init__).parameters
-        return self._generate_state_key(**{name: getattr(self, name) for name in settings if name != "self"
-                                           and hasattr(self, name)})
+        return self._generate_state_key(**{name: getattr(self, name) for name in settings
+                                           if name not in ("self", *self.SCHEDULE) and hasattr(self, name)})
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":

@@ -114,7 +114,7 @@ def test_a_dali_pass_cut_short_leaves_the_next_whole_and_a_resumed_epoch_continu
     batches = iter(loader)
     first = next(batches)
     state = loader.state_dict()
-    assert state == {"batches": 1, "finished": False}
+    assert state == {"batches": 1, "finished": False, "processes": 1}
     resumed = dali_loader(dm, "train")  # another run, resumed from a checkpoint holding that state
     resumed.load_state_dict(state)
     assert_same_batches([first, *resumed], whole)

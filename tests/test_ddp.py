@@ -38,9 +38,10 @@ def newest_run(log_dir: Path) -> Path:
 
 
 def test_ddp_writes_each_image_once_and_evaluates_every_image_once(tmp_path):
-    # 201 validation and 201 test images: two ranks cannot take equal shares (DistributedSampler would pad one).
+    # 129 validation and 129 test images: shares of 65 and 64 images, 2 batches on one rank and 1 on the other
+    # (DistributedSampler would pad the second share with a repeated image).
     log_dir = tmp_path / "logs"
-    done = run_train(log_dir, *SMALL, *NO_FIGURES, *DDP, "data.subset_size=201",
+    done = run_train(log_dir, *SMALL, *NO_FIGURES, *DDP, "data.subset_size=129",
                      "callbacks.deconv_snapshots={epochs: [1], probe_size: 32, layers: [conv1, conv5], "
                      "maps_per_layer: 2, _target_: callbacks.DeconvSnapshots}")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -57,7 +58,7 @@ def test_ddp_writes_each_image_once_and_evaluates_every_image_once(tmp_path):
 
     # The same checkpoint evaluated by one process: the same errors and losses.
     metrics = json.loads((run / "metrics.json").read_text())
-    cfg = compose_train(tmp_path / "single" / "train" / "runs" / "a", [*SMALL, "data.subset_size=201"])
+    cfg = compose_train(tmp_path / "single" / "train" / "runs" / "a", [*SMALL, "data.subset_size=129"])
     single = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                        enable_model_summary=False)
     module = ImageClassifier.load_from_checkpoint(metrics["best_checkpoint"])

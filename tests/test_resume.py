@@ -119,7 +119,7 @@ def test_a_loader_resumes_its_epoch_with_another_number_of_workers(workers_befor
     batches = iter(first)
     done = [next(batches)[0].tolist() for _ in range(5)]
     state = first.state_dict()
-    assert state == {"batches": 5, "finished": False}
+    assert state == {"batches": 5, "finished": False, "processes": 1}
     second = loader(workers_after)
     second.load_state_dict(state)
     batches = iter(second)
@@ -127,6 +127,18 @@ def test_a_loader_resumes_its_epoch_with_another_number_of_workers(workers_befor
     third = loader(workers_before)
     third.load_state_dict(second.state_dict())
     assert done + [batch[0].tolist() for batch in third] == whole
+
+
+def test_a_mid_epoch_position_of_another_number_of_processes_is_refused():
+    from zfexp.errors import CheckpointError
+
+    data = SeededItems(TensorDataset(torch.arange(50)))
+    two = ResumableLoader(data, sampler=SeededSampler(50, seed=7, num_replicas=2, rank=0), batch_size=4)
+    next(iter(two))
+    one = ResumableLoader(data, sampler=SeededSampler(50, seed=7), batch_size=4)
+    with pytest.raises(CheckpointError, match="middle of an epoch by 2 training processes, and this run has 1"):
+        one.load_state_dict(two.state_dict())
+    one.load_state_dict({**two.state_dict(), "finished": True})  # an epoch's end: any number of processes
 
 
 def test_a_loader_reads_the_state_torchdata_wrote_in_older_checkpoints():

@@ -249,7 +249,10 @@ def test_seed_null_gives_every_process_of_a_torchrun_or_srun_launch_one_seed(mon
     assert len(set(torchrun)) == 1 and 0 <= torchrun[0] < 2**32  # the ranks' shards of the data then fit together
     assert seed_of(WORLD_SIZE="4", TORCHELASTIC_RUN_ID="another launch") != torchrun[0]
     srun = {seed_of(SLURM_NTASKS="2", SLURM_JOB_ID="77", SLURM_STEP_ID="0", SLURM_PROCID=str(r)) for r in range(2)}
-    assert len(srun) == 1
-    with pytest.raises(InvalidValueError, match="seed=null: this process is one of several"):
-        seed_of(WORLD_SIZE="2", RANK="1")
+    assert len(srun) == 1 and seed_of(SLURM_NTASKS="2", SLURM_JOB_ID="77", SLURM_STEP_ID="1") not in srun
+    # Two runs started by hand in one allocation (not srun steps) draw seeds of their own.
+    assert seed_of(SLURM_NTASKS="2", SLURM_JOB_ID="77") != seed_of(SLURM_NTASKS="2", SLURM_JOB_ID="77")
+    for unnamed in ({"WORLD_SIZE": "2", "RANK": "1"}, {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none"}):
+        with pytest.raises(InvalidValueError, match="seed=null: this process is one of several"):
+            seed_of(**unnamed)
     assert seed_of() != seed_of()  # one process: a seed drawn from the OS

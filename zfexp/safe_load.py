@@ -57,7 +57,7 @@ def refused_global(err: BaseException) -> str:
 def trust_option(cfg: Any) -> bool:
     """The run's ``trust_checkpoint``: the user's explicit opt-in to unpickling the files it reads in full."""
     value = cfg.get("trust_checkpoint", False)
-    if value not in (True, False):
+    if not isinstance(value, bool):
         raise InvalidValueError(f"trust_checkpoint={value!r}; valid: false (the default: files are read with "
                                 "torch.load(weights_only=True), tensors and plain values only), true (files you "
                                 "trust, read in full: they may run code)")

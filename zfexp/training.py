@@ -86,19 +86,20 @@ def run_seed(seed: int | None) -> int:
 
 
 def shared_launch_id() -> str | None:
-    """What every process of a multi-process launch by torchrun or srun has in common, and no other launch
-    has (torchrun's run id; SLURM's job and step); ``None`` for a single process. A launch of several processes
-    that says neither cannot share a drawn seed: ``seed=null`` is refused there."""
+    """What every process of one multi-process launch has in common, and no other launch has: torchrun's run id
+    (``--rdzv-id``, or the one ``--standalone`` draws), or an srun step's job and step ids; ``None`` for a single
+    process. Several processes that name neither (torchrun's static rendezvous names its run "none") cannot
+    share a drawn seed: ``seed=null`` is refused there."""
     env = os.environ
-    if int(env.get("WORLD_SIZE", "1")) <= 1 and int(env.get("SLURM_NTASKS", "1")) <= 1:
+    if env.get("SLURM_STEP_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:  # the tasks of one srun step
+        return f"slurm {env.get('SLURM_JOB_ID')}.{env['SLURM_STEP_ID']}"
+    if int(env.get("WORLD_SIZE", "1")) <= 1:
         return None
-    if env.get("TORCHELASTIC_RUN_ID"):
+    if env.get("TORCHELASTIC_RUN_ID", "none") != "none":
         return f"torchrun {env['TORCHELASTIC_RUN_ID']}"
-    if env.get("SLURM_JOB_ID"):
-        return f"slurm {env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '')}"
     raise InvalidValueError("seed=null: this process is one of several started together (WORLD_SIZE > 1) by a "
-                            "launcher that names no run id (TORCHELASTIC_RUN_ID, SLURM_JOB_ID), so the processes "
-                            "cannot draw one seed; give seed=<an integer>")
+                            "launcher that names no run (torchrun without --rdzv-id or --standalone, or another), "
+                            "so the processes cannot draw one seed; give seed=<an integer>")
 
 
 PRECISIONS = (*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS), 64, 32, 16)

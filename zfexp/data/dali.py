@@ -83,9 +83,10 @@ class DaliSplit:
     num_threads: int = 4
 
 
-def build_pipeline(split: DaliSplit, files: list[tuple[str, int]], crops: list[torch.Tensor] | None) -> Any:
+def build_pipeline(split: DaliSplit, files: list[tuple[str, int]], seeds: list[int] | None) -> Any:
     """The DALI pipeline of one pass over ``files``, read in that order: outputs ``images`` (uint8 CHW),
-    ``labels`` and, for training, ``crops`` (``[3]`` each, given: DALI draws nothing)."""
+    ``labels`` and, for training, ``crops`` (``[3]`` each, drawn from the images' ``seeds``: DALI draws
+    nothing)."""
     dali = import_dali()
     from nvidia.dali import fn, types
 
@@ -105,10 +106,10 @@ def build_pipeline(split: DaliSplit, files: list[tuple[str, int]], crops: list[t
         images = fn.resize(images, resize_shorter=p.resize, antialias=True, interp_type=types.INTERP_LINEAR)
         images = fn.crop(images, crop=(p.crop, p.crop), crop_pos_x=0.5, crop_pos_y=0.5)
         images = fn.transpose(images, perm=[2, 0, 1])  # HWC -> CHW, still uint8
-        if crops is None:
+        if seeds is None:
             return images, labels
-        return images, labels, fn.external_source(source=CropBatches(crops, split.batch_size), batch=True,
-                                                  dtype=types.INT64)
+        return images, labels, fn.external_source(source=CropBatches(seeds, split.preprocess, split.batch_size),
+                                                  batch=True, dtype=types.INT64)
 
     pipe = pipeline()
     pipe.build()
@@ -116,17 +117,18 @@ def build_pipeline(split: DaliSplit, files: list[tuple[str, int]], crops: list[t
 
 
 class CropBatches:
-    """The crops of one pass, a batch per call, in the reader's order: the last batch padded as the reader pads
-    it, and the last one repeated should the pipeline read ahead past the pass."""
+    """The crops of one pass, a batch per call, in the reader's order, each drawn as it is needed (a few
+    microseconds an image, beside the reader's prefetching): the last batch padded as the reader pads it, and
+    the last one repeated should the pipeline read ahead past the pass."""
 
-    def __init__(self, crops: list[torch.Tensor], batch_size: int):
-        self.crops = [c.numpy() for c in crops]
+    def __init__(self, seeds: list[int], preprocess: Preprocessing, batch_size: int):
+        self.seeds, self.preprocess = seeds, preprocess
         self.batch_size, self.next = batch_size, 0
 
     def __call__(self) -> list[Any]:
-        start = min(self.next, max(0, len(self.crops) - 1) // self.batch_size * self.batch_size)
+        start = min(self.next, max(0, len(self.seeds) - 1) // self.batch_size * self.batch_size)
         self.next += self.batch_size
-        batch = self.crops[start: start + self.batch_size]
+        batch = [seeded_crop(seed, self.preprocess).numpy() for seed in self.seeds[start: start + self.batch_size]]
         return batch + [batch[-1]] * (self.batch_size - len(batch))
 
 
@@ -163,12 +165,11 @@ class DaliLoader:
         order = list(self.sampler)
         self._yielded, self._finished = 0, False
         if self.split.train:
-            files = [self.split.files[index] for index, _ in order]
-            crops = [seeded_crop(seed, self.split.preprocess) for _, seed in order]
+            files, seeds = [self.split.files[index] for index, _ in order], [seed for _, seed in order]
         else:
-            files, crops = [self.split.files[index] for index in order], None
+            files, seeds = [self.split.files[index] for index in order], None
         if files:
-            iterator = DALIGenericIterator([build_pipeline(self.split, files, crops)], self.outputs,
+            iterator = DALIGenericIterator([build_pipeline(self.split, files, seeds)], self.outputs,
                                            reader_name="reader", last_batch_policy=LastBatchPolicy.PARTIAL)
             for (data,) in iterator:
                 batch = [data["images"], data["labels"].reshape(-1).long()]

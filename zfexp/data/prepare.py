@@ -70,17 +70,18 @@ def resize_image(source: Path, destination: Path, side: int, jpeg_quality: int) 
 _PARENT: int | None = None  # the pid of the process that started this pool worker
 
 
-def die_with_parent(parent: int) -> None:
-    """Initializer of the pool's workers: a worker ends when the process that started it does, also when that
-    one is killed with SIGKILL (then nothing tells the pool to stop). On Linux the kernel sends it SIGKILL at
-    once (``PR_SET_PDEATHSIG``); on any system each task first checks that its parent is still the same."""
+def die_with_parent() -> None:
+    """Initializer of the pool's workers: a worker ends when the process that started it does (the main one,
+    or a fork server), also when that one is killed with SIGKILL (then nothing tells the pool to stop). On
+    Linux the kernel sends it SIGKILL at once (``PR_SET_PDEATHSIG``); on any system each task first checks that
+    its parent is still the same."""
     global _PARENT
-    _PARENT = parent
+    _PARENT = os.getppid()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent ended before the signal was asked for
-        os._exit(1)
+        if os.getppid() != _PARENT:  # the parent ended before the signal was asked for
+            os._exit(1)
 
 
 def _resize_task(args: tuple[Path, Path, int, int]) -> str | None:
@@ -126,7 +127,7 @@ def prepare(cfg: DictConfig, run: Run) -> None:
              f"; removed {stale} partial files of an interrupted run" if stale else "")
     corrupt: list[str] = []
     workers = cfg.workers or os.cpu_count() or 1
-    with ProcessPoolExecutor(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+    with ProcessPoolExecutor(workers, initializer=die_with_parent) as pool:
         results = pool.map(_resize_task, todo, chunksize=max(1, min(64, len(todo) // (8 * workers))))
         for (src, *_), problem in progress(zip(todo, results, strict=True), len(todo), "prepare", unit="img"):
             if problem is not None:

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from zfexp.errors import InvalidValueError
+from zfexp.errors import CheckpointError, InvalidValueError
 
 SEED_BITS = 62  # seeds stay positive int64 values, so ``seed + epoch`` never overflows a torch seed
 
@@ -115,16 +115,24 @@ def batches_yielded(state: dict[str, Any]) -> tuple[int, bool]:
 
 def position_state(sampler: SeededSampler, batch_size: int, done: int, finished: bool) -> dict[str, Any]:
     """A training loader's state: its position in the epoch, ``done`` batches into this iteration (which began
-    at ``sampler.start``), and whether the epoch's iteration has ended."""
-    return {"batches": sampler.start // batch_size + done, "finished": finished}
+    at ``sampler.start``), whether the epoch's iteration has ended, and the number of processes sharing it."""
+    return {"batches": sampler.start // batch_size + done, "finished": finished, "processes": sampler.num_replicas}
 
 
 def resume_from(sampler: SeededSampler, batch_size: int, state: dict[str, Any]) -> None:
     """Have ``sampler`` start its current epoch where a loader's ``state`` left it: ours (:func:`position_state`)
-    or torchdata's own (older checkpoints)."""
+    or torchdata's own (older checkpoints). A position in the middle of an epoch is each process's: with another
+    number of processes it would train part of the epoch twice and skip the rest, so that is refused."""
     done, finished = (state["batches"], state["finished"]) if "batches" in state else batches_yielded(state)
-    if done and not finished:
-        sampler.resume_at(done * batch_size)
+    if not done or finished:
+        return
+    processes = state.get("processes", sampler.num_replicas)
+    if processes != sampler.num_replicas:
+        raise CheckpointError(f"ckpt_path: the checkpoint was written in the middle of an epoch by {processes} "
+                              f"training processes, and this run has {sampler.num_replicas}; resume it with as many "
+                              "(trainer.devices, trainer.num_nodes), or resume from the epoch's end (the run's "
+                              "last.ckpt) with any number")
+    sampler.resume_at(done * batch_size)
 
 
 class ResumableLoader(StatefulDataLoader):
