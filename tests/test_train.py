@@ -256,3 +256,15 @@ def test_seed_null_gives_every_process_of_a_torchrun_or_srun_launch_one_seed(mon
         with pytest.raises(InvalidValueError, match="seed=null: this process is one of several"):
             seed_of(**unnamed)
     assert seed_of() != seed_of()  # one process: a seed drawn from the OS
+
+
+def test_the_processes_of_one_torchrun_launch_share_their_run_dirs_name(monkeypatch):
+    from zfexp.runs.resolvers import run_tag
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-1")
+    assert run_tag() == run_tag() and re.fullmatch(r"[0-9a-f]{6}", run_tag())
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-2")
+    tags = {run_tag()}
+    monkeypatch.delenv("WORLD_SIZE")
+    assert run_tag() not in tags and run_tag() != run_tag()  # single processes: drawn

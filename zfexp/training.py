@@ -5,7 +5,6 @@ Kept apart from ``train.py`` so tests (and notebooks) call it with a config comp
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -27,6 +26,7 @@ from zfexp.errors import CheckpointError, InvalidValueError
 from zfexp.module import ImageClassifier
 from zfexp.pretrained import check_compatible, load_all_but_classifier_, load_pretrained
 from zfexp.runs.config_groups import instantiate_group
+from zfexp.runs.launchers import launch_digest, shared_launch_id
 from zfexp.runs.lifecycle import Run, task_wrapper
 from zfexp.runs.loggers import WANDB_RUN_KEY
 from zfexp.safe_load import trust_option
@@ -73,33 +73,19 @@ def run_seed(seed: int | None) -> int:
     """The seed this process runs with: the configured one; for ``seed=null`` one drawn from the OS. Every
     process of one DDP run must draw the same: the extra processes Lightning's DDP launches (``LOCAL_RANK`` > 0)
     take rank zero's from ``PL_GLOBAL_SEED``; processes started together by an external launcher take one
-    derived from the launch they share (:func:`shared_launch_id`)."""
+    derived from the launch they share (:func:`~zfexp.runs.launchers.shared_launch_id`)."""
     if seed is not None:
         return int(seed)
     if os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get("PL_GLOBAL_SEED"):
         return int(os.environ["PL_GLOBAL_SEED"])
     launch = shared_launch_id()
     if launch is not None:
-        digest = hashlib.blake2b(launch.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") % (SEED_RANGE[1] + 1)
+        return launch_digest(launch) % (SEED_RANGE[1] + 1)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InvalidValueError("seed=null: this process is one of several started together (WORLD_SIZE > 1) by a "
+                                "launcher that names no run (torchrun without --rdzv-id or --standalone, or "
+                                "another), so the processes cannot draw one seed; give seed=<an integer>")
     return secrets.randbelow(SEED_RANGE[1] + 1)
-
-
-def shared_launch_id() -> str | None:
-    """What every process of one multi-process launch has in common, and no other launch has: torchrun's run id
-    (``--rdzv-id``, or the one ``--standalone`` draws), or an srun step's job and step ids; ``None`` for a single
-    process. Several processes that name neither (torchrun's static rendezvous names its run "none") cannot
-    share a drawn seed: ``seed=null`` is refused there."""
-    env = os.environ
-    if env.get("SLURM_STEP_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:  # the tasks of one srun step
-        return f"slurm {env.get('SLURM_JOB_ID')}.{env['SLURM_STEP_ID']}"
-    if int(env.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    if env.get("TORCHELASTIC_RUN_ID", "none") != "none":
-        return f"torchrun {env['TORCHELASTIC_RUN_ID']}"
-    raise InvalidValueError("seed=null: this process is one of several started together (WORLD_SIZE > 1) by a "
-                            "launcher that names no run (torchrun without --rdzv-id or --standalone, or another), "
-                            "so the processes cannot draw one seed; give seed=<an integer>")
 
 
 PRECISIONS = (*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS), 64, 32, 16)

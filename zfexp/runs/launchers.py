@@ -3,8 +3,10 @@ SLURM, so their Hydra plugins are not in the base install."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
+import os
 from collections.abc import Mapping, Sequence
 
 from zfexp.errors import UserError
@@ -23,6 +25,23 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except ModuleNotFoundError:  # its parent package is missing too
         return False
+
+
+def shared_launch_id() -> str | None:
+    """What every process of one multi-process launch has in common, and no other launch has: torchrun's run id
+    (``--rdzv-id``, or the one ``--standalone`` draws), or an srun step's job and step ids. ``None`` for a single
+    process, and for processes whose launcher names no run (torchrun's static rendezvous names it "none")."""
+    env = os.environ
+    if env.get("SLURM_STEP_ID") and int(env.get("SLURM_NTASKS", "1")) > 1:  # the tasks of one srun step
+        return f"slurm {env.get('SLURM_JOB_ID')}.{env['SLURM_STEP_ID']}"
+    if int(env.get("WORLD_SIZE", "1")) > 1 and env.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"torchrun {env['TORCHELASTIC_RUN_ID']}"
+    return None
+
+
+def launch_digest(launch: str) -> int:
+    """A 64-bit number of a launch's id, the same in every process of the launch."""
+    return int.from_bytes(hashlib.blake2b(launch.encode(), digest_size=8).digest(), "little")
 
 
 class FirstOnly(logging.Filter):

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from zfexp.runs.launchers import launch_digest, shared_launch_id
+
 
 def gpus_per_job() -> int:
     """1 where CUDA is available (each sweep job gets one GPU), else 0 (jobs share the CPUs)."""
@@ -39,10 +41,12 @@ def project_root() -> str:
 
 
 def run_tag() -> str:
-    """Six random hex digits after the time in a run dir's name (``2026-11-30_12-40-03_3fa9c1``): runs started in
-    the same second (two resumes, the jobs of two sweeps on a cluster) never share a dir. Drawn from the OS, not
-    from the run's random generators; cached like Hydra's ``now``, so a sweep's jobs share their sweep dir."""
-    return secrets.token_hex(3)
+    """Six hex digits after the time in a run dir's name (``2026-11-30_12-40-03_3fa9c1``): runs started in the same
+    second (two resumes, the jobs of two sweeps on a cluster) never share a dir. Drawn from the OS, not from the
+    run's random generators; cached like Hydra's ``now``, so a sweep's jobs share their sweep dir. The processes
+    of one torchrun or srun launch (DDP) take the launch's own, so that they share one run dir."""
+    launch = shared_launch_id()
+    return f"{launch_digest(launch) % 16**6:06x}" if launch is not None else secrets.token_hex(3)
 
 
 for _name, _resolver in (("zfexp.gpus_per_job", gpus_per_job), ("zfexp.project_root", project_root),
