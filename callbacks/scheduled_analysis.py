@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from zfexp.analysis.activations import eval_mode
-from zfexp.analysis.deconv_record import deconv_prefix
+from zfexp.analysis.deconv_record import check_projectable
 from zfexp.analysis.map_choice import chosen_maps  # noqa: F401  (one of the pieces callbacks reuse)
 from zfexp.checks import is_int, positive_int
 from zfexp.data.sampling import probe_indices, stack_dataset
@@ -59,7 +59,7 @@ def say_epochs_not_reached(key: str, epochs: Sequence[int], trainer: L.Trainer) 
 def check_layers(key: str, model: nn.Module, layers: Sequence[str]) -> None:
     for layer in layers:
         try:
-            deconv_prefix(model, layer)
+            check_projectable(model, layer)
         except ValueError as err:
             raise InvalidValueError(f"{key}: {err}") from err
 

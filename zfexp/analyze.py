@@ -30,7 +30,7 @@ from zfexp.analysis import (
     top_activations_by_layer,
 )
 from zfexp.analysis.activations import check_feature_layers
-from zfexp.analysis.deconv_record import deconv_prefix
+from zfexp.analysis.deconv_record import check_projectable
 from zfexp.analysis.map_choice import chosen_maps
 from zfexp.analysis.occlusion import drill_down
 from zfexp.data.classes import dataset_targets
@@ -235,7 +235,7 @@ def resolve_layers(cfg: DictConfig, net: torch.nn.Module) -> None:
     for group, key in (("deconv", "layers"), ("top9", "layers")):
         for layer in cfg[group][key]:
             try:
-                deconv_prefix(net, layer)
+                check_projectable(net, layer)
             except ValueError as err:
                 raise InvalidValueError(f"{group}.{key}: {err}") from err
     for key, layers in (("occlusion.feature_layer", [cfg.occlusion.feature_layer]),

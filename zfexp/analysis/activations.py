@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from zfexp.analysis.geometry import leaf_modules
+from zfexp.analysis.graph import features_end, is_plain_chain, watch
 from zfexp.errors import InvalidValueError
 
 NAMED = (nn.Conv2d, nn.Linear)
@@ -46,16 +47,25 @@ def _output_module(model: nn.Module, layer: str) -> nn.Module:
     if layer not in names or not isinstance(leaves[names.index(layer)][1], NAMED):
         raise InvalidValueError(f"layer={layer!r} is not a conv or linear layer of the model; valid: "
                                 f"{', '.join(feature_layers(model))}")
-    i = names.index(layer)
-    if i + 1 < len(leaves) and isinstance(leaves[i + 1][1], nn.ReLU):
-        return leaves[i + 1][1]
-    return leaves[i][1]
+    return leaves[features_end(leaves, names.index(layer))][1]
 
 
 def check_feature_layers(model: nn.Module, layers: Sequence[str]) -> None:
-    """Raise :class:`InvalidValueError` naming the valid layers if one of ``layers`` is not a conv or linear."""
+    """Raise :class:`InvalidValueError` naming the valid layers if one of ``layers`` is not a conv or linear
+    layer, or a block (a module with children, a ResNet's ``layer3.1``)."""
+    modules = dict(model.named_modules())
     for layer in layers:
-        _output_module(model, layer)
+        module = modules.get(layer) if layer else None
+        if module is None or not (isinstance(module, NAMED) or list(module.children())):
+            convs = feature_layers(model)
+            more = ", ..." if len(convs) > 16 else ""
+            raise InvalidValueError(f"layer={layer!r} is not a conv or linear layer of the model; valid: "
+                                    f"{', '.join(convs[:16])}{more}, or a block (a module with children)")
+
+
+def _in_chain(model: nn.Module, layer: str, images: torch.Tensor) -> bool:
+    """Whether hooks on leaf modules read ``layer``'s features: a conv or linear layer of a chain of modules."""
+    return isinstance(dict(model.named_modules())[layer], NAMED) and is_plain_chain(model, layer, images)
 
 
 @torch.no_grad()
@@ -63,7 +73,16 @@ def layer_activations(model: nn.Module, images: torch.Tensor, layers: Sequence[s
                       ) -> dict[str, torch.Tensor]:
     """Post-ReLU outputs of ``layers`` for ``images [N, C, H, W]``: ``{layer: [N, C_l, H_l, W_l]}`` for a conv,
     ``[N, D_l]`` for a linear layer; with ``logits=True`` also ``{"logits": [N, classes]}``. The forward pass
-    stops at the deepest layer asked for unless the logits are wanted."""
+    stops at the deepest layer asked for unless the logits are wanted. A block's (``layer3.1``) is its output.
+
+    Along a chain of modules (ZFNet, AlexNet, VGG) hooks on the modules read them; in any other network
+    (residual additions, concatenations, functional ReLUs) the forward is watched
+    (:class:`~zfexp.analysis.graph.FeatureSites`): the same numbers where both apply."""
+    check_feature_layers(model, layers)
+    if not all(_in_chain(model, layer, images) for layer in layers):
+        with eval_mode(model):
+            features, out = watch(model, images, layers, logits=logits)
+        return {**features, **({"logits": out} if logits else {})}
     modules = {layer: _output_module(model, layer) for layer in layers}
     caught: dict[str, torch.Tensor] = {}
 

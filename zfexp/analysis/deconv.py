@@ -1,10 +1,13 @@
-"""The deconvnet (Sec. 2.1): project a unit or a feature map of a conv layer back to pixel space.
+"""The deconvnet (Sec. 2.1): project a unit or a feature map of a conv layer (or of a block) back to pixel space.
 
-One batched engine for any network whose forward applies its leaf modules in registration order up to
-the chosen layer, with conv / ReLU / max-pool layers (plus normalisation and dropout, passed through):
-ZFNet from ``zfexp.models``, torchvision's AlexNet and VGG. Going down from the chosen layer it repeats
-(i) unpool with the switches recorded in the forward pass (overlapping windows add up, as the gradient of
-max-pool does), (ii) rectify with a ReLU, (iii) filter with the transposed weights of the conv (no bias).
+One batched engine for any network. Going down from the chosen layer it repeats (i) unpool with the switches
+recorded in the forward pass (overlapping windows add up, as the gradient of max-pool does), (ii) rectify with a
+ReLU, (iii) filter with the transposed weights of the conv (no bias); batch norm in eval mode scales each channel
+(its true backward: as if folded into the filters before it), contrast normalisation and dropout are passed
+through. Where the network is a chain of such modules up to the layer (ZFNet from ``zfexp.models``,
+torchvision's AlexNet and VGG) this module runs those steps itself; anywhere else (residual additions,
+concatenations, functional ReLUs, average pools) the way down is autograd's backward of the network's own
+forward with the rule's ReLUs (:mod:`~zfexp.analysis.deconv_graph`): the same numbers where both apply.
 
 The ReLU step is the one place where the ways of projecting differ (Springenberg et al. 2015, Fig. 1), so the
 engine takes it as ``rule``: ``"deconvnet"`` rectifies the signal coming down (the paper's), ``"guided"``
@@ -23,7 +26,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zfexp.analysis.deconv_record import RecordedStep, record_forward, top_conv
+from zfexp.analysis.deconv_graph import keep_max, project_graph, project_units_graph
+from zfexp.analysis.deconv_record import (
+    RecordedStep,
+    batch_norm_scale,
+    chain_prefix,
+    check_projectable,
+    record_forward,
+    scale_above_conv,
+    top_conv,
+)
 from zfexp.analysis.deconv_windows import project_unit_windows, windows_pay_off
 from zfexp.analysis.geometry import geometry
 from zfexp.errors import InvalidValueError
@@ -52,9 +64,13 @@ class DeconvNet:
         self.max_elements = int(max_elements)
         self.windowed = windowed
 
-    def forward_record(self, images: torch.Tensor, layer: str) -> tuple[torch.Tensor, list[RecordedStep]]:
-        """Run ``images`` up to ``layer``'s ReLU; return its output ``[N, C_l, H_l, W_l]`` and the steps."""
-        return record_forward(self.model, images, layer, keep_active=self.rule != "deconvnet")
+    def forward_record(self, images: torch.Tensor, layer: str) -> tuple[torch.Tensor, list[RecordedStep]] | None:
+        """Along a chain of modules: run ``images`` up to ``layer``'s ReLU; its output ``[N, C_l, H_l, W_l]`` and
+        the steps. ``None`` for a network that is not such a chain."""
+        prefix = chain_prefix(self.model, layer, images)
+        if prefix is None:
+            return None
+        return record_forward(prefix, self.model, images, keep_active=self.rule != "deconvnet")
 
     @torch.no_grad()
     def project(self, images: torch.Tensor, layer: str, channels: list[int] | torch.Tensor | None = None,
@@ -66,7 +82,11 @@ class DeconvNet:
         """
         if mode not in ("max", "map"):
             raise InvalidValueError(f"mode={mode!r}: valid values are 'max' and 'map'")
-        acts, steps = self.forward_record(images, layer)
+        check_projectable(self.model, layer)
+        recorded = self.forward_record(images, layer)
+        if recorded is None:
+            return project_graph(self.model, images, layer, channels, mode, self.rule, self.max_elements)
+        acts, steps = recorded
         n, c_l = acts.shape[:2]
         chan = torch.arange(c_l) if channels is None else torch.as_tensor(channels, dtype=torch.long).flatten()
         if chan.numel() and (chan.min() < 0 or chan.max() >= c_l):
@@ -74,14 +94,16 @@ class DeconvNet:
         chan = chan.to(acts.device)
         selected = acts[:, chan]  # [N, K, H_l, W_l]
         k = chan.numel()
+        scale = scale_above_conv(steps)[chan]  # [K]: the batch norm between the conv and its ReLU
         if mode == "max" and self._use_windows(steps):
             value, where = selected.flatten(2).max(2)  # [N, K]: each map's strongest unit, item n * K + k
             image = torch.arange(n, device=acts.device).repeat_interleave(k)
-            out = project_unit_windows(steps, image, chan.repeat(n), where.flatten(), value.flatten(), images,
-                                       acts.shape[-1], self.max_elements, self.rule)
+            out = project_unit_windows(steps, image, chan.repeat(n), where.flatten(), (value * scale).flatten(),
+                                       images, acts.shape[-1], self.max_elements, self.rule)
             return out.reshape(n, k, *images.shape[1:])
         if mode == "max":
-            selected = _keep_max(selected)
+            selected = keep_max(selected)
+        selected = selected * scale.view(1, -1, 1, 1)
         out = images.new_zeros((n, k, *images.shape[1:]))
         chunk = max(1, self.max_elements // max(1, n * self._largest_per_map(steps)))
         for start in range(0, k, chunk):
@@ -96,7 +118,11 @@ class DeconvNet:
         top-k search needs (each map's strongest units sit in different images)."""
         if mode not in ("max", "map"):
             raise InvalidValueError(f"mode={mode!r}: valid values are 'max' and 'map'")
-        acts, steps = self.forward_record(images, layer)
+        check_projectable(self.model, layer)
+        recorded = self.forward_record(images, layer)
+        if recorded is None:
+            return project_units_graph(self.model, images, layer, torch.as_tensor(channels), mode, self.rule)
+        acts, steps = recorded
         chan = torch.as_tensor(channels, dtype=torch.long, device=acts.device).flatten()
         if chan.numel() != acts.shape[0]:
             raise InvalidValueError(f"project_units needs one channel per image: {acts.shape[0]} images, "
@@ -105,12 +131,14 @@ class DeconvNet:
             raise InvalidValueError(f"channels must lie in 0..{acts.shape[1] - 1} for layer {layer!r}; got "
                                     f"{chan.tolist()}")
         selected = acts[torch.arange(acts.shape[0], device=acts.device), chan].unsqueeze(0)  # [1, N, H, W]
+        scale = scale_above_conv(steps)[chan]  # [N]
         if mode == "max" and self._use_windows(steps):
             value, where = selected[0].flatten(1).max(1)
-            return project_unit_windows(steps, torch.arange(len(chan), device=acts.device), chan, where, value, images,
-                                        acts.shape[-1], self.max_elements, self.rule)
+            return project_unit_windows(steps, torch.arange(len(chan), device=acts.device), chan, where,
+                                        value * scale, images, acts.shape[-1], self.max_elements, self.rule)
         if mode == "max":
-            selected = _keep_max(selected)
+            selected = keep_max(selected)
+        selected = selected * scale.view(1, -1, 1, 1)
         # Carry the N pairs as N groups of one image: the same grouped transposed conv as in project().
         return self._down(selected, chan, steps, paired=True)[0]
 
@@ -173,12 +201,7 @@ class DeconvNet:
             flat = x.new_zeros((n, k, c, h_in * w_in))
             flat.scatter_add_(3, switches, x.reshape(n, k, c, -1))
             return flat.view(n * k, c, h_in, w_in)
-        return x  # normalisation and dropout are passed through, as in the paper
-
-
-def _keep_max(selected: torch.Tensor) -> torch.Tensor:
-    """Zero all but the largest value of each map of ``[N, K, H, W]``."""
-    flat = selected.flatten(2)
-    keep = torch.zeros_like(flat).scatter_(2, flat.argmax(2, keepdim=True), 1.0)
-    return (flat * keep).view_as(selected)
+        if isinstance(module, nn.BatchNorm2d):
+            return x * batch_norm_scale(module).view(1, -1, 1, 1)
+        return x  # contrast normalisation and dropout are passed through, as in the paper
 

@@ -1,5 +1,6 @@
-"""The forward pass a deconvnet goes back down: the modules up to a conv layer's ReLU, each recorded with what
-its inverse needs (input size, max-pool switches, where a ReLU was active)."""
+"""The forward pass a deconvnet goes back down, along a chain of modules (ZFNet, AlexNet, VGG): the modules up to
+a conv layer's ReLU, each recorded with what its inverse needs (input size, max-pool switches, where a ReLU was
+active). Which layers may be projected at all, in any network: :func:`check_projectable`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from torch.nn import functional as F
 
 from zfexp.analysis.activations import eval_mode
 from zfexp.analysis.geometry import forward_prefix
+from zfexp.analysis.graph import is_plain_chain
 from zfexp.errors import InvalidValueError
 from zfexp.models.contrast_norm import LocalContrastNorm
 
-PASS_THROUGH = (nn.LocalResponseNorm, LocalContrastNorm, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
-INVERTIBLE = (nn.Conv2d, nn.ReLU, nn.MaxPool2d) + PASS_THROUGH
+PASS_THROUGH = (nn.LocalResponseNorm, LocalContrastNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
+# Batch norm in eval mode is a per-channel scale (and shift) going up, so a scale of the signal coming down: its
+# true backward, as if folded into the filters of the conv before it.
+INVERTIBLE = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d) + PASS_THROUGH
 
 
 @dataclass
@@ -29,34 +33,49 @@ class RecordedStep:
     active: torch.Tensor | None = None  # [N, C, H, W] bool: where a ReLU's output was positive (guided, gradient)
 
 
-def deconv_prefix(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
-    """:func:`~zfexp.analysis.geometry.forward_prefix`, checked to hold only modules the deconvnet inverts."""
+def check_projectable(model: nn.Module, layer: str) -> None:
+    """``layer`` names a conv layer of ``model`` or a block (a module with children, a ResNet's ``layer3.1``):
+    what the deconvnet projects. Else an :class:`InvalidValueError` naming the valid ones."""
+    module = dict(model.named_modules()).get(layer) if layer else None
+    if module is None or not (isinstance(module, nn.Conv2d) or list(module.children())):
+        convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+        more = ", ..." if len(convs) > 16 else ""
+        raise InvalidValueError(f"layer={layer!r} is not a conv layer of the model; valid: {', '.join(convs[:16])}"
+                                f"{more}, or a block whose output is maps (a module with children)")
+
+
+def chain_prefix(model: nn.Module, layer: str, images: torch.Tensor) -> list[tuple[str, nn.Module]] | None:
+    """The leaf modules up to conv ``layer``'s ReLU when the network is a chain of them up to there and every one
+    is inverted here (:data:`INVERTIBLE`; a batch norm with running statistics, a conv with numeric padding and
+    no groups); else ``None``: the network's own backward goes down (:mod:`~zfexp.analysis.deconv_graph`)."""
+    if not isinstance(dict(model.named_modules()).get(layer), nn.Conv2d) or not is_plain_chain(model, layer, images):
+        return None
     prefix = forward_prefix(model, layer)
-    for name, module in prefix:
+    for _name, module in prefix:
         if not isinstance(module, INVERTIBLE):
-            raise InvalidValueError(f"the deconvnet cannot invert {type(module).__name__} at {name!r}; it supports "
-                                    f"{', '.join(t.__name__ for t in INVERTIBLE)} below the projected layer")
-        if isinstance(module, nn.Conv2d):
-            check_conv(name, module)
+            return None
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or isinstance(module.padding, str)):
+            return None
+        if isinstance(module, nn.BatchNorm2d) and module.running_var is None:
+            return None  # normalised by the batch's own statistics in eval mode too: no fixed scale
     return prefix
 
 
-def check_conv(name: str, conv: nn.Conv2d) -> None:
-    if conv.groups != 1:
-        raise InvalidValueError(f"grouped convolution at {name!r} is not supported by the deconvnet")
-    if isinstance(conv.padding, str):
-        raise InvalidValueError(f"padding={conv.padding!r} at {name!r}: the deconvnet needs numeric padding")
+def batch_norm_scale(norm: nn.BatchNorm2d) -> torch.Tensor:
+    """``[C]``: what batch norm in eval mode multiplies each channel by (``weight / sqrt(running_var + eps)``)."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    return scale * norm.weight if norm.weight is not None else scale
 
 
 @torch.no_grad()
-def record_forward(model: nn.Module, images: torch.Tensor, layer: str, keep_active: bool,
+def record_forward(prefix: list[tuple[str, nn.Module]], model: nn.Module, images: torch.Tensor, keep_active: bool,
                    ) -> tuple[torch.Tensor, list[RecordedStep]]:
-    """Run ``images [N, C, H, W]`` up to conv ``layer``'s ReLU in eval mode (the model's mode is restored);
-    return that output ``[N, C_l, H_l, W_l]`` and the steps. ``keep_active``: record each ReLU's mask."""
+    """Run ``images [N, C, H, W]`` through a :func:`chain_prefix` in eval mode (the model's mode is restored);
+    return its output ``[N, C_l, H_l, W_l]`` and the steps. ``keep_active``: record each ReLU's mask."""
     steps: list[RecordedStep] = []
     x = images
     with eval_mode(model):
-        for name, module in deconv_prefix(model, layer):
+        for name, module in prefix:
             step = RecordedStep(name, module, tuple(x.shape))
             if isinstance(module, nn.MaxPool2d):
                 x, step.switches = F.max_pool2d(x, module.kernel_size, module.stride, module.padding,
@@ -69,6 +88,17 @@ def record_forward(model: nn.Module, images: torch.Tensor, layer: str, keep_acti
                 x = module(x)
             steps.append(step)
     return x, steps
+
+
+def scale_above_conv(steps: list[RecordedStep]) -> torch.Tensor:
+    """``[C_l]``: what the batch norms between the projected conv and its ReLU (VGG-BN's) multiply each map by:
+    the kept activations go down to the conv scaled by it (ones where there is none)."""
+    top = top_conv(steps)
+    scale = torch.ones(steps[top].module.out_channels, device=steps[top].module.weight.device)
+    for step in steps[top + 1:]:
+        if isinstance(step.module, nn.BatchNorm2d):
+            scale = scale * batch_norm_scale(step.module)
+    return scale
 
 
 def top_conv(steps: list[RecordedStep]) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zfexp.analysis.deconv_record import RecordedStep, top_conv
+from zfexp.analysis.deconv_record import RecordedStep, batch_norm_scale, top_conv
 from zfexp.analysis.geometry import geometry, input_window, unit_windows
 
 
@@ -111,7 +111,9 @@ def _invert_window(step: RecordedStep, x: torch.Tensor, lo, image: torch.Tensor,
         flat = _buffer(workspace, (step.name, "unpooled"), (b, new_h * new_w, c), x.dtype, x.device).zero_()
         flat.scatter_add_(1, target, x.permute(0, 2, 3, 1).reshape(b, h * w, c))  # overlapping windows add up
         return flat.view(b, new_h, new_w, c).permute(0, 3, 1, 2), new_lo
-    return x, lo  # normalisation and dropout are passed through
+    if isinstance(module, nn.BatchNorm2d):  # every window is the engine's own tensor: in place is safe
+        return x.mul_(batch_norm_scale(module).view(1, -1, 1, 1)), lo
+    return x, lo  # contrast normalisation and dropout are passed through
 
 
 def _window_of(maps: torch.Tensor, image: torch.Tensor, lo, size) -> torch.Tensor:

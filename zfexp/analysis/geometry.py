@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from zfexp.analysis.graph import features_end, field_geometry, is_plain_chain
 from zfexp.errors import InvalidValueError
 
 SPATIAL = (nn.Conv2d, nn.MaxPool2d)  # the modules that change where a unit looks; everything else is pointwise
@@ -51,17 +52,15 @@ def forward_prefix(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
     """The leaf modules from the input up to conv ``layer``'s ReLU, in forward order.
 
     ``layer`` names a ``Conv2d`` (``"conv3"`` for ZFNet, ``"features.8"`` for torchvision's AlexNet); the
-    prefix ends with the ReLU that follows it, so what it computes is post-ReLU."""
+    prefix ends with the ReLU that follows it (after its batch norm, in VGG-BN), so what it computes is
+    post-ReLU."""
     leaves = leaf_modules(model)
     names = [name for name, _ in leaves]
     convs = [name for name, m in leaves if isinstance(m, nn.Conv2d)]
     if layer not in convs:
         raise InvalidValueError(f"layer={layer!r} is not a conv layer of the model; valid: {', '.join(convs)}")
-    end = names.index(layer)
-    prefix = leaves[: end + 1]
-    if end + 1 < len(leaves) and isinstance(leaves[end + 1][1], nn.ReLU):
-        prefix.append(leaves[end + 1])
-    return prefix
+    return leaves[: features_end(leaves, names.index(layer)) + 1]
+
 
 
 def input_window(module: nn.Conv2d | nn.MaxPool2d, lo, size: tuple[int, int]):
@@ -106,16 +105,36 @@ def unit_windows(modules: list[nn.Module]) -> list[tuple[int, int]]:
 def receptive_field(model: nn.Module, layer: str, position: tuple[int, int], image_size: tuple[int, int] | int,
                     ) -> tuple[int, int, int, int]:
     """Input-pixel box ``(top, left, bottom, right)`` (inclusive, clipped to the image) seen by the unit at
-    ``position = (row, col)`` of conv ``layer``'s output."""
+    ``position = (row, col)`` of ``layer``'s output: a conv's, or any block's of a network that is not a chain
+    of modules (a ResNet's: from the graph, :func:`~zfexp.analysis.graph.field_geometry`)."""
     height, width = pair(image_size)
-    lo, size = tuple(position), (1, 1)
-    for _name, module in reversed(forward_prefix(model, layer)):
-        if isinstance(module, SPATIAL):
-            lo, size = input_window(module, lo, size)
+    if _is_chain(model, layer, (height, width)):
+        lo, size = tuple(position), (1, 1)
+        for _name, module in reversed(forward_prefix(model, layer)):
+            if isinstance(module, SPATIAL):
+                lo, size = input_window(module, lo, size)
+    else:
+        jump, offset, size = field_geometry(model, layer, _in_channels(model))
+        lo = tuple(position[d] * jump[d] + offset[d] for d in range(2))
     return max(lo[0], 0), max(lo[1], 0), min(lo[0] + size[0] - 1, height - 1), min(lo[1] + size[1] - 1, width - 1)
 
 
-def receptive_field_size(model: nn.Module, layer: str) -> int:
-    """Side of the (unclipped) input box one unit of conv ``layer`` sees: ``1 + sum (k - 1) * dilation * jump``."""
-    modules = [m for _, m in forward_prefix(model, layer)]
-    return unit_windows(modules)[0][0]
+def receptive_field_size(model: nn.Module, layer: str, image_size: tuple[int, int] | int = 64) -> int:
+    """Side of the (unclipped) input box one unit of ``layer`` sees: ``1 + sum (k - 1) * dilation * jump`` along
+    a chain of modules; from the graph otherwise. ``image_size``: the images the network takes."""
+    if _is_chain(model, layer, pair(image_size)):
+        modules = [m for _, m in forward_prefix(model, layer)]
+        return unit_windows(modules)[0][0]
+    return field_geometry(model, layer, _in_channels(model))[2][0]
+
+
+def _in_channels(model: nn.Module) -> int:
+    return next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def _is_chain(model: nn.Module, layer: str, size: tuple[int, int]) -> bool:
+    weight = next(model.parameters())
+    side = (min(size[0], 256), min(size[1], 256))  # whether the modules form a chain does not depend on the size
+    probe = torch.zeros(1, _in_channels(model), *side, device=weight.device, dtype=weight.dtype)
+    modules = dict(model.named_modules())
+    return isinstance(modules.get(layer), nn.Conv2d) and is_plain_chain(model, layer, probe)

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 from zfexp.analysis.activations import eval_mode, layer_activations
 from zfexp.analysis.deconv import DeconvNet
-from zfexp.analysis.deconv_record import deconv_prefix
+from zfexp.analysis.deconv_record import check_projectable
+from zfexp.analysis.geometry import forward_prefix
 from zfexp.analysis.occlusion_incremental import IncrementalRun, sequential_leaves
 from zfexp.errors import InvalidValueError
 
@@ -178,7 +179,7 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
     if patch > min(height, width):
         raise InvalidValueError(f"occlusion_maps: patch={patch} is larger than the {height}x{width} image; valid: "
                                 f"1..{min(height, width)}")
-    prefix = deconv_prefix(model, feature_layer)  # names a bad layer with the valid ones
+    check_projectable(model, feature_layer)  # names a bad layer with the valid ones
     probabilities = probabilities or (lambda logits: logits.softmax(-1))
     fill_image = _fill_image(fill, images)
     rows, cols = occluder_positions(height, patch, stride), occluder_positions(width, patch, stride)
@@ -192,7 +193,9 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
                                 "incremental=False)")
 
     with eval_mode(model):
-        return _occlusion_maps(model, images, labels, patch, fill_image, feature_layer, prefix[-1][1], rows, cols,
+        # The incremental run reads the layer's features from the module that gives them (its ReLU).
+        feature_module = forward_prefix(model, feature_layer)[-1][1] if incremental else None
+        return _occlusion_maps(model, images, labels, patch, fill_image, feature_layer, feature_module, rows, cols,
                                batch_size, leaves if incremental else None, probabilities, approximate,
                                approximate.factor(patch, stride) if approximate is not None else 1)
 
@@ -222,7 +225,7 @@ def _occlusion_maps(model, images, labels, patch, fill_image, feature_layer, fea
             if run is not None:
                 out, act = run.forward(item_image[idx], item_r[idx], item_c[idx], patch, feature_map)
             else:
-                out, act = _occluded_forward(model, images, fill_image, feature_module, item_image[idx], item_r[idx],
+                out, act = _occluded_forward(model, images, fill_image, feature_layer, item_image[idx], item_r[idx],
                                              item_c[idx], patch, feature_map)
             logits.append(out)
             activity.append(act)
@@ -332,17 +335,11 @@ def _occlusion_mask(item_r: torch.Tensor, item_c: torch.Tensor, patch: int, heig
     return (in_r[:, :, None] & in_c[:, None, :]).unsqueeze(1)
 
 
-def _occluded_forward(model, images, fill_image, feature_module, item_image, item_r, item_c, patch, feature_map):
-    """The plain way: whole occluded copies through the whole network, the feature map caught by a hook."""
+def _occluded_forward(model, images, fill_image, feature_layer, item_image, item_r, item_c, patch, feature_map):
+    """The plain way: whole occluded copies through the whole network, with the layer's features."""
     mask = _occlusion_mask(item_r, item_c, patch, *images.shape[-2:])
     # Channels-last: the CPU convolutions run a quarter faster on it, for the same sums.
     x = torch.where(mask, fill_image, images[item_image]).contiguous(memory_format=torch.channels_last)
-    caught = {}
-    handle = feature_module.register_forward_hook(lambda m, i, o: caught.__setitem__("out", o))
-    try:
-        logits = model(x)
-    finally:
-        handle.remove()
-    feats = caught["out"]
-    activity = feats[torch.arange(len(x)), feature_map[item_image]].sum((-2, -1))
-    return logits, activity
+    seen = layer_activations(model, x, [feature_layer], logits=True)
+    activity = seen[feature_layer][torch.arange(len(x)), feature_map[item_image]].sum((-2, -1))
+    return seen["logits"], activity

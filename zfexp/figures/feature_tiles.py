@@ -18,7 +18,7 @@ from zfexp.figures.grid import crop_tiles, image_grid, side_by_side
 
 def tile_size(net: nn.Module, layer: str, images: torch.Tensor) -> int:
     """Every crop of a layer is drawn at the size of its units' receptive field (at most the image)."""
-    return min(receptive_field_size(net, layer), max(images.shape[-2:]))
+    return min(receptive_field_size(net, layer, tuple(images.shape[-2:])), max(images.shape[-2:]))
 
 
 def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps: list[int],
