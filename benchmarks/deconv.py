@@ -1,6 +1,9 @@
 """Projecting every map of conv5 (and conv3) of ``zfnet`` for 8 images at 224: the batched engine vs
 (a) a one-map-per-call loop over a hand-mirrored ZFNet deconvnet and (b) captum's ``NeuronDeconvolution``
-looped over maps. Outputs are asserted equal; medians over rounds and the ratios are printed.
+looped over maps. Outputs are asserted equal; medians over rounds and the ratios are printed. ``--resnet``:
+torchvision's ``resnet18`` (random weights and batch-norm statistics), every map of the block ``layer3.1`` and
+of the conv ``layer4.0.conv2`` (read after the block's ReLU), the engine's batched backward vs captum's
+``NeuronDeconvolution`` looped over the same units.
 
 The network uses ``norm="none"``: captum differentiates through LRN, the deconvnet passes it through, so
 only without it do all three compute the same projections (LRN costs nothing on the way down anyway).
@@ -86,6 +89,50 @@ def captum_project(net, images, layer: str, channels) -> torch.Tensor:
     return torch.stack(outs, 1)
 
 
+def resnet_rows(args, device: torch.device) -> None:
+    from captum.attr import NeuronDeconvolution
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    net = resnet18().to(device).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics of a trained network's kind: folding matters
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+        if isinstance(m, torch.nn.ReLU):
+            m.inplace = False  # captum's hooks on ReLU modules
+    images = torch.randn(args.images, 3, 224, 224, device=device)
+    engine = DeconvNet(net)
+    for layer, captum_layer in (("layer3.1", "layer3.1"), ("layer4.0.conv2", "layer4.0")):
+        acts = layer_activations(net, images, [layer])[layer]
+        n_maps = acts.shape[1]
+        subset = list(range(min(args.captum_maps, n_maps)))
+        method = NeuronDeconvolution(net, net.get_submodule(captum_layer))
+        rows = torch.arange(images.shape[0], device=device)
+
+        def captum_loop():
+            outs = []
+            for ch in subset:
+                val, pos = acts[:, ch].flatten(1).max(1)
+                ys, xs = pos // acts.shape[-1], pos % acts.shape[-1]
+                grad = method.attribute(images.clone().requires_grad_(True),
+                                        neuron_selector=lambda out, ch=ch, ys=ys, xs=xs: out[rows, ch, ys, xs])
+                outs.append(grad.detach() * val.view(-1, 1, 1, 1))
+            return torch.stack(outs, 1)
+
+        times = {"engine": [], "captum": []}
+        for _ in range(args.repeats):
+            t, ours = timed(lambda layer=layer: engine.project(images, layer, mode="max"), device)
+            times["engine"].append(t)
+            t, cap = timed(captum_loop, device)
+            times["captum"].append(t * n_maps / len(subset))
+            rel = ((ours[:, subset] - cap).norm() / cap.norm()).item()
+            assert rel < 1e-4, f"captum differs from the engine at {layer}: {rel:.2e}"
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"resnet18 {layer} ({n_maps} maps x {args.images} images): engine {med['engine']:.2f} s, captum loop "
+              f"{med['captum']:.2f} s (scaled from {len(subset)} maps): x{med['captum'] / med['engine']:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -94,9 +141,14 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", default=["conv5", "conv3"])
     parser.add_argument("--captum-maps", type=int, default=32,
                         help="maps projected by captum per round (its cost is per map; the time is scaled to all)")
+    parser.add_argument("--resnet", action="store_true", help="torchvision's resnet18 instead of zfnet")
     args = parser.parse_args()
     device = torch.device(args.device)
     exact_fp32(device)  # the equality checks below hold at float32 tolerance, TF32 off
+    if args.resnet:
+        print(f"device={device} images={args.images} threads={torch.get_num_threads()}")
+        resnet_rows(args, device)
+        return
     torch.manual_seed(0)
     net = zfnet(num_classes=1000, norm="none", init="kaiming").to(device).eval()
     images = torch.randn(args.images, 3, 224, 224, device=device)

@@ -16,21 +16,22 @@ import torch
 from torch import nn
 
 from zfexp.analysis.activations import eval_mode
-from zfexp.analysis.graph import watch
+from zfexp.analysis.graph import watch_sites
 from zfexp.errors import InvalidValueError
 
 
 def recorded_features(model: nn.Module, images: torch.Tensor, layer: str, rule: str,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(features [N, C_l, H_l, W_l], images)``: ``layer``'s maps, recorded for a backward to the returned
-    leaf copy of ``images``. Call within ``eval_mode`` and ``torch.enable_grad()``."""
+                      ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(features [N, C_l, H_l, W_l], images, largest)``: ``layer``'s maps, recorded for a backward to the
+    returned leaf copy of ``images``, and the most numbers of one image in any tensor of the forward. Call within
+    ``eval_mode`` and ``torch.enable_grad()``."""
     x = images.detach().requires_grad_(True)
-    features, _ = watch(model, x, [layer], rule=rule)
-    maps = features[layer]
+    sites, _ = watch_sites(model, x, [layer], rule=rule)
+    maps = sites.features[layer]
     if maps.dim() != 4:
         raise InvalidValueError(f"layer={layer!r} gives {tuple(maps.shape)}, not maps [N, C, H, W]: the deconvnet "
                                 "projects a conv layer's maps or a block's (any module whose output is maps)")
-    return maps, x
+    return maps, x, sites.largest
 
 
 def project_graph(model: nn.Module, images: torch.Tensor, layer: str, channels: torch.Tensor | None, mode: str,
@@ -38,14 +39,14 @@ def project_graph(model: nn.Module, images: torch.Tensor, layer: str, channels: 
     """``images [N, C, H, W]`` -> ``[N, K, C, H, W]``: for each chosen channel its strongest unit (``mode="max"``)
     or its whole map (``"map"``), every other activation of the layer zeroed, sent down to the pixels."""
     with eval_mode(model), torch.enable_grad():
-        maps, x = recorded_features(model, images, layer, rule)
+        maps, x, largest = recorded_features(model, images, layer, rule)
         chan = _checked_channels(channels, maps, layer)
         kept = maps.detach()[:, chan]  # [N, K, H_l, W_l]
         if mode == "max":
             kept = keep_max(kept)
         n, k = kept.shape[:2]
         out = images.new_zeros((n, k, *images.shape[1:]))
-        chunk = max(1, max_elements // max(1, 8 * n * max(images[0].numel(), maps[0].numel())))
+        chunk = max(1, max_elements // max(1, n * largest))  # maps going down together: their largest gradient
         for start in range(0, k, chunk):
             idx = slice(start, min(start + chunk, k))
             seeds = maps.new_zeros((idx.stop - idx.start, *maps.shape))  # one seed per map: [k, N, C_l, H_l, W_l]
@@ -60,7 +61,7 @@ def project_units_graph(model: nn.Module, images: torch.Tensor, layer: str, chan
     """``[N, C, H, W]``: channel ``channels[i]`` of image ``i``, projected alone (one backward: the units sit in
     different images)."""
     with eval_mode(model), torch.enable_grad():
-        maps, x = recorded_features(model, images, layer, rule)
+        maps, x, _ = recorded_features(model, images, layer, rule)
         chan = _checked_channels(channels, maps, layer)
         if chan.numel() != maps.shape[0]:
             raise InvalidValueError(f"project_units needs one channel per image: {maps.shape[0]} images, "

@@ -106,6 +106,7 @@ class FeatureSites(TorchFunctionMode):
         self._pending: dict[str, torch.Tensor] = {}  # conv / linear outputs waiting for their ReLU
         self._derived: dict[str, list[torch.Tensor]] = {}  # tensors made from each pending output, its shape
         self.uncovered: set[str] = set()  # activations the rule does not cover, met on the way
+        self.largest = 0  # the most numbers of one image in any tensor of the forward (a backward's memory)
         self._handles = [modules[layer].register_forward_hook(self._hook(layer, modules[layer]))
                          for layer in self.layers]
         if rule is not None:
@@ -140,6 +141,8 @@ class FeatureSites(TorchFunctionMode):
         if self.rule is not None and func in OTHER_ACTIVATIONS:
             self.uncovered.add(getattr(func, "__name__", str(func)))
         out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.dim() > 1:
+            self.largest = max(self.largest, out[0].numel())
         if self._derived and isinstance(out, torch.Tensor):
             inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
             for made in self._derived.values():
@@ -163,6 +166,13 @@ def watch(model: nn.Module, images: torch.Tensor, layers: Sequence[str], rule: s
           logits: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Run ``model`` on ``images`` watched by :class:`FeatureSites`: ``(features, logits)``; the forward stops at
     the last layer needed unless ``logits``."""
+    sites, out = watch_sites(model, images, layers, rule, logits)
+    return sites.features, out
+
+
+def watch_sites(model: nn.Module, images: torch.Tensor, layers: Sequence[str], rule: str | None = None,
+                logits: bool = False) -> tuple[FeatureSites, torch.Tensor | None]:
+    """:func:`watch`, returning the finished :class:`FeatureSites` (its ``features`` and ``largest``)."""
     sites = FeatureSites(model, layers, rule=rule, stop=not logits)
     out = None
     try:
@@ -171,8 +181,8 @@ def watch(model: nn.Module, images: torch.Tensor, layers: Sequence[str], rule: s
     except _Caught:
         pass
     finally:
-        features = sites.finish()
-    return features, out
+        sites.finish()
+    return sites, out
 
 
 def valid_layers(model: nn.Module) -> str:
