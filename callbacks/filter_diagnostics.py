@@ -7,39 +7,34 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from callbacks.scheduled_analysis import ProbedAnalysis, evaluating, log_image, log_scalars, network_of
-from zfexp.analysis import conv_layers, filter_rms, layer_activations
-from zfexp.figures.feature_tiles import filter_grid
+from callbacks.scheduled_analysis import ProbedAnalysis, TrainingSink, evaluating, network_of
+from zfexp.analysis import conv_layers
+from zfexp.models.classifiers import first_conv
+from zfexp.recipes import filters
 
 
 class FilterDiagnostics(ProbedAnalysis):
     """Args:
         epochs: when to run (1 = after the first epoch); the end of fit always runs.
-        first_layer: the conv layer whose filters are drawn (paper: conv1).
+        first_layer: the conv layer whose filters are drawn (paper: conv1); ``None``: the first conv the
+            network runs.
         probe_size: validation images on which a filter must fire at least once not to count as dead.
     """
 
-    def __init__(self, epochs: Sequence[int] = (), first_layer: str = "conv1", probe_size: int = 256, seed: int = 0):
+    def __init__(self, epochs: Sequence[int] = (), first_layer: str | None = None, probe_size: int = 256,
+                 seed: int = 0):
         super().__init__(epochs, probe_size, seed)
         self.first_layer = first_layer
+        self.chosen_layer: str | None = None  # named in setup (the network's first conv for None)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        conv_layers(network_of(pl_module), [self.first_layer])  # names a bad layer before training
+        net = network_of(pl_module)
+        self.chosen_layer = self.first_layer or first_conv(net, pl_module.hparams.get("input_size", 224))[0]
+        conv_layers(net, [self.chosen_layer])  # names a bad layer before training
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
-        log_image(trainer, f"filters/{self.first_layer}", filter_grid(net.get_submodule(self.first_layer).weight),
-                  caption=f"{self.first_layer} filters", epoch=epoch)
         images, _ = self.probe_batch(trainer, pl_module.device)
-        stats = {}
-        convs = conv_layers(net)
         with evaluating(net):
-            all_acts = layer_activations(net, images, list(convs))  # one pass
-            for name, conv in convs.items():
-                acts = all_acts[name]  # [N, C, H, W], post-ReLU
-                dead = (acts.amax(dim=(0, 2, 3)) <= 0).float().mean()
-                rms = filter_rms(conv.weight)
-                stats.update({f"filters/dead_frac/{name}": dead.item(), f"filters/rms_mean/{name}": rms.mean().item(),
-                              f"filters/rms_max/{name}": rms.max().item()})
-        log_scalars(trainer, stats)
+            filters(net, self.chosen_layer, images, TrainingSink(trainer, epoch))

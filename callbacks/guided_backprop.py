@@ -8,35 +8,45 @@ import torch
 
 from callbacks.scheduled_analysis import (
     ProbedAnalysis,
-    check_layers,
     chosen_maps,
     evaluating,
+    layers_or_defaults,
     log_image,
     network_of,
 )
 from zfexp.checks import positive_int
 from zfexp.figures.feature_tiles import strongest_unit_tiles
 from zfexp.figures.grid import image_grid
+from zfexp.models.external import default_conv_layers
+
+
+def conv3_and_conv5(net):
+    """The paper's conv3 and conv5, or the third and fifth of the network's default layers (else its last)."""
+    layers = default_conv_layers(net)
+    return layers[2::2] or layers[-1:]
 
 
 class GuidedBackpropSnapshots(ProbedAnalysis):
-    """Args: epochs (besides the end of fit), conv layers, maps per layer, probe images, seed."""
+    """Args: epochs (besides the end of fit), conv layers (``None``: conv3 and conv5, or the third and fifth
+    of the network's defaults), maps per layer, probe images, seed."""
 
-    def __init__(self, epochs: Sequence[int] = (), layers: Sequence[str] = ("conv3", "conv5"),
+    def __init__(self, epochs: Sequence[int] = (), layers: Sequence[str] | None = None,
                  maps_per_layer: int = 4, probe_size: int = 64, seed: int = 0):
         super().__init__(epochs, probe_size, seed)  # checks epochs and probe_size, keeps the probe in the ckpt
         positive_int(f"{self.config_key}.maps_per_layer", maps_per_layer)  # names the key, the value, what is valid
-        self.layers, self.maps_per_layer = list(layers), maps_per_layer
+        self.layers, self.maps_per_layer = None if layers is None else list(layers), maps_per_layer
+        self.chosen_layers: list[str] = []  # named in setup: the layers given, or the network's defaults
 
     def setup(self, trainer, pl_module, stage):
         super().setup(trainer, pl_module, stage)  # names the epochs beyond trainer.max_epochs in the log
-        check_layers(f"{self.config_key}.layers", network_of(pl_module), self.layers)  # before training
+        self.chosen_layers = layers_or_defaults(f"{self.config_key}.layers", network_of(pl_module), self.layers,
+                                                default=conv3_and_conv5)  # the layers, checked before training
 
     def analyse(self, trainer, pl_module, epoch):  # on rank zero, at the scheduled epochs; epoch None = end
         net = network_of(pl_module)
         images, _ = self.probe_batch(trainer, pl_module.device)  # the same images every time
         with evaluating(net):  # eval mode, no grad; training mode restored afterwards
-            for layer, maps in chosen_maps(net, self.layers, self.maps_per_layer, self.seed).items():
+            for layer, maps in chosen_maps(net, self.chosen_layers, self.maps_per_layer, self.seed).items():
                 tiles = [strongest_unit_tiles(net, images, layer, maps, rule=rule)  # [K, C, s, s] each
                          for rule in ("deconvnet", "guided")]
                 log_image(trainer, f"guided_backprop/{layer}",  # one W&B key, stepped; files keep the epoch

@@ -9,53 +9,45 @@ import lightning as L
 
 from callbacks.scheduled_analysis import (
     ProbedAnalysis,
-    class_names,
+    TrainingSink,
     evaluating,
-    log_figure,
-    log_table,
+    inputs_of,
+    layers_or_defaults,
     network_of,
-    occluder_fill,
 )
-from zfexp.analysis import TRANSFORMS, invariance_curves
-from zfexp.analysis.activations import check_feature_layers
+from zfexp.analysis import TRANSFORMS
 from zfexp.errors import InvalidValueError
-from zfexp.figures.plots import invariance_figure
+from zfexp.models.external import default_invariance_layers
+from zfexp.recipes import invariance
 
 
 class InvarianceCurves(ProbedAnalysis):
     """Args:
         epochs: when to run besides the end of fit (1 = after the first epoch).
         transforms: any of translate, scale, rotate, with the paper's ranges.
-        layers: conv or linear layers whose feature vectors are compared (paper: layers 1 and 7).
+        layers: conv or linear layers whose feature vectors are compared (paper: layers 1 and 7); ``None``: conv1
+            and fc7, else the network's first conv and its last hidden linear (or last conv).
         probe_size: validation images (paper: 5; chosen once, seeded, kept in the checkpoint).
     """
 
     def __init__(self, epochs: Sequence[int] = (), transforms: Sequence[str] = TRANSFORMS,
-                 layers: Sequence[str] = ("conv1", "fc7"), probe_size: int = 5, seed: int = 0):
+                 layers: Sequence[str] | None = None, probe_size: int = 5, seed: int = 0):
         super().__init__(epochs, probe_size, seed)
         bad = [t for t in transforms if t not in TRANSFORMS]
         if bad or not transforms:
             raise InvalidValueError(f"{self.config_key}.transforms={list(transforms)}; valid: a non-empty list of "
                                     f"{', '.join(TRANSFORMS)}")
-        self.transforms, self.layers = list(transforms), list(layers)
+        self.transforms, self.layers = list(transforms), None if layers is None else list(layers)
+        self.chosen_layers: list[str] = []  # named in setup
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        try:
-            check_feature_layers(network_of(pl_module), self.layers)
-        except ValueError as err:
-            raise InvalidValueError(f"{self.config_key}.layers: {err}") from err
+        self.chosen_layers = layers_or_defaults(f"{self.config_key}.layers", network_of(pl_module), self.layers,
+                                                default=default_invariance_layers, projected=False)
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
         images, labels = self.probe_batch(trainer, pl_module.device)
-        fill = occluder_fill(trainer, images)
         with evaluating(net):
-            curves = {t: invariance_curves(net, images, labels, t, layers=self.layers,
-                                           fill=0.0 if fill is None else float(fill.mean()))
-                      for t in self.transforms}
-        log_figure(trainer, self.key("invariance/curves", "invariance_curves"),
-                   invariance_figure(curves, labels.tolist(), class_names(trainer)),
-                   caption=f"invariance to {', '.join(self.transforms)}", epoch=epoch)
-        log_table(trainer, self.key("invariance/table", "invariance_curves"),
-                  [row for c in curves.values() for row in c.table()], epoch=epoch)
+            invariance(net, images, labels, self.transforms, self.chosen_layers, inputs_of(trainer),
+                       TrainingSink(trainer, epoch, rename=lambda key: self.key(key, "invariance_curves")))

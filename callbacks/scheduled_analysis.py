@@ -1,6 +1,7 @@
 """What the analysis callbacks share: the epoch schedule (``ScheduledAnalysis``), the fixed probe set kept in
 the checkpoint (``ProbedAnalysis``), the maps to show (``chosen_maps``), argument checks, the eval/no-grad
-context, and "log this image / figure / table / scalar to every logger and save it under the run dir".
+context, and "log this image / figure / table / scalar to every logger and save it under the run dir", also as
+the sink of the figures' recipes (``TrainingSink``, :mod:`zfexp.recipes`).
 
 A new analysis callback subclasses ``ProbedAnalysis`` (or ``ScheduledAnalysis``) and writes ``analyse``;
 ``callbacks/guided_backprop.py`` is the worked example the README walks through."""
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from zfexp.analysis.activations import eval_mode
+from zfexp.analysis.activations import check_feature_layers, eval_mode
 from zfexp.analysis.deconv_record import check_projectable
 from zfexp.analysis.map_choice import chosen_maps  # noqa: F401  (one of the pieces callbacks reuse)
 from zfexp.checks import is_int, positive_int
 from zfexp.data.sampling import probe_indices, stack_dataset
-from zfexp.data.transforms import displayable
 from zfexp.errors import InvalidValueError
+from zfexp.models.external import default_conv_layers
 from zfexp.random_state import preserved_random_state
+from zfexp.recipes import Inputs
 from zfexp.runs.config_groups import config_key
 from zfexp.runs.outputs import figure_to_image, file_key, write_image, write_table
 
@@ -62,6 +64,23 @@ def check_layers(key: str, model: nn.Module, layers: Sequence[str]) -> None:
             check_projectable(model, layer)
         except ValueError as err:
             raise InvalidValueError(f"{key}: {err}") from err
+
+
+def layers_or_defaults(key: str, model: nn.Module, layers: Sequence[str] | None,
+                       default: Callable[[nn.Module], list[str]] = default_conv_layers,
+                       projected: bool = True) -> list[str]:
+    """``layers`` as configured, or for ``None`` the network's own: ``default(model)``, by default the paper's
+    conv1..conv5 when it has them, else five of its convs spread over its depth (``layer1.0.conv1`` ... in a
+    ResNet). Checked before training: each one projectable to pixels (``projected``) or giving features."""
+    chosen = list(layers) if layers is not None else default(model)
+    if projected:
+        check_layers(key, model, chosen)
+    else:
+        try:
+            check_feature_layers(model, chosen)
+        except ValueError as err:
+            raise InvalidValueError(f"{key}: {err}") from err
+    return chosen
 
 
 def is_quiet(trainer: L.Trainer) -> bool:
@@ -240,29 +259,32 @@ class ProbedAnalysis(ScheduledAnalysis):
         self.probe = state.get("probe")
 
 
-def for_display(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor:
-    """Undo the datamodule's normalisation of ``images [N, C, H, W]`` (pixel scale, mean image) so that a
-    figure shows the photographs rather than what is left after subtracting the mean."""
-    preprocess = getattr(trainer.datamodule, "preprocess", None)
-    if preprocess is None:
-        return images
-    return displayable(images, preprocess, getattr(trainer.datamodule, "mean", None))
-
-
 def tag(epoch: int | None) -> str:
     """``epoch003`` for a scheduled run, ``final`` for the end of fit: the suffix of image keys."""
     return "final" if epoch is None else f"epoch{epoch:03d}"
 
 
-def class_names(trainer: L.Trainer) -> list[str] | None:
-    """The datamodule's class names (index = label), if it has them."""
-    return getattr(trainer.datamodule, "classes", None)
+def inputs_of(trainer: L.Trainer) -> Inputs:
+    """The trainer's datamodule's inputs as the recipes see them (shown, grey, class names)."""
+    return Inputs.of_datamodule(trainer.datamodule)
 
 
-def occluder_fill(trainer: L.Trainer, images: torch.Tensor) -> torch.Tensor | None:
-    """The paper's grey: the dataset mean. Inputs with the mean image subtracted have it at 0 (``None``);
-    otherwise the per-channel mean of ``images [N, C, H, W]`` stands in for it."""
-    preprocess = getattr(trainer.datamodule, "preprocess", None)
-    if preprocess is None or getattr(preprocess, "mean_image", False):
-        return None
-    return images.mean(dim=(0, 2, 3))
+class TrainingSink:
+    """The recipes' sink in training: each image, figure and table saved under the run dir and logged to every
+    logger at the trainer's step, keyed for ``epoch`` (:func:`epoch_keys`; ``None``: the end of fit);
+    ``rename`` gives a recipe's key (``occlusion/panel``) the callback's own (:meth:`ScheduledAnalysis.key`)."""
+
+    def __init__(self, trainer: L.Trainer, epoch: int | None, rename: Callable[[str], str] = str):
+        self.trainer, self.epoch, self.rename = trainer, epoch, rename
+
+    def image(self, key: str, image: torch.Tensor, caption: str) -> None:
+        log_image(self.trainer, self.rename(key), image, caption, self.epoch)
+
+    def figure(self, key: str, fig, caption: str) -> None:
+        log_figure(self.trainer, self.rename(key), fig, caption, self.epoch)
+
+    def table(self, key: str, rows: list[dict], images: dict[str, list[torch.Tensor]] | None = None) -> None:
+        log_table(self.trainer, self.rename(key), rows, self.epoch, images)
+
+    def scalars(self, stats: dict[str, float]) -> None:
+        log_scalars(self.trainer, stats)

@@ -93,18 +93,24 @@ CASES = {
 
 
 def units(model: nn.Module, images: torch.Tensor, layer: str, channels: list[int]):
-    """Each image's strongest unit of each channel: ``(image, k, channel, row, col, activation)``."""
+    """Each image's strongest unit of each channel: ``(image, k, channel, row, col, activation)``, where the
+    activation is positive. The deconvnet sends a unit down as its activation; the rules rectify, so they scale
+    with a positive activation only, and captum's gradient times the activation is the same picture only then
+    (a block's output, a DenseNet layer's conv, may be negative everywhere in a map)."""
     acts = layer_activations(model, images, [layer])[layer][:, channels]
     values, where = acts.flatten(2).max(2)
     width = acts.shape[-1]
-    return [(n, k, c, int(where[n, k]) // width, int(where[n, k]) % width, float(values[n, k]))
-            for n in range(len(images)) for k, c in enumerate(channels)]
+    found = [(n, k, c, int(where[n, k]) // width, int(where[n, k]) % width, float(values[n, k]))
+             for n in range(len(images)) for k, c in enumerate(channels) if values[n, k] > 0]
+    assert len(found) >= len(channels), "too few positive units to compare"
+    return found
 
 
 @pytest.mark.parametrize("rule", ["deconvnet", "guided"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_projections_equal_captums_unit_by_unit(case, rule):
     build, layer, captum_layer, side, channels = CASES[case]
+    torch.manual_seed(0)  # the same network whatever ran before
     built = build()
     ours_net, theirs_net = built if isinstance(built, tuple) else (built, built)
     images = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
@@ -112,8 +118,13 @@ def test_projections_equal_captums_unit_by_unit(case, rule):
     method = CAPTUM[rule](theirs_net, dict(theirs_net.named_modules())[captum_layer])
     for n, k, channel, row, col, value in units(ours_net, images, layer, channels):
         reference = method.attribute(images[n:n + 1], neuron_selector=(channel, row, col))[0] * value
+        # Both rules test signs on the way down; captum runs one image, ours a batch, whose kernels round
+        # otherwise, so a value within rounding of 0 may pass one way and not the other: a speck of the picture.
+        # A wrong path (a skip connection missed, batch norm ignored) changes the whole picture.
+        error = (ours[n, k] - reference).norm() / reference.norm().clamp_min(1e-12)
         largest = max(float(reference.abs().max()), float(ours[n, k].abs().max()))  # guided can zero a unit
-        assert float((ours[n, k] - reference).abs().max()) <= 1e-4 * largest, (case, rule, n, channel)
+        assert float(error) < 1e-3 or largest < 1e-12, (case, rule, n, channel, float(error))
+        assert float((ours[n, k] - reference).abs().max()) <= 1e-2 * largest, (case, rule, n, channel)
 
 
 def test_the_graph_reading_equals_the_chain_reading_where_both_apply():

@@ -7,6 +7,7 @@ import logging
 
 import pytest
 import torch
+from torchvision.datasets import FashionMNIST
 
 from callbacks import DeconvSnapshots, FilterDiagnostics, InvarianceCurves, OcclusionMaps, TopActivations
 from tests.conftest import TINY, compose_train
@@ -32,13 +33,18 @@ def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir)
     assert len(media) == len(expected)
     # The numbers behind Fig. 7 and Fig. 5: CSV in the run dir, tables in the W&B run.
     occlusion = (run_dir / "tables" / "occlusion_table_final.csv").read_text().splitlines()
-    assert occlusion[0] == "image,top,left,patch,prob_true,top_label,feature_map,feature_activity,computed"
+    # The datamodule's class names name the most probable class.
+    assert occlusion[0] == "image,top,left,patch,prob_true,top_label,feature_map,feature_activity,computed,top_class"
     assert len(occlusion) == 1 + 2 * 8 * 8  # 2 probe images, patch 7 at 0, 3, .., 21 on 28 px: 8 x 8 positions
-    assert {row.rsplit(",", 1)[1] for row in occlusion[1:]} == {"True"}  # approximate: null computes every position
+    rows = [dict(zip(occlusion[0].split(","), row.split(","), strict=True)) for row in occlusion[1:]]
+    assert {row["computed"] for row in rows} == {"True"}  # approximate: null computes every position
+    classes = FashionMNIST.classes
+    assert all(row["top_class"] == classes[int(row["top_label"])] for row in rows)
     invariance = (run_dir / "tables" / "invariance_table_final.csv").read_text().splitlines()
     assert len(invariance) == 1 + 2 * (13 + 9 + 36)  # 2 images x the paper's translate, scale, rotate values
     top9 = (run_dir / "tables" / "top9_conv3_table_final.csv").read_text().splitlines()
-    assert top9[0] == "layer,map,rank,activation,image,row,col" and len(top9) == 1 + 4 * 9  # 4 maps x 9
+    assert top9[0] == "layer,map,rank,activation,image,row,col,predicted,predicted_class" and len(top9) == 1 + 4 * 9
+    assert all(row.split(",")[-1] == classes[int(row.split(",")[-2])] for row in top9[1:])  # 4 maps x 9 ranks
 
     # W&B: one key per figure, logged at the step of each epoch it was drawn after (4 steps an epoch: 256
     # images, 64 a batch), so the media panel slides through the epochs; the end of fit under <key>/final.
@@ -59,7 +65,8 @@ def test_quickstart_callbacks_write_figs_2_4_5_6_7_to_run_dir_and_wandb(run_dir)
     # the table's artifact, once per distinct image).
     (table,) = run_dir.glob("wandb/offline-run-*/files/media/table/top9/conv3_table/final_*.table.json")
     table = json.loads(table.read_text())
-    assert table["columns"] == ["layer", "map", "rank", "activation", "image", "row", "col", "projection", "patch"]
+    assert table["columns"] == ["layer", "map", "rank", "activation", "image", "row", "col", "predicted",
+                                "predicted_class", "projection", "patch"]
     assert len(table["data"]) == 36 and [row[2] for row in table["data"][:9]] == list(range(1, 10))
     cells = [f for f in artifact_files(records, "top9conv3_table") if f.endswith(".png")]
     assert 2 <= len(cells) <= 2 * 36

@@ -3,7 +3,8 @@ folder of photographs, written to ``logs/analyze/runs/<time>/`` and to a W&B run
 
     python -m zfexp.analyze ckpt_path=logs/train/runs/<time>/checkpoints/last.ckpt
     python -m zfexp.analyze ckpt_path=... images=~/photos analyses=[occlusion,invariance]
-    python -m zfexp.analyze network=vgg16 weights=vgg16.pth images=~/photos        # input=imagenet: its mean/std
+    python -m zfexp.analyze network=vgg16 weights=vgg16.pth images=~/photos        # ImageNet's mean/std
+    python -m zfexp.analyze network=resnet18 weights=DEFAULT images=~/photos       # torchvision's weights
 
 Outputs: ``images/<analysis>_<...>.png`` (the same as the training callbacks draw), ``tables/*.csv`` (the
 numbers behind the occlusion, invariance and correspondence figures, also W&B tables) and ``analyze.json``
@@ -14,21 +15,16 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
-from zfexp.analysis import (
-    TRANSFORMS,
-    correspondence,
-    invariance_curves,
-    occlude_boxes,
-    occlusion_maps,
-    top_activations_by_layer,
-)
+from zfexp import recipes
+from zfexp.analysis import TRANSFORMS
 from zfexp.analysis.activations import check_feature_layers
 from zfexp.analysis.deconv_record import check_projectable
 from zfexp.analysis.map_choice import chosen_maps
@@ -37,13 +33,10 @@ from zfexp.data.classes import dataset_targets
 from zfexp.data.normalization import InputNormalization
 from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
-from zfexp.data.transforms import displayable
 from zfexp.errors import InvalidValueError
-from zfexp.figures.feature_tiles import strongest_unit_tiles, top_k_sheet, top_k_table, top_k_tiles
-from zfexp.figures.grid import image_grid
-from zfexp.figures.plots import invariance_figure, occlusion_figure
-from zfexp.models.external import build_network, default_conv_layers, default_invariance_layers, load_weights
+from zfexp.models.external import default_conv_layers, default_invariance_layers, load_network
 from zfexp.pretrained import load_pretrained, pretrained_network
+from zfexp.recipes import Inputs
 from zfexp.runs.devices import check_device, device_of
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.outputs import write_figure, write_image, write_table
@@ -55,16 +48,16 @@ ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
 
 
 class Analysis:
-    """What every analysis needs: the network, the images, where results go."""
+    """What every analysis needs: the network, the images, where results go. It is the recipes' sink: each
+    image, figure and table is written under the run dir and to the run's loggers, and listed."""
 
     def __init__(self, cfg: DictConfig, net: torch.nn.Module, dataset: Dataset, labelled: bool, run_dir: Path,
-                 loggers: list, device: torch.device, inputs: DatamoduleInputs | InputNormalization,
-                 class_names: list[str] | None = None):
+                 loggers: list, device: torch.device, inputs: Inputs):
         self.cfg, self.net, self.dataset, self.labelled = cfg, net, dataset, labelled
-        self.run_dir, self.loggers, self.device = run_dir, loggers, device
-        self.inputs, self.class_names = inputs, class_names
+        self.run_dir, self.loggers, self.device, self.inputs = run_dir, loggers, device, inputs
         self.written: list[str] = []
 
+    # -- the sink ---------------------------------------------------------------------------------------------
     def image(self, key: str, image: torch.Tensor, caption: str) -> None:
         self.written.append(str(write_image(self.run_dir, self.loggers, key, image, 0, caption)))
 
@@ -73,6 +66,10 @@ class Analysis:
 
     def table(self, key: str, rows: list[dict], images: dict[str, list[torch.Tensor]] | None = None) -> None:
         self.written.append(str(write_table(self.run_dir, self.loggers, key, rows, 0, images=images)))
+
+    def scalars(self, stats: dict[str, float]) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(stats, step=0)
 
     def batch(self, n: int, seed_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` images (a folder: its first ``n``; a split: ``n`` at random, seeded) and their labels; a folder's
@@ -87,52 +84,33 @@ class Analysis:
             labels = self.net(images).argmax(1)
         return images, labels.to(self.device)
 
-    # -- the analyses -------------------------------------------------------------------------------------
+    # -- the analyses: the recipes of zfexp.recipes with this run's settings ------------------------------------
     def deconv(self) -> None:
         c = self.cfg.deconv
         images, _ = self.batch(c.num_images)
-        for layer, maps in chosen_maps(self.net, list(c.layers), c.maps_per_layer, self.cfg.seed).items():
-            tiles = strongest_unit_tiles(self.net, images, layer, maps)
-            self.image(f"deconv/{layer}", image_grid(tiles[None]),
-                       f"{layer}: strongest unit of maps {maps} over {len(images)} images, projected")
+        recipes.deconv_snapshot(self.net, images, chosen_maps(self.net, list(c.layers), c.maps_per_layer,
+                                                              self.cfg.seed), self)
 
     def top9(self) -> None:
         c = self.cfg.top9
         dataset = self.dataset if c.max_images is None else Subset(self.dataset, range(min(c.max_images,
                                                                                             len(self.dataset))))
-        loader = DataLoader(dataset, batch_size=256, shuffle=False)
         maps = chosen_maps(self.net, list(c.layers), c.maps_per_layer, self.cfg.seed)
-        for layer, top in top_activations_by_layer(self.net, loader, maps, k=c.k, device=self.device).items():
-            projections, patches = top_k_tiles(self.net, dataset, layer, top, self.device)
-            self.image(f"top{c.k}/{layer}", top_k_sheet(projections, patches),
-                       f"{layer} maps {maps[layer]}: top-{c.k} projections (left) and patches (right)")
-            self.table(f"top{c.k}/{layer}_table", *top_k_table(layer, top, projections, patches))
+        recipes.top_k(self.net, dataset, maps, c.k, self.device, self, self.inputs.class_names)
 
     def occlusion(self) -> None:
         c = self.cfg.occlusion
         images, labels = self.batch(c.num_images, seed_offset=1)
-        patch = c.patch or max(1, min(images.shape[-2:]) // 4)
-        stride = c.stride or max(1, patch // 4)
         approximate = c.get("approximate")
         approximate = OmegaConf.to_container(approximate) if isinstance(approximate, DictConfig) else approximate
-        result = occlusion_maps(self.net, images, labels, patch, stride, fill=self.fill(images),
-                                feature_layer=c.feature_layer, batch_size=c.batch_size,
-                                approximate=drill_down(approximate, "occlusion.approximate"))
-        self.figure("occlusion/panel", occlusion_figure(result, self.shown(images), labels.tolist(),
-                                                        self.class_names, c.feature_layer,
-                                                        "true" if self.labelled else "predicted"),
-                    f"occlusion {patch}px every {stride}px")
-        self.table("occlusion/table", result.table())
+        recipes.occlusion(self.net, images, labels, self.inputs, self, c.feature_layer, c.patch, c.stride,
+                          c.batch_size, drill_down(approximate, "occlusion.approximate"),
+                          truth="true" if self.labelled else "predicted")
 
     def invariance(self) -> None:
         c = self.cfg.invariance
         images, labels = self.batch(c.num_images, seed_offset=2)
-        fill = float(self.fill(images).mean())
-        curves = {t: invariance_curves(self.net, images, labels, t, layers=list(c.layers), fill=fill)
-                  for t in c.transforms}
-        self.figure("invariance/curves", invariance_figure(curves, labels.tolist(), self.class_names),
-                    f"invariance to {', '.join(c.transforms)}")
-        self.table("invariance/table", [row for cv in curves.values() for row in cv.table()])
+        recipes.invariance(self.net, images, labels, list(c.transforms), list(c.layers), self.inputs, self)
 
     def correspondence(self) -> None:
         c = self.cfg.correspondence
@@ -147,40 +125,8 @@ class Analysis:
         images = images.to(self.device)
         height, width = images.shape[-2:]
         parts = {name: [_box(frac, height, width)] * len(images) for name, frac in c.parts.items()}
-        fill = float(self.fill(images).mean())
-        result = correspondence(self.net, images, parts, layers=list(c.layers), n_random=c.n_random, fill=fill,
-                                seed=self.cfg.seed)
-        self.table("correspondence/table", result.table())
-        # Fig. 8: the images (columns) with each part occluded (rows).
-        rows = [self.shown(images)] + [self.shown(occlude_boxes(images, boxes, fill)) for boxes in parts.values()]
-        self.image("correspondence/occluded", image_grid(torch.stack(rows).cpu(), normalise="minmax"),
-                   f"rows: original, {', '.join(parts)} occluded")
-        for row in result.table():
-            log.info("correspondence %8s %6s: Delta = %.3f +- %.3f", row["occlusion"], row["layer"], row["delta_mean"],
-                     row["delta_std"])
-
-    def fill(self, images: torch.Tensor) -> torch.Tensor:
-        """The paper's grey, the dataset mean, per channel ``[C]``."""
-        return self.inputs.fill(images)
-
-    def shown(self, images: torch.Tensor) -> torch.Tensor:
-        return self.inputs.shown(images).cpu()
-
-
-class DatamoduleInputs:
-    """A datamodule's inputs as the analyses see them: its normalisation undone for showing, and its grey."""
-
-    def __init__(self, datamodule):
-        self.preprocess, self.mean = datamodule.preprocess, datamodule.mean
-
-    def shown(self, images: torch.Tensor) -> torch.Tensor:
-        return displayable(images, self.preprocess, self.mean)
-
-    def fill(self, images: torch.Tensor) -> torch.Tensor:
-        """0 after mean-image subtraction, else the images' channel means."""
-        if self.preprocess.mean_image:
-            return torch.zeros(images.shape[1], device=images.device)
-        return images.mean(dim=(0, 2, 3))
+        recipes.correspondence_table(self.net, images, parts, list(c.layers), self.inputs, self, c.n_random,
+                                     self.cfg.seed)
 
 
 def images_of_class(dataset: Dataset, class_index: int, count: int) -> list[int]:
@@ -216,7 +162,7 @@ def check_config(cfg: DictConfig) -> None:
         if str(cfg.images) == "test":
             raise InvalidValueError("images=test: with network=..., there is no training run to take a test split "
                                     "from; give images=<a folder of photographs>")
-        InputNormalization(**OmegaConf.to_container(cfg.input, resolve=True))
+        InputNormalization.from_config(OmegaConf.to_container(cfg.input, resolve=True))
     elif cfg.get("weights") is not None:
         raise InvalidValueError(f"weights={cfg.weights}: only with network=...; a checkpoint holds its weights")
     trust_option(cfg)
@@ -268,10 +214,13 @@ def analyze(cfg: DictConfig, run: Run) -> None:
                       network=OmegaConf.to_container(network) if isinstance(network, DictConfig) else network,
                       analyses=list(cfg.analyses))
     if network is not None:
-        net = load_weights(build_network(network), cfg.get("weights"), trust_option(cfg)).to(device).eval()
-        normalization = InputNormalization(**OmegaConf.to_container(cfg.input, resolve=True))
+        loaded = load_network(network, cfg.get("weights"), trust_option(cfg))
+        net = loaded.net.to(device).eval()
+        # The input config's null values: the named weights' own preprocessing, else ImageNet's.
+        normalization = InputNormalization.from_config(OmegaConf.to_container(cfg.input, resolve=True), loaded.input)
+        run.record["input"] = asdict(normalization)
         dataset = ImageFiles(os.path.expanduser(str(cfg.images)), normalization.transform())
-        labelled, inputs, class_names = False, normalization, None
+        labelled, inputs = False, Inputs.of_normalization(normalization, loaded.class_names)
     else:
         pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path", trusted=trust_option(cfg))
         net = pretrained_network(pretrained).to(device)
@@ -286,9 +235,9 @@ def analyze(cfg: DictConfig, run: Run) -> None:
             dataset = ImageFiles(os.path.expanduser(str(cfg.images)),
                                  photo_transform(datamodule.preprocess, datamodule.mean, datamodule.num_channels))
             labelled = False
-        inputs, class_names = DatamoduleInputs(datamodule), getattr(datamodule, "classes", None)
+        inputs = Inputs.of_datamodule(datamodule)
     resolve_layers(cfg, net)
-    job = Analysis(cfg, net, dataset, labelled, run.dir, run.open_loggers(cfg), device, inputs, class_names)
+    job = Analysis(cfg, net, dataset, labelled, run.dir, run.open_loggers(cfg), device, inputs)
     run.record["outputs"] = job.written
     with torch.no_grad():
         for name in cfg.analyses:

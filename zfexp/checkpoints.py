@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from zfexp.errors import CheckpointError
+from zfexp.models.zfnet import in_family
 from zfexp.safe_load import load_torch_file, require_torch_file
 
 LAST = "last.ckpt"  # a run's newest epoch end (or its start, before the first step)
@@ -86,7 +87,7 @@ def with_lrn_convention(net: Mapping[str, Any], convention: str) -> dict[str, An
     written since the key exists names it; a checkpoint that names none predates it and was trained with
     ``nn.LocalResponseNorm``'s convention (``"torch"``), which is how it is read back."""
     net = dict(net)
-    ours = str(net.get("_target_", "")).startswith("zfexp.models.")
+    ours = in_family(str(net.get("_target_", "")))
     if ours and net.get("norm", "lrn") == "lrn" and "convention" not in (net.get("lrn") or {}):
         net["lrn"] = {**(net.get("lrn") or {}), "convention": convention}
     return net

@@ -11,8 +11,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from lightning.pytorch.trainer.states import TrainerFn
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -23,6 +21,7 @@ from torchmetrics import MetricCollection
 from zfexp.checkpoints import with_lrn_convention
 from zfexp.errors import InvalidValueError, NonFiniteLossError
 from zfexp.metrics import MeanClassAccuracy, TopKError, WeightedMean
+from zfexp.models.classifiers import build_classifier
 from zfexp.random_state import random_state, set_random_state
 from zfexp.runs.loggers import WANDB_RUN_KEY, wandb_run_id
 
@@ -118,13 +117,8 @@ class ImageClassifier(L.LightningModule):
                                    "weight_decay": weight_decay,
                                    "lr_plateau": dict(lr_plateau) if lr_plateau is not None else None,
                                    "channels_last": channels_last, "freeze": freeze, "compile": compile})
-        try:
-            self.net: nn.Module = instantiate(dict(net), num_classes=num_classes, in_channels=in_channels,
-                                              input_size=input_size, _convert_="all")
-        except InstantiationException as err:
-            # The builders' messages start with the option's name; say which config node it belongs to.
-            cause = err.__cause__ if isinstance(err.__cause__, ValueError) else err
-            raise InvalidValueError(f"model.{cause}") from err
+        self.net: nn.Module = build_classifier(net, num_classes, in_channels, input_size,
+                                               from_checkpoint=_READING_CHECKPOINT.get())
         # One input of the network's size: Lightning's model summary runs it to list every layer's output size
         # and FLOPs (for ZFNet the feature-map sizes of the paper's Fig. 3).
         self.example_input_array = torch.zeros(1, in_channels, input_size, input_size)

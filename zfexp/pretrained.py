@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from torch import nn
 
 from zfexp.checkpoints import read_checkpoint, with_lrn_convention
 from zfexp.errors import CheckpointError, InvalidValueError
+from zfexp.models.classifiers import build_classifier
 
 NEW_LAYER = "fc8"  # the classifier: always new, its width is the new number of classes
 
@@ -51,8 +51,8 @@ def load_pretrained(path: str | Path, key: str = "pretrained_ckpt", trusted: boo
 
 def pretrained_network(pretrained: Pretrained) -> nn.Module:
     """The checkpoint's network with its weights, in eval mode: what the analyses and Table 7 look at."""
-    net = instantiate(pretrained.net, num_classes=pretrained.num_classes, in_channels=pretrained.in_channels,
-                      input_size=pretrained.input_size, _convert_="all")
+    net = build_classifier(pretrained.net, pretrained.num_classes, pretrained.in_channels, pretrained.input_size,
+                           from_checkpoint=True)
     try:
         net.load_state_dict(pretrained.state_dict)
     except RuntimeError as err:

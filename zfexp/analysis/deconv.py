@@ -78,7 +78,9 @@ class DeconvNet:
         """Deconvnet projections of ``channels`` of ``layer`` for each image: ``[N, K, C, H, W]``.
 
         ``mode="max"`` keeps each map's single strongest activation, ``mode="map"`` the whole map; every other
-        activation of the layer is zeroed before going down.
+        activation of the layer is zeroed before going down. The activations go down as they are (the paper's
+        definition): a conv's after its ReLU are never negative; a block's output can be, and the rules
+        rectify on the way down, so a negative unit's picture is not the positive one's turned over.
         """
         if mode not in ("max", "map"):
             raise InvalidValueError(f"mode={mode!r}: valid values are 'max' and 'map'")

@@ -4,26 +4,45 @@ ImageNet weights were trained; and back, for showing the images."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
 
 from zfexp.errors import InvalidValueError
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
 
 @dataclass(frozen=True)
 class InputNormalization:
     """``resize``: the smaller side, in pixels; ``crop``: the centre crop the network sees; ``mean``, ``std``:
-    per channel, of pixels in [0, 1] (their count is the network's input channels)."""
+    per channel, of pixels in [0, 1] (their count is the network's input channels); ``interpolation`` of the
+    resize (torchvision's ``InterpolationMode`` values). The defaults are torchvision's ImageNet weights'."""
 
     resize: int = 256
     crop: int = 224
     mean: Sequence[float] = (0.485, 0.456, 0.406)
     std: Sequence[float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+                    ) -> InputNormalization:
+        """The ``input`` config, its null values taken from ``defaults`` (named weights' own preprocessing),
+        else from torchvision's ImageNet weights'."""
+        chosen = {**(defaults or {}), **{k: v for k, v in values.items() if v is not None}}
+        unknown = sorted(set(chosen) - {f.name for f in fields(cls)})
+        if unknown:
+            raise InvalidValueError(f"input.{unknown[0]}: no such key; valid: "
+                                    f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**chosen)
 
     def __post_init__(self) -> None:
+        for key in ("mean", "std"):  # one kind of sequence whatever the config gave: equal settings compare equal
+            object.__setattr__(self, key, tuple(float(v) for v in getattr(self, key)))
         for key in ("resize", "crop"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -36,6 +55,8 @@ class InputNormalization:
                                     "channel (1 or 3), as many of each")
         if not all(s > 0 for s in self.std):
             raise InvalidValueError(f"input.std={list(self.std)}: must be positive")
+        if self.interpolation not in INTERPOLATIONS:
+            raise InvalidValueError(f"input.interpolation={self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
 
     @property
     def channels(self) -> int:
@@ -44,7 +65,8 @@ class InputNormalization:
     def transform(self) -> v2.Compose:
         """PIL image of any size -> ``[channels, crop, crop]`` float, normalised."""
         steps = [v2.Grayscale(1)] if self.channels == 1 else []
-        return v2.Compose([*steps, v2.ToImage(), v2.Resize(self.resize, antialias=True), v2.CenterCrop(self.crop),
+        return v2.Compose([*steps, v2.ToImage(), v2.Resize(self.resize, interpolation=v2.InterpolationMode(self.interpolation),
+                                                  antialias=True), v2.CenterCrop(self.crop),
                            v2.ToDtype(torch.float32, scale=True),
                            v2.Normalize(list(self.mean), list(self.std))])
 

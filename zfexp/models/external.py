@@ -1,11 +1,13 @@
 """Networks that are not ours, for ``zfexp.analyze network=...``: a torchvision classification builder by name
 (``vgg16``, ``alexnet``, ``resnet18``), any builder by dotted path, or a Hydra ``_target_`` mapping, with
-weights from a state_dict file or the builder's own (random) initialisation. And the layers the paper's
-analyses look at by default in such a network, by the names it has (``features.10``)."""
+torchvision's weights by name (``weights=DEFAULT``), weights from a state_dict file, or the builder's own
+(random) initialisation. And the layers the paper's analyses look at by default in such a network, by the
+names it has (``features.10``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,40 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from zfexp.errors import CheckpointError, InvalidValueError
+from zfexp.models.torchvision_weights import (
+    build_pretrained,
+    categories,
+    names_weights,
+    preprocessing,
+    torchvision_weights,
+)
 from zfexp.models.zfnet import CONV_NAMES
 from zfexp.safe_load import load_torch_file
+
+
+@dataclass
+class LoadedNetwork:
+    """A network with what its weights say of their inputs: ``input`` (the ``input`` config's values, from
+    ``weights.transforms()``; empty when the weights say nothing) and ``class_names`` (by output index)."""
+
+    net: nn.Module
+    input: dict[str, Any] = field(default_factory=dict)
+    class_names: list[str] | None = None
+
+
+def load_network(spec: str | Mapping[str, Any], weights: str | None, trusted: bool = False) -> LoadedNetwork:
+    """``network`` and ``weights`` of ``zfexp.analyze``: torchvision's named weights (``DEFAULT``,
+    ``IMAGENET1K_V1``) with their preprocessing and class names, a state_dict file, or ``None`` / ``"none"``
+    (the builder's initialisation)."""
+    if names_weights(weights) and str(weights).lower() != "none":
+        if not isinstance(spec, str) or "." in spec:
+            raise InvalidValueError(f"weights={weights} names torchvision weights: give network=<a torchvision builder "
+                                    "name> (resnet18, vgg16, ...) with it, or weights=<a state_dict file>")
+        check_torchvision_builder("network", spec)
+        chosen = torchvision_weights(spec, str(weights), "weights")
+        net = build_pretrained(spec, chosen, "weights").eval()
+        return LoadedNetwork(net, preprocessing(chosen), categories(chosen))
+    return LoadedNetwork(load_weights(build_network(spec), weights, trusted))
 
 
 def build_network(spec: str | Mapping[str, Any]) -> nn.Module:
@@ -30,11 +64,7 @@ def build_network(spec: str | Mapping[str, Any]) -> nn.Module:
     elif isinstance(spec, str) and "." not in spec:
         import torchvision
 
-        names = torchvision.models.list_models(module=torchvision.models)  # the classification networks
-        if spec not in names:
-            raise InvalidValueError(f"network={spec!r} is not a torchvision classification builder; valid: "
-                                    f"{', '.join(names)}; or a dotted path (mypkg.nets.build), or "
-                                    "{_target_: ..., ...}")
+        check_torchvision_builder("network", spec)
         net = torchvision.models.get_model(spec, weights=None)
     elif isinstance(spec, str):
         try:
@@ -48,6 +78,16 @@ def build_network(spec: str | Mapping[str, Any]) -> nn.Module:
     if not isinstance(net, nn.Module):
         raise InvalidValueError(f"network={spec!r} built a {type(net).__name__}, not a torch.nn.Module")
     return net.eval()
+
+
+def check_torchvision_builder(key: str, name: str) -> None:
+    """``name`` is one of torchvision's classification builders (``resnet18``), or an error listing them."""
+    import torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)  # the classification networks
+    if name not in names:
+        raise InvalidValueError(f"{key}={name!r} is not a torchvision classification builder; valid: "
+                                f"{', '.join(names)}; or a dotted path (mypkg.nets.build), or {{_target_: ..., ...}}")
 
 
 def load_weights(net: nn.Module, weights: str | None, trusted: bool = False) -> nn.Module:

@@ -278,5 +278,10 @@ def alexnet_small(**options) -> ZFNet:
     return build_zfnet_family(ALEXNET_SMALL, ZFNET_SMALL_FC, arch="alexnet_small", **options)
 
 
+def in_family(target: str) -> bool:
+    """Whether the dotted path ``target`` (a ``model._target_``) names a builder of the ZFNet family."""
+    return target.startswith("zfexp.models.") and target.rpartition(".")[2] in PRESETS
+
+
 PRESETS = {"zfnet": zfnet, "zfnet_v2": zfnet_v2, "alexnet": alexnet, "zfnet_small": zfnet_small,
            "alexnet_small": alexnet_small}
