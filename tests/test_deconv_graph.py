@@ -118,12 +118,14 @@ def test_projections_equal_captums_unit_by_unit(case, rule):
     method = CAPTUM[rule](theirs_net, dict(theirs_net.named_modules())[captum_layer])
     for n, k, channel, row, col, value in units(ours_net, images, layer, channels):
         reference = method.attribute(images[n:n + 1], neuron_selector=(channel, row, col))[0] * value
-        # Both rules test signs on the way down; captum runs one image, ours a batch, whose kernels round
-        # otherwise, so a value within rounding of 0 may pass one way and not the other: a speck of the picture.
-        # A wrong path (a skip connection missed, batch norm ignored) changes the whole picture.
+        # Measured: at most 5e-7 over three network seeds. Both rules test signs on the way down, and captum runs
+        # one image where ours runs a batch, whose kernels round otherwise: a value within rounding of 0 can
+        # pass one way and not the other, a speck of the picture (seen once on another random network, 3e-3 of
+        # the maximum at a few pixels), so the largest difference has room. A wrong path (a skip connection
+        # missed, batch norm ignored) changes the whole picture.
         error = (ours[n, k] - reference).norm() / reference.norm().clamp_min(1e-12)
         largest = max(float(reference.abs().max()), float(ours[n, k].abs().max()))  # guided can zero a unit
-        assert float(error) < 1e-3 or largest < 1e-12, (case, rule, n, channel, float(error))
+        assert float(error) < 1e-4, (case, rule, n, channel, float(error))
         assert float((ours[n, k] - reference).abs().max()) <= 1e-2 * largest, (case, rule, n, channel)
 
 
