@@ -186,11 +186,19 @@ class ScheduledAnalysis(Callback):
         self.epochs = check_epochs(f"{self.config_key}.epochs", epochs)
         self.every_n_epochs = every_n_epochs
 
+    # A layer setting left null is the network's default, named in setup (which Lightning runs before it
+    # restores a checkpoint): the key holds the layers themselves, as it did when the configs named them.
+    RESOLVED = {"layers": "chosen_layers", "feature_layer": "chosen_layer", "first_layer": "chosen_layer"}
+
     @property
     def state_key(self) -> str:
-        settings = inspect.signature(type(self).__init__).parameters
-        return self._generate_state_key(**{name: getattr(self, name) for name in settings
-                                           if name not in ("self", *self.SCHEDULE) and hasattr(self, name)})
+        names = inspect.signature(type(self).__init__).parameters
+        settings = {name: getattr(self, name) for name in names
+                    if name not in ("self", *self.SCHEDULE) and hasattr(self, name)}
+        for name, resolved in self.RESOLVED.items():
+            if settings.get(name, "") is None and getattr(self, resolved, None):
+                settings[name] = getattr(self, resolved)
+        return self._generate_state_key(**settings)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":

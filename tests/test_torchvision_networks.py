@@ -235,3 +235,30 @@ def test_train_a_torchvision_network_with_every_paper_callback_on_its_own_layers
                       | {"filters_conv1_final.png", "occlusion_panel_final.png", "invariance_curves_final.png"})
     table = (out / "tables" / "invariance_table_final.csv").read_text().splitlines()[0]
     assert table.endswith("distance_conv1,distance_layer4.1.conv2")  # no hidden linear: the last conv
+
+
+def test_a_network_that_cannot_take_the_data_stops_before_training():
+    spec = {"_target_": "zfexp.models.classifiers.torchvision_classifier", "name": "vit_b_16"}
+    with pytest.raises(InvalidValueError, match="does not take the data's 1-channel 28 px images"):
+        build_classifier(spec, num_classes=10, in_channels=1, input_size=28)
+    with pytest.raises(InvalidValueError, match="model.name=googlenet: its training forward returns auxiliary"):
+        torchvision_classifier("googlenet", 10)
+
+
+def test_a_callbacks_default_layers_keep_the_state_key_the_named_layers_had():
+    """A run resumed from a checkpoint written when the configs named conv1..conv5 finds its callbacks' states
+    (probe images, chosen maps, snapshots): the key holds the layers setup named, not null."""
+    import lightning as L
+
+    from callbacks import DeconvSnapshots, FilterDiagnostics, InvarianceCurves, OcclusionMaps
+    from zfexp.module import ImageClassifier
+
+    module = ImageClassifier({"_target_": "zfexp.models.zfnet_small"}, num_classes=10, in_channels=1, input_size=28)
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    for default, named in ((DeconvSnapshots(layers=None), DeconvSnapshots(layers=["conv1", "conv2", "conv3", "conv4",
+                                                                                  "conv5"])),
+                           (InvarianceCurves(layers=None), InvarianceCurves(layers=["conv1", "fc7"])),
+                           (OcclusionMaps(feature_layer=None), OcclusionMaps(feature_layer="conv5")),
+                           (FilterDiagnostics(first_layer=None), FilterDiagnostics(first_layer="conv1"))):
+        default.setup(trainer, module, "fit")
+        assert default.state_key == named.state_key

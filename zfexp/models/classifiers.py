@@ -52,8 +52,7 @@ def build_classifier(spec: Mapping[str, Any], num_classes: int, in_channels: int
     takes = _parameters(builder) | ({"in_channels", "input_size"} if in_family(target) else set())
     # An experiment made for the ZFNet family sets its options (the quickstart: norm, dropout); another network
     # is built without those it does not take, as a warning says.
-    unused = sorted(k for k in ZFNET_OPTIONS & set(spec) if k not in takes and "**" not in takes
-                    and not in_family(target))
+    unused = sorted(k for k in ZFNET_OPTIONS & set(spec) if k not in takes and not in_family(target))
     if unused:
         log.warning("model: %s: options of the ZFNet family, which %s does not take: not used",
                     ", ".join(f"{k}={spec[k]}" for k in unused), target)
@@ -72,8 +71,9 @@ def build_classifier(spec: Mapping[str, Any], num_classes: int, in_channels: int
         raise InvalidValueError(f"model.{cause}") from err
     if not isinstance(net, nn.Module):
         raise InvalidValueError(f"model._target_={target} built a {type(net).__name__}, not a torch.nn.Module")
-    if "in_channels" not in takes:  # a network that is not ours: fitted to the data, then tried on it
-        adapt_input_channels(net, in_channels, input_size)
+    if not in_family(target):  # a network that is not ours: fitted to the data, then tried on it
+        if "in_channels" not in takes:
+            adapt_input_channels(net, in_channels, input_size)
         check_forward(net, in_channels, input_size, num_classes, target)
     return net
 
@@ -106,6 +106,10 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3, in
     from zfexp.models.external import check_torchvision_builder
 
     check_torchvision_builder("model.name", name)
+    if name in ("googlenet", "inception_v3"):  # their training forward returns auxiliary outputs besides the logits
+        raise InvalidValueError(f"model.name={name}: its training forward returns auxiliary classifiers' outputs, "
+                                "which train.py does not train yet; valid: another torchvision classification "
+                                "network (resnet18, vgg16_bn, densenet121, ...)")
     if weights is None or str(weights).lower() == "none":
         net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     elif names_weights(weights):
@@ -144,9 +148,10 @@ def adapt_input_channels(net: nn.Module, in_channels: int, input_size: int) -> s
     path, conv = first_conv(net, input_size)
     if conv.in_channels == in_channels:
         return None
-    if conv.groups != 1:
-        raise InvalidValueError(f"the network's first conv {path} is grouped: it cannot be given {in_channels}-channel "
-                                "images; use data with its channel count")
+    if conv.groups != 1 or type(conv) is not nn.Conv2d:  # a subclass (a standardised conv) computes otherwise
+        raise InvalidValueError(f"model: the network's first conv {path} ({type(conv).__name__}, "
+                                f"groups={conv.groups}) takes {conv.in_channels} channels and cannot be rebuilt for "
+                                f"the data's {in_channels}; use data with {conv.in_channels} channels")
     new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     bias=conv.bias is not None, padding_mode=conv.padding_mode)
     with torch.no_grad():
@@ -181,14 +186,14 @@ def first_conv(net: nn.Module, input_size: int) -> tuple[str, nn.Conv2d]:
 
     handles = [m.register_forward_pre_hook(stop) for m in convs]
     first = next(iter(convs))
+    was_training = net.training
     try:
-        with torch.no_grad():
-            net(first.weight.new_zeros(1, first.in_channels, input_size, input_size))
-    except _Found:
-        pass
-    except Exception:  # a forward that needs more than a conv's input: the registration order decides
+        with torch.no_grad():  # eval mode: a batch norm before the first conv keeps its statistics
+            net.eval()(first.weight.new_zeros(1, first.in_channels, input_size, input_size))
+    except Exception:  # _Found; or a forward that needs more than a conv's input: the registration order decides
         pass
     finally:
+        net.train(was_training)
         for h in handles:
             h.remove()
     conv = found[0] if found else first

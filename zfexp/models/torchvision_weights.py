@@ -64,15 +64,14 @@ def cached_file(weights) -> Path:
 def weights_only_loads() -> Iterator[None]:
     """Every ``torch.load`` inside reads with ``weights_only=True``, whatever its caller asked for (torch's
     ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``): for builders that load files themselves, torchvision's among them."""
-    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    names = ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")  # torch refuses both set
+    previous = {name: os.environ.pop(name, None) for name in names}
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
         yield
     finally:
-        if previous is None:
-            del os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"]
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+        os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        os.environ.update({name: value for name, value in previous.items() if value is not None})
 
 
 def build_pretrained(builder: str, weights, key: str, **kwargs: Any) -> nn.Module:

@@ -1,7 +1,8 @@
 """The paper's figures and tables, each written once: a recipe runs the engines of ``zfexp.analysis`` on a
 network and its inputs and hands the images, figures and tables to a :class:`Sink`. The training callbacks
 (``callbacks/``: W&B keys stepped by epoch, files under the run dir) and ``zfexp.analyze`` (its own run dir) are
-two sinks of the same recipes, so a figure looks the same wherever it is drawn.
+two sinks of the same recipes, so a figure looks the same wherever it is drawn (Fig. 6 is drawn in training
+only, Table 1 by ``zfexp.analyze`` only).
 
     Fig. 2  top_k            Fig. 4  deconv_snapshot     Fig. 5  invariance
     Fig. 6  filters          Fig. 7  occlusion           Table 1 correspondence_table
