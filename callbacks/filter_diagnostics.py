@@ -9,6 +9,7 @@ import lightning as L
 
 from callbacks.scheduled_analysis import ProbedAnalysis, TrainingSink, evaluating, network_of
 from zfexp.analysis import conv_layers
+from zfexp.errors import InvalidValueError
 from zfexp.models.classifiers import first_conv
 from zfexp.recipes import filters
 
@@ -31,7 +32,10 @@ class FilterDiagnostics(ProbedAnalysis):
         super().setup(trainer, pl_module, stage)
         net = network_of(pl_module)
         self.chosen_layer = self.first_layer or first_conv(net, pl_module.hparams.get("input_size", 224))[0]
-        conv_layers(net, [self.chosen_layer])  # names a bad layer before training
+        try:
+            conv_layers(net, [self.chosen_layer])  # a bad layer named before training
+        except ValueError as err:
+            raise InvalidValueError(f"{self.config_key}.first_layer: {err}") from err
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)

@@ -262,3 +262,15 @@ def test_a_callbacks_default_layers_keep_the_state_key_the_named_layers_had():
                            (FilterDiagnostics(first_layer=None), FilterDiagnostics(first_layer="conv1"))):
         default.setup(trainer, module, "fit")
         assert default.state_key == named.state_key
+
+
+def test_the_input_config_is_checked_against_the_named_weights_preprocessing_before_loading(tmp_path):
+    from tests.conftest import compose_config
+    from zfexp.analyze import check_config
+
+    # EfficientNet-B7's weights resize to 600 and crop 600: a crop of 512 fits them (not ImageNet's 256).
+    check_config(compose_config("analyze", tmp_path, ["network=efficientnet_b7", "weights=DEFAULT",
+                                                      f"images={tmp_path}", "input.crop=512"]))
+    with pytest.raises(InvalidValueError, match="input.crop=700 is larger than input.resize=600"):
+        check_config(compose_config("analyze", tmp_path, ["network=efficientnet_b7", "weights=DEFAULT",
+                                                          f"images={tmp_path}", "input.crop=700"]))

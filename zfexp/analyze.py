@@ -34,7 +34,7 @@ from zfexp.data.normalization import InputNormalization
 from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.errors import InvalidValueError
-from zfexp.models.external import default_conv_layers, default_invariance_layers, load_network
+from zfexp.models.external import default_conv_layers, default_invariance_layers, load_network, named_weights_input
 from zfexp.pretrained import load_pretrained, pretrained_network
 from zfexp.recipes import Inputs
 from zfexp.runs.devices import check_device, device_of
@@ -157,12 +157,14 @@ def check_config(cfg: DictConfig) -> None:
     if (cfg.get("ckpt_path") is None) == (cfg.get("network") is None):
         raise InvalidValueError(f"ckpt_path={cfg.get('ckpt_path')}, network={cfg.get('network')}: give one of them: "
                                 "ckpt_path=<a checkpoint of train.py>, or network=<vgg16, alexnet, a dotted path to a "
-                                "builder, or {_target_: ...}> (with weights=<state_dict file>)")
+                                "builder, or {_target_: ...}> (with weights=<DEFAULT, a name of torchvision's "
+                                "weights, a state_dict file, or none>)")
     if cfg.get("network") is not None:
         if str(cfg.images) == "test":
             raise InvalidValueError("images=test: with network=..., there is no training run to take a test split "
                                     "from; give images=<a folder of photographs>")
-        InputNormalization.from_config(OmegaConf.to_container(cfg.input, resolve=True))
+        InputNormalization.from_config(OmegaConf.to_container(cfg.input, resolve=True),
+                                       named_weights_input(network=cfg.network, weights=cfg.get("weights")))
     elif cfg.get("weights") is not None:
         raise InvalidValueError(f"weights={cfg.weights}: only with network=...; a checkpoint holds its weights")
     trust_option(cfg)

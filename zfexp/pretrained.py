@@ -15,9 +15,7 @@ from torch import nn
 
 from zfexp.checkpoints import read_checkpoint, with_lrn_convention
 from zfexp.errors import CheckpointError, InvalidValueError
-from zfexp.models.classifiers import build_classifier
-
-NEW_LAYER = "fc8"  # the classifier: always new, its width is the new number of classes
+from zfexp.models.classifiers import build_classifier, classifier_name
 
 
 @dataclass
@@ -71,10 +69,12 @@ def check_compatible(pretrained: Pretrained, in_channels: int, input_size: int) 
 
 
 def load_all_but_classifier_(net: nn.Module, pretrained: Pretrained) -> list[str]:
-    """Copy every pretrained weight into ``net`` except the classifier's; return the keys copied."""
-    kept = {k: v for k, v in pretrained.state_dict.items() if not k.startswith(f"{NEW_LAYER}.")}
+    """Copy every pretrained weight into ``net`` except the classifier's (its last ``nn.Linear``: ZFNet's
+    ``fc8``, a ResNet's ``fc``), always new, its width the new number of classes; return the keys copied."""
+    new = f"{classifier_name(net)}."
+    kept = {k: v for k, v in pretrained.state_dict.items() if not k.startswith(new)}
     missing, unexpected = net.load_state_dict(kept, strict=False)
-    wrong = [k for k in missing if not k.startswith(f"{NEW_LAYER}.")] + list(unexpected)
+    wrong = [k for k in missing if not k.startswith(new)] + list(unexpected)
     if wrong:
         raise InvalidValueError(f"pretrained_ckpt={pretrained.path}: its weights do not fit the network built from its "
                                 f"own config (mismatched keys {wrong[:6]})")

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from zfexp.checkpoints import RESUMABLE, check_checkpoint_file, check_resumes, newest_resumable, read_checkpoint
 from zfexp.errors import CheckpointError, InvalidValueError
+from zfexp.models.classifiers import classifier_name
 from zfexp.module import ImageClassifier
 from zfexp.pretrained import check_compatible, load_all_but_classifier_, load_pretrained
 from zfexp.runs.config_groups import instantiate_group
@@ -184,15 +185,17 @@ def build_module(cfg: DictConfig, datamodule, trusted: bool = False) -> ImageCla
         return ImageClassifier(net=cfg.model, **dims, **options)
     pretrained = load_pretrained(cfg.pretrained_ckpt, trusted=trusted)
     check_compatible(pretrained, datamodule.num_channels, datamodule.input_size)
-    module = ImageClassifier(net=pretrained.net, **dims, **options, freeze=None if from_scratch else freeze)
+    # The checkpoint holds the weights: a builder's own (model.weights=DEFAULT) are neither read nor kept.
+    net = {**pretrained.net, "weights": None} if "weights" in pretrained.net else pretrained.net
+    module = ImageClassifier(net=net, **dims, **options, freeze=None if from_scratch else freeze)
     if from_scratch:
         log.info("from scratch: the network of %s, randomly initialised, all layers trained", pretrained.path)
         return module
     copied = load_all_but_classifier_(module.net, pretrained)
     if pretrained.mean_image is not None and datamodule.preprocess.mean_image:
         datamodule.mean = pretrained.mean_image  # inputs normalised as in pretraining
-    log.info("transfer: %d tensors from %s, new fc8 for %d classes, fixed: %s", len(copied), pretrained.path,
-             datamodule.num_classes, ", ".join(module.frozen) or "nothing")
+    log.info("transfer: %d tensors from %s, new %s for %d classes, fixed: %s", len(copied), pretrained.path,
+             classifier_name(module.net), datamodule.num_classes, ", ".join(module.frozen) or "nothing")
     return module
 
 

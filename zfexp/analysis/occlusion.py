@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +59,8 @@ class OcclusionResult:
         """The share of the positions computed rather than interpolated (1.0 in the exact mode)."""
         return 1.0 if self.exact is None else float(self.exact.float().mean())
 
-    def table(self, class_names: Sequence[str] | None = None) -> list[dict]:
-        """One row per image and occluder position: what a CSV file or a W&B table holds; with
-        ``class_names``, the most probable class by name too (``top_class``)."""
+    def table(self) -> list[dict]:
+        """One row per image and occluder position: what a CSV file or a W&B table holds."""
         out = []
         for i in range(self.prob_true.shape[0]):
             for r, top in enumerate(self.rows.tolist()):
@@ -71,8 +70,6 @@ class OcclusionResult:
                                 "feature_map": int(self.feature_map[i]),
                                 "feature_activity": float(self.feature_activity[i, r, c]),
                                 "computed": True if self.exact is None else bool(self.exact[i, r, c])})
-                    if class_names is not None:
-                        out[-1]["top_class"] = class_names[out[-1]["top_label"]]
         return out
 
     def pixel_attribution(self, image_size: tuple[int, int]) -> torch.Tensor:

@@ -11,6 +11,12 @@ from torch.utils.data import Dataset
 from zfexp.errors import InvalidValueError
 
 
+def class_name(label: int, class_names: Sequence[str] | None) -> str:
+    """``label``'s name, or the number itself where no name is known (names of fewer classes than the network
+    has outputs, none at all)."""
+    return class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+
+
 def select_classes(names: Sequence[str], keep: Sequence[int | str] | None = None,
                    exclude: Sequence[int | str] = ()) -> list[int]:
     """Dataset labels of the classes kept: ``keep`` (all when ``None``) minus ``exclude``, both given as labels

@@ -18,6 +18,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from zfexp.analysis.invariance import InvarianceResult  # noqa: E402
 from zfexp.analysis.occlusion import OcclusionResult  # noqa: E402
+from zfexp.data.classes import class_name  # noqa: E402
 from zfexp.figures.grid import normalise_tiles  # noqa: E402
 
 
@@ -26,10 +27,6 @@ def _show(image: torch.Tensor) -> torch.Tensor:
     lo, hi = image.min(), image.max()
     img = ((image - lo) / (hi - lo).clamp_min(1e-12)).cpu()
     return img[0] if img.shape[0] == 1 else img.permute(1, 2, 0)
-
-
-def _name(label: int, class_names: Sequence[str] | None) -> str:
-    return class_names[label] if class_names is not None and label < len(class_names) else str(label)
 
 
 def occlusion_figure(result: OcclusionResult, images: torch.Tensor, labels: Sequence[int],
@@ -50,7 +47,7 @@ def occlusion_figure(result: OcclusionResult, images: torch.Tensor, labels: Sequ
         true = int(labels[i])
         ax = axes[i]
         ax[0].imshow(_show(images[i]), cmap="gray")
-        ax[0].set_title(f"(a) {truth}: {_name(true, class_names)}\np={float(result.base_prob[i]):.2f}", fontsize=9)
+        ax[0].set_title(f"(a) {truth}: {class_name(true, class_names)}\np={float(result.base_prob[i]):.2f}", fontsize=9)
         im = ax[1].imshow(result.feature_activity[i].cpu(), cmap="viridis", extent=extent)
         ax[1].set_title(f"(b) {feature_layer} map {int(result.feature_map[i])}: total activity", fontsize=9)
         fig.colorbar(im, ax=ax[1], fraction=0.046)
@@ -58,13 +55,13 @@ def occlusion_figure(result: OcclusionResult, images: torch.Tensor, labels: Sequ
         ax[2].imshow(proj[0] if proj.shape[0] == 1 else proj.permute(1, 2, 0), cmap="gray")
         ax[2].set_title("(c) its projection (deconvnet)", fontsize=9)
         im = ax[3].imshow(result.prob_true[i].cpu(), cmap="jet", vmin=0, vmax=1, extent=extent)
-        ax[3].set_title(f"(d) p({_name(true, class_names)})", fontsize=9)
+        ax[3].set_title(f"(d) p({class_name(true, class_names)})", fontsize=9)
         fig.colorbar(im, ax=ax[3], fraction=0.046)
         top = result.top_label[i].cpu()
         shown = sorted(set(top.flatten().tolist()))
         ax[4].imshow(top % 20, cmap=cmap, vmin=0, vmax=19, extent=extent, interpolation="nearest")
         ax[4].set_title("(e) most probable class", fontsize=9)
-        ax[4].legend(handles=[Patch(color=cmap(c % 20), label=_name(c, class_names)) for c in shown[:8]],
+        ax[4].legend(handles=[Patch(color=cmap(c % 20), label=class_name(c, class_names)) for c in shown[:8]],
                      fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
         for a in ax:
             a.set_xticks([])
@@ -89,7 +86,7 @@ def invariance_figure(curves: Mapping[str, InvarianceResult], labels: Sequence[i
             ax = axes[r, j]
             series = c.prob_true if layer == "prob" else c.distance[layer]
             for i in range(series.shape[0]):
-                ax.plot(x, series[i].tolist(), marker=".", label=_name(int(labels[i]), class_names))
+                ax.plot(x, series[i].tolist(), marker=".", label=class_name(int(labels[i]), class_names))
             ax.set_xlabel(c.unit, fontsize=9)
             ax.set_title(f"{transform}: " + ("P(true class)" if layer == "prob" else f"{layer} distance"), fontsize=10)
             if layer == "prob":

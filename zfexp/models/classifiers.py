@@ -125,13 +125,19 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3, in
     return net
 
 
+def classifier_name(net: nn.Module) -> str | None:
+    """The classifier's name: the network's last ``nn.Linear`` (``fc8``, ``fc``, ``classifier.6``), if any."""
+    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
 def replace_classifier(net: nn.Module, num_classes: int, name: str) -> str:
     """A new last ``nn.Linear`` (the classifier) of ``num_classes`` outputs, randomly initialised; its name."""
-    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    path = classifier_name(net)
+    if path is None:
         raise InvalidValueError(f"model.name={name}: no nn.Linear classifier to give {num_classes} outputs; train it "
                                 "with model.weights=null")
-    path, old = linears[-1]
+    old = net.get_submodule(path)
     parent, _, attr = path.rpartition(".")
     setattr(net.get_submodule(parent) if parent else net, attr,
             nn.Linear(old.in_features, num_classes, bias=old.bias is not None))

@@ -37,6 +37,15 @@ class LoadedNetwork:
     class_names: list[str] | None = None
 
 
+def named_weights_input(network: Any, weights: Any) -> dict[str, Any]:
+    """The ``input`` config that named weights bring (``weights.transforms()``; no file is read), ``{}`` for
+    others: what ``input``'s null keys are checked against before anything is loaded."""
+    if not names_weights(weights) or not isinstance(network, str) or "." in network:
+        return {}
+    check_torchvision_builder("network", network)
+    return preprocessing(torchvision_weights(network, str(weights), "weights"))
+
+
 def load_network(spec: str | Mapping[str, Any], weights: str | None, trusted: bool = False) -> LoadedNetwork:
     """``network`` and ``weights`` of ``zfexp.analyze``: torchvision's named weights (``DEFAULT``,
     ``IMAGENET1K_V1``) with their preprocessing and class names, a state_dict file, or ``None`` / ``"none"``

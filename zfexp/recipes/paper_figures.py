@@ -17,6 +17,7 @@ from zfexp.analysis.activations import layer_activations
 from zfexp.analysis.filter_norms import conv_layers, filter_rms
 from zfexp.analysis.occlusion import OcclusionResult
 from zfexp.analysis.top_k import TopActivationsResult
+from zfexp.data.classes import class_name
 from zfexp.data.sampling import stack_dataset
 from zfexp.figures.feature_tiles import filter_grid, strongest_unit_tiles, top_k_sheet, top_k_table, top_k_tiles
 from zfexp.figures.grid import image_grid
@@ -53,7 +54,7 @@ def top_k(net: nn.Module, dataset: Dataset, maps: Mapping[str, list[int]], k: in
         for row, predicted in zip(rows, _predictions(net, dataset, top, device), strict=True):
             row["predicted"] = predicted
             if class_names is not None:
-                row["predicted_class"] = class_names[predicted]
+                row["predicted_class"] = class_name(predicted, class_names)
         sink.table(f"top{k}/{layer}_table", rows, images)
 
 
@@ -76,7 +77,11 @@ def occlusion(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, inputs
         caption += f"; approximate: {100 * result.exact_fraction:.0f}% of the positions computed"
     sink.figure("occlusion/panel", occlusion_figure(result, inputs.shown(images).cpu(), labels.tolist(),
                                                     inputs.class_names, feature_layer, truth), caption)
-    sink.table("occlusion/table", result.table(inputs.class_names))
+    rows = result.table()
+    if inputs.class_names is not None:  # the most probable class by name too
+        for row in rows:
+            row["top_class"] = class_name(row["top_label"], inputs.class_names)
+    sink.table("occlusion/table", rows)
     return result
 
 
