@@ -12,8 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from zfexp.data import ImageFolderDataModule
-from zfexp.errors import InvalidValueError
-from zfexp.runs.launchers import MissingExtraError
+from zfexp.errors import InvalidValueError, MissingExtraError
 
 HAS_DALI = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
 PREPROCESS = {"resize": 48, "crop": 48, "input_size": 40, "pixel_scale": 255.0}

@@ -126,7 +126,8 @@ def test_hydra_full_error_brings_the_traceback_back(tmp_path):
 
 
 def test_a_launcher_preset_without_its_extra_names_the_extra():
-    from zfexp.runs.launchers import LAUNCHER_EXTRAS, MissingExtraError, check_launcher_extra
+    from zfexp.errors import MissingExtraError
+    from zfexp.runs.launchers import LAUNCHER_EXTRAS, check_launcher_extra
 
     missing = {"ray": ("hydra_plugins.no_such_launcher", "ray")}
     needs = r"hydra/launcher=ray needs the \[ray\] extra.*pip install -e '\.\[ray\]'"

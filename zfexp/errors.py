@@ -32,3 +32,7 @@ class UnsafeFileError(CheckpointError):
 
 class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or infinite; the message names the checkpoint to resume from."""
+
+
+class MissingExtraError(UserError):
+    """A choice whose package is not installed: a launcher preset's extra ([ray], [slurm]) or DALI's ([dali])."""

@@ -31,7 +31,7 @@ from zfexp.data.classes import ClassSubset
 from zfexp.data.sampling import position_state, resume_from
 from zfexp.data.transforms import Preprocessing, draw_crop_flip
 from zfexp.errors import InvalidValueError
-from zfexp.runs.launchers import MissingExtraError
+from zfexp.errors import MissingExtraError
 
 DECODERS = ("cpu", "dali")
 FALLBACK = "data.decoder=cpu (the default: decoding in the loader processes, the same preprocessing)"

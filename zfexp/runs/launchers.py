@@ -9,15 +9,11 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
-from zfexp.errors import UserError
+from zfexp.errors import MissingExtraError
 
 # preset -> (the plugin's module, the extra that installs it)
 LAUNCHER_EXTRAS = {"ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
                    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}
-
-
-class MissingExtraError(UserError):
-    """A preset was chosen whose package is not installed."""
 
 
 def _installed(module: str) -> bool:
