@@ -5,7 +5,7 @@ ImageNet weights were trained; and back, for showing the images."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,12 +33,7 @@ class InputNormalization:
                     ) -> InputNormalization:
         """The ``input`` config, its null values taken from ``defaults`` (named weights' own preprocessing),
         else from torchvision's ImageNet weights'."""
-        chosen = {**(defaults or {}), **{k: v for k, v in values.items() if v is not None}}
-        unknown = sorted(set(chosen) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InvalidValueError(f"input.{unknown[0]}: no such key; valid: "
-                                    f"{', '.join(f.name for f in fields(cls))}")
-        return cls(**chosen)
+        return cls(**{**(defaults or {}), **{k: v for k, v in values.items() if v is not None}})
 
     def __post_init__(self) -> None:
         for key in ("mean", "std"):  # one kind of sequence whatever the config gave: equal settings compare equal

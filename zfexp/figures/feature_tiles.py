@@ -39,20 +39,23 @@ def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps:
 
 
 def top_k_tiles(net: nn.Module, dataset, layer: str, top: TopActivationsResult,
-                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fig. 2's pieces: ``(projections, patches)``, each ``[K, k, C, s, s]``: per chosen map and rank, the
-    unit's deconv projection and the image patch it sees, cropped to its receptive field.
-    ``dataset[i]`` is ``(image [C, H, W], label)``."""
-    projections, patches = [], []
+                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fig. 2's pieces: ``(projections, patches, predicted)``; the first two ``[K, k, C, s, s]``: per chosen map
+    and rank, the unit's deconv projection and the image patch it sees, cropped to its receptive field;
+    ``predicted [K, k]``: the network's most probable class for each image. ``dataset[i]`` is
+    ``(image [C, H, W], label)``."""
+    projections, patches, predicted = [], [], []
     deconv = DeconvNet(net)
     for j, channel in enumerate(top.channels.tolist()):
         images = torch.stack([dataset[int(i)][0] for i in top.indices[j]])
+        with torch.no_grad():
+            predicted.append(net(images.to(device)).argmax(1).cpu())
         proj = deconv.project_units(images.to(device), layer, [channel] * len(images)).cpu()
         boxes = [receptive_field(net, layer, tuple(p), tuple(images.shape[-2:])) for p in top.positions[j].tolist()]
         size = tile_size(net, layer, images)
         projections.append(crop_tiles(proj, boxes, size))
         patches.append(crop_tiles(images, boxes, size))
-    return torch.stack(projections), torch.stack(patches)
+    return torch.stack(projections), torch.stack(patches), torch.stack(predicted)
 
 
 def top_k_sheet(projections: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:

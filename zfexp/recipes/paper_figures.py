@@ -16,9 +16,7 @@ from zfexp.analysis import correspondence, invariance_curves, occlude_boxes, occ
 from zfexp.analysis.activations import layer_activations
 from zfexp.analysis.filter_norms import conv_layers, filter_rms
 from zfexp.analysis.occlusion import OcclusionResult
-from zfexp.analysis.top_k import TopActivationsResult
 from zfexp.data.classes import class_name
-from zfexp.data.sampling import stack_dataset
 from zfexp.figures.feature_tiles import filter_grid, strongest_unit_tiles, top_k_sheet, top_k_table, top_k_tiles
 from zfexp.figures.grid import image_grid
 from zfexp.figures.plots import invariance_figure, occlusion_figure
@@ -47,21 +45,15 @@ def top_k(net: nn.Module, dataset: Dataset, maps: Mapping[str, list[int]], k: in
     (with the network's prediction for each image, by name when ``class_names`` are known)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     for layer, top in top_activations_by_layer(net, loader, dict(maps), k=k, device=device).items():
-        projections, patches = top_k_tiles(net, dataset, layer, top, device)
+        projections, patches, predicted = top_k_tiles(net, dataset, layer, top, device)
         sink.image(f"top{k}/{layer}", top_k_sheet(projections, patches),
                    f"{layer} maps {maps[layer]}: top-{k} projections (left) and patches (right)")
         rows, images = top_k_table(layer, top, projections, patches)
-        for row, predicted in zip(rows, _predictions(net, dataset, top, device), strict=True):
-            row["predicted"] = predicted
+        for row, label in zip(rows, predicted.flatten().tolist(), strict=True):  # rows: map, then rank
+            row["predicted"] = label
             if class_names is not None:
-                row["predicted_class"] = class_name(predicted, class_names)
+                row["predicted_class"] = class_name(label, class_names)
         sink.table(f"top{k}/{layer}_table", rows, images)
-
-
-def _predictions(net: nn.Module, dataset: Dataset, top: TopActivationsResult, device: torch.device) -> list[int]:
-    """The network's most probable class for each image of ``top``, in its rows' order (map, then rank)."""
-    images, _ = stack_dataset(dataset, top.indices.flatten().tolist())
-    return net(images.to(device)).argmax(1).tolist()
 
 
 def occlusion(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, inputs: Inputs, sink: Sink,
