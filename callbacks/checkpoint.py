@@ -84,7 +84,7 @@ class ResumeCheckpoint(Checkpoint):
 
 
 class BestCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose file names count epochs from 1, as the paper, the README and the analysis
+    """``ModelCheckpoint`` whose file names count epochs from 1, as the paper, the docs and the analysis
     callbacks do (``best_epoch003.ckpt`` is the state after the third epoch), and that keeps the best score of
     the run it resumes although the resumed run writes into a run dir of its own (Lightning keeps it only for
     the same dir): the best epoch is the uninterrupted run's. Files outside this run's dir are never deleted."""

@@ -8,16 +8,10 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
-from callbacks.scheduled_analysis import (
-    ProbedAnalysis,
-    TrainingSink,
-    chosen_maps,
-    evaluating,
-    is_quiet,
-    layers_or_defaults,
-    log_image,
-    network_of,
-)
+from callbacks.network_layers import evaluating, layers_or_defaults, network_of
+from callbacks.scheduled_analysis import ProbedAnalysis, is_quiet
+from callbacks.training_outputs import TrainingSink, log_image
+from zfexp.analysis.map_choice import chosen_maps
 from zfexp.checks import positive_int
 from zfexp.figures.grid import image_grid
 from zfexp.recipes import deconv_snapshot

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from callbacks.scheduled_analysis import ProbedAnalysis, TrainingSink, evaluating, network_of
+from callbacks.network_layers import evaluating, network_of
+from callbacks.scheduled_analysis import ProbedAnalysis
+from callbacks.training_outputs import TrainingSink
 from zfexp.analysis import conv_layers
 from zfexp.errors import InvalidValueError
 from zfexp.models.classifiers import first_conv

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.scheduled_analysis import network_of
+from callbacks.network_layers import network_of
 from zfexp.analysis import conv_layers, renormalize_filter_masks_
 from zfexp.checks import positive_number
 from zfexp.errors import InvalidValueError

@@ -1,19 +1,15 @@
 """``GuidedBackpropSnapshots``: for each chosen map's strongest unit on a fixed probe set, the deconvnet's
 projection beside guided backpropagation's (Springenberg et al. 2015), at chosen epochs and at the end of fit.
-The README's "Write your own callback" walks through this file."""
+docs/callbacks.md ("Write your own callback") walks through this file."""
 
 from collections.abc import Sequence
 
 import torch
 
-from callbacks.scheduled_analysis import (
-    ProbedAnalysis,
-    chosen_maps,
-    evaluating,
-    layers_or_defaults,
-    log_image,
-    network_of,
-)
+from callbacks.network_layers import evaluating, layers_or_defaults, network_of
+from callbacks.scheduled_analysis import ProbedAnalysis
+from callbacks.training_outputs import log_image
+from zfexp.analysis.map_choice import chosen_maps
 from zfexp.checks import positive_int
 from zfexp.figures.feature_tiles import strongest_unit_tiles
 from zfexp.figures.grid import image_grid

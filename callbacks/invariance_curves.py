@@ -7,14 +7,9 @@ from collections.abc import Sequence
 
 import lightning as L
 
-from callbacks.scheduled_analysis import (
-    ProbedAnalysis,
-    TrainingSink,
-    evaluating,
-    inputs_of,
-    layers_or_defaults,
-    network_of,
-)
+from callbacks.network_layers import evaluating, layers_or_defaults, network_of
+from callbacks.scheduled_analysis import ProbedAnalysis
+from callbacks.training_outputs import TrainingSink, inputs_of
 from zfexp.analysis import TRANSFORMS
 from zfexp.errors import InvalidValueError
 from zfexp.models.external import default_invariance_layers

@@ -8,15 +8,10 @@ from typing import Any
 
 import lightning as L
 
-from callbacks.scheduled_analysis import (
-    ProbedAnalysis,
-    TrainingSink,
-    evaluating,
-    inputs_of,
-    layers_or_defaults,
-    network_of,
-)
-from zfexp.analysis.occlusion import drill_down
+from callbacks.network_layers import evaluating, layers_or_defaults, network_of
+from callbacks.scheduled_analysis import ProbedAnalysis
+from callbacks.training_outputs import TrainingSink, inputs_of
+from zfexp.analysis.occlusion_drilldown import drill_down
 from zfexp.checks import positive_int
 from zfexp.errors import InvalidValueError
 from zfexp.models.external import default_conv_layers

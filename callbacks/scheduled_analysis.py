@@ -1,44 +1,27 @@
-"""What the analysis callbacks share: the epoch schedule (``ScheduledAnalysis``), the fixed probe set kept in
-the checkpoint (``ProbedAnalysis``), the maps to show (``chosen_maps``), argument checks, the eval/no-grad
-context, and "log this image / figure / table / scalar to every logger and save it under the run dir", also as
-the sink of the figures' recipes (``TrainingSink``, :mod:`zfexp.recipes`).
+"""The base classes of the analysis callbacks: the epoch schedule (``ScheduledAnalysis``) and the fixed probe
+set kept in the checkpoint (``ProbedAnalysis``).
 
-A new analysis callback subclasses ``ProbedAnalysis`` (or ``ScheduledAnalysis``) and writes ``analyse``;
-``callbacks/guided_backprop.py`` is the worked example the README walks through."""
+A new analysis callback subclasses ``ProbedAnalysis`` (or ``ScheduledAnalysis``) and writes ``analyse``, with
+the layers it analyses from :mod:`callbacks.network_layers` and its outputs logged through
+:mod:`callbacks.training_outputs`; ``callbacks/guided_backprop.py`` is the worked example (docs/callbacks.md)."""
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
-from torch import nn
 
-from zfexp.analysis.activations import check_feature_layers, eval_mode
-from zfexp.analysis.deconv_record import check_projectable
-from zfexp.analysis.map_choice import chosen_maps  # noqa: F401  (one of the pieces callbacks reuse)
 from zfexp.checks import is_int, positive_int
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.errors import InvalidValueError
-from zfexp.models.external import default_conv_layers
 from zfexp.random_state import preserved_random_state
-from zfexp.recipes import Inputs
 from zfexp.runs.config_groups import config_key
-from zfexp.runs.outputs import figure_to_image, file_key, write_image, write_table
 
 log = logging.getLogger(__name__)
-
-
-def network_of(pl_module: L.LightningModule) -> nn.Module:
-    """The wrapped network (``pl_module.net``) whose layers carry the paper's names, else the module itself."""
-    return getattr(pl_module, "net", pl_module)
 
 
 def check_epochs(key: str, epochs: Sequence[int]) -> list[int]:
@@ -58,41 +41,9 @@ def say_epochs_not_reached(key: str, epochs: Sequence[int], trainer: L.Trainer) 
         log.warning("%s: epochs %s are beyond trainer.max_epochs=%d and are not drawn", key, beyond, max_epochs)
 
 
-def check_layers(key: str, model: nn.Module, layers: Sequence[str]) -> None:
-    for layer in layers:
-        try:
-            check_projectable(model, layer)
-        except ValueError as err:
-            raise InvalidValueError(f"{key}: {err}") from err
-
-
-def layers_or_defaults(key: str, model: nn.Module, layers: Sequence[str] | None,
-                       default: Callable[[nn.Module], list[str]] = default_conv_layers,
-                       projected: bool = True) -> list[str]:
-    """``layers`` as configured, or for ``None`` the network's own: ``default(model)``, by default the paper's
-    conv1..conv5 when it has them, else five of its convs spread over its depth (``layer1.0.conv1`` ... in a
-    ResNet). Checked before training: each one projectable to pixels (``projected``) or giving features."""
-    chosen = list(layers) if layers is not None else default(model)
-    if projected:
-        check_layers(key, model, chosen)
-    else:
-        try:
-            check_feature_layers(model, chosen)
-        except ValueError as err:
-            raise InvalidValueError(f"{key}: {err}") from err
-    return chosen
-
-
 def is_quiet(trainer: L.Trainer) -> bool:
     """Analysis callbacks do nothing during the sanity check and fast_dev_run."""
     return bool(trainer.sanity_checking or trainer.fast_dev_run)
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no autograd for the duration; the previous mode is restored."""
-    with eval_mode(model), torch.no_grad():
-        yield model
 
 
 def eval_dataset(trainer: L.Trainer):
@@ -104,62 +55,6 @@ def eval_dataset(trainer: L.Trainer):
     if dataset is None:
         raise RuntimeError("analysis callbacks need a datamodule with a data_val dataset (call setup first)")
     return dataset
-
-
-def run_dir(trainer: L.Trainer) -> Path:
-    return Path(trainer.default_root_dir)
-
-
-# ``epoch=ONCE``: a figure drawn once per run (the deconv evolution grid), logged under its key as it is.
-ONCE: Any = object()
-
-
-def epoch_keys(key: str, epoch: int | None) -> tuple[str, str, str]:
-    """``(W&B key, file name, caption suffix)`` of a figure drawn after ``epoch`` (``None``: at the end of fit).
-
-    W&B gets one key per figure, logged at each epoch's step, so its media panel has a slider over the epochs;
-    the end-of-fit figure has its own key, ``<key>/final``. The run dir's file names keep the epoch:
-    ``deconv/conv5`` after epoch 3 is ``images/deconv_conv5_epoch003.png``, at the end ``..._final.png``."""
-    if epoch is ONCE:
-        return key, file_key(key), ""
-    return (key if epoch is not None else f"{key}/final", f"{file_key(key)}_{tag(epoch)}",
-            f" (epoch {epoch})" if epoch is not None else " (end of fit)")
-
-
-@rank_zero_only
-def log_image(trainer: L.Trainer, key: str, image: torch.Tensor, caption: str | None = None,
-              epoch: int | None = ONCE) -> Path:
-    """Save ``image [C, H, W]`` in [0, 1] under the run dir's ``images/`` and log it to every logger that takes
-    images at the trainer's global step; ``epoch``: the epoch it was drawn after, ``None`` at the end of fit
-    (keys, file names and caption: :func:`epoch_keys`)."""
-    key, name, when = epoch_keys(key, epoch)
-    return write_image(run_dir(trainer), trainer.loggers, key, image, trainer.global_step,
-                       (caption or key) + when, file_name=name)
-
-
-@rank_zero_only
-def log_figure(trainer: L.Trainer, key: str, fig, caption: str | None = None, epoch: int | None = ONCE) -> Path:
-    """A matplotlib figure, as ``log_image`` does with an image (the figure is closed)."""
-    return log_image(trainer, key, figure_to_image(fig), caption, epoch)
-
-
-@rank_zero_only
-def log_table(trainer: L.Trainer, key: str, rows: list[dict], epoch: int | None = ONCE,
-              images: dict[str, list[torch.Tensor]] | None = None) -> Path:
-    """Rows of numbers as a CSV file under the run dir's ``tables/`` and a table in every logger that takes
-    tables (W&B), keyed as ``log_image`` keys images. ``images``: columns of images ``[C, H, W]`` in [0, 1],
-    one per row, added to the W&B table as image cells (the CSV holds the numbers only)."""
-    key, name, _ = epoch_keys(key, epoch)
-    return write_table(run_dir(trainer), trainer.loggers, key, rows, trainer.global_step, file_name=name,
-                       images=images)
-
-
-def log_scalars(trainer: L.Trainer, stats: dict[str, float]) -> None:
-    """Scalars to every logger at the trainer's global step. They are also kept in ``trainer.callback_metrics``,
-    so the run's ``metrics.json`` (and a sweep's summary) holds their last values."""
-    for logger in trainer.loggers:
-        logger.log_metrics(stats, step=trainer.global_step)
-    trainer.callback_metrics.update({k: torch.tensor(float(v)) for k, v in stats.items()})
 
 
 class ScheduledAnalysis(Callback):
@@ -265,34 +160,3 @@ class ProbedAnalysis(ScheduledAnalysis):
 
     def load_state_dict(self, state: dict) -> None:
         self.probe = state.get("probe")
-
-
-def tag(epoch: int | None) -> str:
-    """``epoch003`` for a scheduled run, ``final`` for the end of fit: the suffix of image keys."""
-    return "final" if epoch is None else f"epoch{epoch:03d}"
-
-
-def inputs_of(trainer: L.Trainer) -> Inputs:
-    """The trainer's datamodule's inputs as the recipes see them (shown, grey, class names)."""
-    return Inputs.of_datamodule(trainer.datamodule)
-
-
-class TrainingSink:
-    """The recipes' sink in training: each image, figure and table saved under the run dir and logged to every
-    logger at the trainer's step, keyed for ``epoch`` (:func:`epoch_keys`; ``None``: the end of fit);
-    ``rename`` gives a recipe's key (``occlusion/panel``) the callback's own (:meth:`ScheduledAnalysis.key`)."""
-
-    def __init__(self, trainer: L.Trainer, epoch: int | None, rename: Callable[[str], str] = str):
-        self.trainer, self.epoch, self.rename = trainer, epoch, rename
-
-    def image(self, key: str, image: torch.Tensor, caption: str) -> None:
-        log_image(self.trainer, self.rename(key), image, caption, self.epoch)
-
-    def figure(self, key: str, fig, caption: str) -> None:
-        log_figure(self.trainer, self.rename(key), fig, caption, self.epoch)
-
-    def table(self, key: str, rows: list[dict], images: dict[str, list[torch.Tensor]] | None = None) -> None:
-        log_table(self.trainer, self.rename(key), rows, self.epoch, images)
-
-    def scalars(self, stats: dict[str, float]) -> None:
-        log_scalars(self.trainer, stats)

@@ -8,16 +8,10 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 
-from callbacks.scheduled_analysis import (
-    ScheduledAnalysis,
-    TrainingSink,
-    chosen_maps,
-    eval_dataset,
-    evaluating,
-    inputs_of,
-    layers_or_defaults,
-    network_of,
-)
+from callbacks.network_layers import evaluating, layers_or_defaults, network_of
+from callbacks.scheduled_analysis import ScheduledAnalysis, eval_dataset
+from callbacks.training_outputs import TrainingSink, inputs_of
+from zfexp.analysis.map_choice import chosen_maps
 from zfexp.checks import positive_int
 from zfexp.recipes import top_k
 

@@ -1,5 +1,5 @@
 """The defaults live in conf/, and the classes say the same: a user who builds a callback, the module or a
-datamodule from Python gets what the README (and a run of train.py) states."""
+datamodule from Python gets what docs/recipe.md (and a run of train.py) states."""
 
 import dataclasses
 import inspect

@@ -2,7 +2,6 @@
 
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from tests.conftest import DATA_DIR
+from tests.helpers.image_trees import make_image_tree
 from zfexp.data import (
     CIFAR10DataModule,
     FashionMNISTDataModule,
@@ -19,7 +19,7 @@ from zfexp.data import (
     compute_mean_image,
     paper_transform,
 )
-from zfexp.data.base import write_atomic
+from zfexp.data.mean_image import write_atomic
 from zfexp.errors import CorruptImageError, DatasetNotFoundError
 
 
@@ -139,19 +139,6 @@ def test_corrupt_fashion_mnist_file_is_named(tmp_path, fashion_mnist_raw):
     dm = fmnist(root=str(tmp_path), download=False, debian_dir=None)
     with pytest.raises(DatasetNotFoundError, match="t10k-images-idx3-ubyte is corrupt"):
         dm.prepare_data()
-
-
-def make_image_tree(root: Path, classes=("cat", "dog", "owl"), n_train=3, n_val=2, size=(70, 60), seed=0):
-    """An ImageFolder tree of small random RGB JPEGs: <root>/{train,val}/<class>/<i>.jpg."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for cls in classes:
-            folder = root / split / cls
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.jpg")
-    return root
 
 
 def folder_dm(root, **kw):

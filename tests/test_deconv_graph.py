@@ -14,7 +14,7 @@ from torchvision.models import alexnet, densenet121, resnet18, vgg11_bn, vgg16
 
 from zfexp.analysis import DeconvNet, layer_activations, receptive_field
 from zfexp.analysis.deconv_graph import project_graph
-from zfexp.analysis.graph import field_geometry
+from zfexp.analysis.receptive_field import field_geometry
 from zfexp.models import zfnet, zfnet_small
 
 CAPTUM = {"deconvnet": NeuronDeconvolution, "guided": NeuronGuidedBackprop}

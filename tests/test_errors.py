@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, TINY_RUN, run_in_process, train_cmd
-from tests.test_data import make_image_tree
+from tests.helpers.image_trees import make_image_tree
 
 QUICK = ["logger=csv", "data.num_workers=0", "trainer.max_epochs=1",
          "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]

@@ -1,4 +1,4 @@
-"""The sweep launcher presets on the real engines, run on this machine as the README writes them: a single-node
+"""The sweep launcher presets on the real engines, run on this machine as docs/sweeps.md writes them: a single-node
 SLURM (Debian's slurmctld, slurmd and munge) and a Ray cluster started with ``ray start --head``. Slow: each
 starts its engine and runs a 3-job seeds sweep (``-m slow``)."""
 
@@ -29,8 +29,8 @@ RAY_SWEEP = ("python train.py -m sweep=seeds experiment=quickstart callbacks=def
 SLURM_PACKAGES = {"slurmctld": "slurmctld", "slurmd": "slurmd", "munged": "munge", "sbatch": "slurm-client"}
 
 
-def run_readme_sweep(command: str, log_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    assert command in (ROOT / "README.md").read_text()  # the command a user reads
+def run_documented_sweep(command: str, log_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    assert command in (ROOT / "docs" / "sweeps.md").read_text()  # the command a user reads
     argv = [sys.executable, *shlex.split(command)[1:], f"paths.log_dir={log_dir}", f"paths.data_dir={DATA_DIR}"]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, **(env or {})})
@@ -106,7 +106,7 @@ def slurm(tmp_path_factory):
 
 
 def test_the_slurm_preset_runs_a_seeds_sweep_as_a_job_array(slurm, tmp_path):
-    done = run_readme_sweep(SLURM_SWEEP, tmp_path / "logs", slurm)
+    done = run_documented_sweep(SLURM_SWEEP, tmp_path / "logs", slurm)
     assert done.returncode == 0, done.stderr[-3000:]
     check_seeds_sweep(tmp_path / "logs")
     # A cluster without accounting: submitit's failed sacct polls are said once, not every few seconds.
@@ -129,6 +129,6 @@ def ray_head():
 
 
 def test_the_ray_preset_runs_a_seeds_sweep_on_a_running_ray_cluster(ray_head, tmp_path):
-    done = run_readme_sweep(RAY_SWEEP, tmp_path / "logs")
+    done = run_documented_sweep(RAY_SWEEP, tmp_path / "logs")
     assert done.returncode == 0, done.stderr[-3000:]
     check_seeds_sweep(tmp_path / "logs")

@@ -113,3 +113,18 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_two_modules_share_a_name():
     names = Counter(path.stem for path in module_files().values() if path.stem != "__init__")
     assert [name for name, count in names.items() if count > 1] == []
+
+
+def test_no_module_is_over_300_lines():
+    long = {name: n for name, path in module_files().items() if (n := len(path.read_text().splitlines())) > 300}
+    assert long == {}, f"split these by what their parts do: {long}"
+
+
+def test_the_training_task_reads_as_a_recipe():
+    assert len((ROOT / "zfexp" / "training.py").read_text().splitlines()) < 150
+
+
+def test_the_lightning_module_knows_nothing_of_runs_and_loggers():
+    graph = import_graph()
+    assert {m for m in graph["zfexp.module"] if m.startswith("zfexp.runs")} == set()
+    assert "zfexp.runs.loggers" not in {m for dep in graph["zfexp.module"] for m in graph[dep]}

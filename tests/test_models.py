@@ -163,7 +163,7 @@ def test_width_factors_scale_the_presets_widths():
     assert (big.conv3.out_channels, big.conv4.out_channels, big.conv5.out_channels) == (512, 1024, 512)
     with pytest.raises(ValueError, match=r"width_factors: 'fc8' is not a layer.*valid: conv1"):
         zfnet_small(width_factors={"fc8": 2.0})
-    with pytest.raises(ValueError, match="width_factors.fc6=0: a factor must be a positive number"):
+    with pytest.raises(ValueError, match="width_factors.fc6=0: must be a positive number"):
         zfnet_small(width_factors={"fc6": 0})
     with pytest.raises(ValueError, match="fc6 is set in both widths"):
         zfnet_small(widths={"fc6": 100}, width_factors={"fc6": 2.0})

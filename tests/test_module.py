@@ -73,7 +73,7 @@ def test_bad_optimiser_settings_are_named(kw, words):
 
 
 def test_an_analysis_leaves_a_transfer_runs_fixed_layers_in_eval_mode():
-    from callbacks.scheduled_analysis import evaluating
+    from callbacks.network_layers import evaluating
     from zfexp.analysis import occlusion_maps
 
     module = make_module(freeze="fc7").train()

@@ -1,19 +1,20 @@
-"""The extension path: the README's example callback, run as the README prints it, in a short fit; the
-callbacks group composed and edited from the command line; the shared schedule."""
+"""The extension path: the worked example, ``callbacks/guided_backprop.py``, in a short fit, with its config and
+commands as docs/callbacks.md shows them; the callbacks group composed and edited from the command line; the
+shared schedule."""
 
 from __future__ import annotations
 
 import logging
 import re
+import shlex
 import subprocess
-import sys
-import types
 
 import hydra
 import lightning as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary
 from PIL import Image
 
@@ -27,53 +28,76 @@ from callbacks import (
     OcclusionMaps,
     ResumeCheckpoint,
     TopActivations,
+    guided_backprop,
 )
 from callbacks.progress_bar import PlainProgressBar
 from callbacks.scheduled_analysis import ScheduledAnalysis
 from tests.conftest import ROOT, TINY_RUN, compose_train, train_cmd
-from tests.wandb_records import media_steps
+from tests.helpers.wandb_records import media_steps
 from zfexp.figures.feature_tiles import strongest_unit_tiles
 from zfexp.figures.grid import image_grid
 from zfexp.module import ImageClassifier
 from zfexp.runs.config_groups import instantiate_group
 from zfexp.training import train
 
+GUIDE = ROOT / "docs" / "callbacks.md"
 SECTION = "## Write your own callback"
 
 
-def readme_block(language: str, containing: str) -> str:
-    """The fenced ``language`` block of the README's callback section that contains ``containing``."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(SECTION):]
-    section = section[:section.index("\n## ", len(SECTION))]
-    blocks = [b for b in re.findall(rf"```{language}\n(.*?)```", section, re.S) if containing in b]
+def guide_blocks(language: str, containing: str) -> list[str]:
+    """The fenced ``language`` blocks of the guide's callback section that contain ``containing``."""
+    guide = GUIDE.read_text()
+    section = guide[guide.index(SECTION):]
+    end = section.find("\n## ", len(SECTION))
+    section = section if end < 0 else section[:end]
+    return [b for b in re.findall(rf"```{language}\n(.*?)```", section, re.S) if containing in b]
+
+
+def guide_block(language: str, containing: str) -> str:
+    """The one fenced ``language`` block of the guide's callback section that contains ``containing``."""
+    blocks = guide_blocks(language, containing)
     assert len(blocks) == 1, f"one {language} block with {containing!r} expected in {SECTION!r}, found {len(blocks)}"
     return blocks[0]
 
 
-@pytest.fixture
-def readme_example() -> types.ModuleType:
-    """The README's example code as an importable module of its own (not the copy in callbacks/)."""
-    module = types.ModuleType("readme_example")
-    exec(compile(readme_block("python", "class GuidedBackpropSnapshots"), "README.md", "exec"), module.__dict__)
-    sys.modules["readme_example"] = module
-    yield module
-    del sys.modules["readme_example"]
+GUIDE_COMMANDS = [line for block in guide_blocks("bash", "guided_backprop") for line in block.splitlines()
+                  if line.startswith("python train.py")]
 
 
-def test_the_readme_shows_the_shipped_callback_and_config_verbatim():
-    code = (ROOT / "callbacks/guided_backprop.py").read_text()
-    assert readme_block("python", "class GuidedBackpropSnapshots") == code
-    assert readme_block("yaml", "_target_: callbacks.GuidedBackpropSnapshots") == \
+def test_the_guide_links_the_shipped_callback_and_shows_its_config_verbatim():
+    guide = GUIDE.read_text()
+    assert "](../callbacks/guided_backprop.py)" in guide  # the worked example is linked, not pasted
+    assert "class GuidedBackpropSnapshots" not in guide
+    assert guide_block("yaml", "_target_: callbacks.GuidedBackpropSnapshots") == \
         (ROOT / "conf/callbacks/guided_backprop.yaml").read_text()
+    assert len(GUIDE_COMMANDS) >= 2  # the commands that switch it on, tested below
+    code = (ROOT / "callbacks/guided_backprop.py").read_text()
     body = code[code.index("\nclass "):]  # the callback itself, after its docstring and imports
     assert len([line for line in body.splitlines() if line.strip()]) <= 30  # "about 30 lines"
 
 
-def test_readme_example_runs_in_a_fit_and_its_images_land_in_the_run_dir_and_wandb(run_dir, readme_example):
+@pytest.mark.parametrize("command", GUIDE_COMMANDS)
+def test_the_guides_commands_switch_the_callback_on_with_their_settings(tmp_path, command):
+    overrides = shlex.split(command)[2:]  # after "python train.py"
+    made = instantiate_group(compose_train(tmp_path / "logs/train/runs/a", overrides).get("callbacks"), "callback")
+    (cb,) = [c for c in made if isinstance(c, GuidedBackpropSnapshots)]
+    settings = [o.partition("=") for o in overrides if o.startswith("callbacks.guided_backprop.")]
+    assert settings
+    for key, _, value in settings:
+        assert list(getattr(cb, key.rsplit(".", 1)[1])) == yaml.safe_load(value), key
+
+
+def test_the_guides_defaults_list_names_existing_callback_files():
+    (block,) = [b for b in guide_blocks("yaml", "override /callbacks") if "defaults:" in b]
+    (choice,) = yaml.safe_load(block)["defaults"]
+    names = choice["override /callbacks"]
+    assert "guided_backprop" in names
+    assert all((ROOT / "conf/callbacks" / f"{name}.yaml").is_file() for name in names), names
+
+
+def test_the_example_runs_in_a_fit_and_its_images_land_in_the_run_dir_and_wandb(run_dir):
     cfg = compose_train(run_dir, ["experiment=quickstart", "callbacks=[default,guided_backprop]", *TINY_RUN,
                                   "trainer.max_epochs=2", "test=false",
-                                  "callbacks.guided_backprop._target_=readme_example.GuidedBackpropSnapshots",
                                   "callbacks.guided_backprop.epochs=[1]", "callbacks.guided_backprop.maps_per_layer=3",
                                   "callbacks.guided_backprop.probe_size=16"])
     train(cfg)
@@ -94,7 +118,7 @@ def test_readme_example_runs_in_a_fit_and_its_images_land_in_the_run_dir_and_wan
     datamodule.setup("fit")
     images = torch.stack([datamodule.analysis_dataset("val")[int(i)][0] for i in state["probe"]])
     assert images.shape[0] == 16
-    maps = readme_example.chosen_maps(net, ["conv5"], 3, 0)["conv5"]
+    maps = guided_backprop.chosen_maps(net, ["conv5"], 3, 0)["conv5"]
     with torch.no_grad():
         tiles = [strongest_unit_tiles(net, images, "conv5", maps, rule=r) for r in ("deconvnet", "guided")]
     expected = (image_grid(torch.stack(tiles, 1)).permute(1, 2, 0).numpy() * 255).round()
@@ -115,10 +139,10 @@ def test_a_seed_picks_the_same_maps_of_a_layer_whatever_layers_are_beside_it():
     assert chosen_maps(net, ["conv5"], 8, 4)["conv5"] != alone["conv5"]  # another seed, another draw
 
 
-def test_a_resumed_fit_keeps_the_probe_set(readme_example):
-    cb = readme_example.GuidedBackpropSnapshots(probe_size=5)
+def test_a_resumed_fit_keeps_the_probe_set():
+    cb = guided_backprop.GuidedBackpropSnapshots(probe_size=5)
     cb.probe = torch.tensor([4, 1, 3, 0, 2])
-    again = readme_example.GuidedBackpropSnapshots(probe_size=5)
+    again = guided_backprop.GuidedBackpropSnapshots(probe_size=5)
     again.load_state_dict(cb.state_dict())
     assert torch.equal(again.probe, cb.probe)
 

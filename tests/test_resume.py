@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from tests.conftest import ROOT, train_cmd
-from tests.wandb_records import history
+from tests.helpers.wandb_records import history
 from zfexp.data.sampling import ResumableLoader, SeededItems, SeededSampler
 
 # Long enough epochs to kill one in the middle (3000 // 32 = 94 steps), dropout on so that the global

@@ -12,8 +12,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from torch import nn
 
-from tests.conftest import ROOT, train_cmd
-from tests.wandb_records import history, run_info
+from tests.conftest import ROOT
+from tests.helpers.multiruns import multirun_cmd, only_sweep
+from tests.helpers.wandb_records import history, run_info
 from zfexp.sweeps.paper_numbers import TABLE3
 from zfexp.sweeps.summarize import summarize
 
@@ -22,16 +23,6 @@ FAST = ["experiment=quickstart", "data.subset_size=256", "data.num_workers=0", "
         "trainer.max_epochs=1", "trainer.accelerator=cpu", "callbacks.progress_bar=null",
         "trainer.enable_progress_bar=false", "callbacks.deconv_snapshots=null", "callbacks.top_activations=null",
         "callbacks.filter_diagnostics=null", "callbacks.occlusion_maps=null", "callbacks.invariance_curves=null"]
-
-
-def multirun_cmd(*overrides: str) -> list[str]:
-    cmd = train_cmd(*overrides)
-    return cmd[:2] + ["-m"] + cmd[2:]  # Hydra's flags go before the overrides
-
-
-def only_sweep(log_dir):
-    (sweep,) = (log_dir / "train" / "multiruns").iterdir()
-    return sweep
 
 
 def compose_with_hydra(*overrides: str):

@@ -15,9 +15,9 @@ from hydra.errors import MissingConfigException
 from omegaconf.errors import MissingMandatoryValue
 
 from tests.conftest import ROOT, TINY, compose_train, train_cmd
-from tests.test_data import make_image_tree
-from tests.wandb_records import config as wandb_config
-from tests.wandb_records import history
+from tests.helpers.image_trees import make_image_tree
+from tests.helpers.wandb_records import config as wandb_config
+from tests.helpers.wandb_records import history
 from zfexp.errors import DatasetNotFoundError, InvalidValueError, NonFiniteLossError
 from zfexp.models import zfnet
 from zfexp.training import train
@@ -202,7 +202,7 @@ def test_a_compiled_run_gives_the_eager_runs_losses_and_the_plain_networks_check
 
 
 def test_debug_fdr_runs_one_batch_and_keeps_the_analysis_callbacks_quiet(run_dir):
-    # As the README has it: the quickstart's callbacks keep their epochs (2, 4, 8) beyond fast_dev_run's one.
+    # As docs/callbacks.md has it: the quickstart's callbacks keep their epochs (2, 4, 8) beyond fast_dev_run's one.
     metrics = train(compose_train(run_dir, ["experiment=quickstart", *TINY, "debug=fdr", "logger=csv",
                                             "callbacks.deconv_snapshots.epochs=[1,2,4,8]"]))
     assert metrics["status"] == "completed" and metrics["global_step"] == 1
@@ -235,7 +235,7 @@ def test_bf16_only_where_the_gpu_computes_it_natively(monkeypatch, native, expec
 
 
 def test_seed_null_gives_every_process_of_a_torchrun_or_srun_launch_one_seed(monkeypatch):
-    from zfexp.training import run_seed
+    from zfexp.runs.seeding import run_seed
 
     def seed_of(**env: str) -> int:
         for key in ("WORLD_SIZE", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_STEP_ID", "LOCAL_RANK",

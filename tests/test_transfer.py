@@ -273,7 +273,7 @@ def test_transfer_summary_is_mean_and_std_over_folds(tmp_path):
 def test_transfer_curve_sweep_runs_every_cell(tmp_path, pretrained_ckpt):
     import subprocess
 
-    from tests.test_sweeps import multirun_cmd, only_sweep
+    from tests.helpers.multiruns import multirun_cmd, only_sweep
 
     log_dir = tmp_path / "logs"
     cmd = multirun_cmd("sweep=transfer_curve", *TRANSFER, f"pretrained_ckpt={pretrained_ckpt}",

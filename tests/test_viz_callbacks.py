@@ -11,8 +11,8 @@ from torchvision.datasets import FashionMNIST
 
 from callbacks import DeconvSnapshots, FilterDiagnostics, InvarianceCurves, OcclusionMaps, TopActivations
 from tests.conftest import TINY, compose_train
-from tests.wandb_records import artifact_files, history, media_steps
-from tests.wandb_records import summary as wandb_summary
+from tests.helpers.wandb_records import artifact_files, history, media_steps
+from tests.helpers.wandb_records import summary as wandb_summary
 from zfexp.training import train
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]

@@ -28,7 +28,7 @@ from zfexp.analysis import TRANSFORMS
 from zfexp.analysis.activations import check_feature_layers
 from zfexp.analysis.deconv_record import check_projectable
 from zfexp.analysis.map_choice import chosen_maps
-from zfexp.analysis.occlusion import drill_down
+from zfexp.analysis.occlusion_drilldown import drill_down
 from zfexp.data.classes import dataset_targets
 from zfexp.data.normalization import InputNormalization
 from zfexp.data.photos import ImageFiles, photo_transform

@@ -1,8 +1,9 @@
 """Checkpoint files: their names, checking that a path is a complete checkpoint before anything is built, and
-choosing the one ``ckpt_path=last`` resumes."""
+choosing the one ``ckpt_path=last`` resumes (:func:`resolve_ckpt_path`)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import torch
 
 from zfexp.errors import CheckpointError
-from zfexp.models.zfnet import in_family
 from zfexp.safe_load import load_torch_file, require_torch_file
+
+log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"  # a run's newest epoch end (or its start, before the first step)
 LAST_STEP = "last_step.ckpt"  # the newest mid-epoch checkpoint of a run
@@ -80,14 +82,18 @@ def newest_resumable(runs_dir: Path, exclude: Path | None = None) -> Path | None
     return None
 
 
-def with_lrn_convention(net: Mapping[str, Any], convention: str) -> dict[str, Any]:
-    """A ZFNet-family network config with ``lrn.convention`` set to ``convention`` where it names none.
-
-    New modules save the convention they were built with (``"paper"`` when unnamed), so every checkpoint
-    written since the key exists names it; a checkpoint that names none predates it and was trained with
-    ``nn.LocalResponseNorm``'s convention (``"torch"``), which is how it is read back."""
-    net = dict(net)
-    ours = in_family(str(net.get("_target_", "")))
-    if ours and net.get("norm", "lrn") == "lrn" and "convention" not in (net.get("lrn") or {}):
-        net["lrn"] = {**(net.get("lrn") or {}), "convention": convention}
-    return net
+def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str, current_run: Path) -> str | None:
+    """``"last"`` -> the newest complete ``last.ckpt`` or ``last_step.ckpt`` among this task's earlier runs; a
+    path must be a complete checkpoint file."""
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) == "last":
+        runs = Path(log_dir) / task_name / "runs"
+        newest = newest_resumable(runs, exclude=current_run)
+        if newest is None:
+            raise CheckpointError(f"ckpt_path=last: no earlier run of task {task_name!r} has a complete checkpoint to "
+                                  f"resume from (looked for {runs}/*/checkpoints/{{{','.join(RESUMABLE)}}}); give a "
+                                  "checkpoint path instead, or null to start afresh")
+        log.info("ckpt_path=last: resuming %s", newest)
+        return str(newest)
+    return str(check_checkpoint_file(ckpt_path, "ckpt_path"))

@@ -3,7 +3,6 @@ paper's metrics (top-1 and top-5 error in %) for train / val / test."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
 from types import MappingProxyType
@@ -18,18 +17,12 @@ from torch.nn import functional as F
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MetricCollection
 
-from zfexp.checkpoints import with_lrn_convention
+from zfexp.checks import number_in, one_of, positive_number
 from zfexp.errors import InvalidValueError, NonFiniteLossError
 from zfexp.metrics import MeanClassAccuracy, TopKError, WeightedMean
-from zfexp.models.classifiers import build_classifier
-from zfexp.random_state import random_state, set_random_state
-from zfexp.runs.loggers import WANDB_RUN_KEY, wandb_run_id
+from zfexp.models.classifiers import build_classifier, with_lrn_convention
+from zfexp.resuming import ExactResume
 
-log = logging.getLogger(__name__)
-
-# Optimizer settings that a resumed run may change: a value given now that differs from the checkpoint's wins
-# over the restored optimizer's (lowering module.lr is how a diverged run is recovered).
-RESUMABLE_SETTINGS = ("lr", "momentum", "weight_decay")
 PAPER_LR = 1e-2
 # The paper anneals "manually when the validation error plateaus": ReduceLROnPlateau on val/top1_err (in points).
 LR_PLATEAU = MappingProxyType({"factor": 0.1, "patience": 2, "threshold": 0.1, "threshold_mode": "abs",
@@ -53,7 +46,7 @@ def frozen_children(net: nn.Module, freeze: str | None) -> list[str]:
     return names[: names.index(following[0])]
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(ExactResume, L.LightningModule):
     """Wraps a network built from a config, so a checkpoint alone rebuilds it (``load_from_checkpoint``).
 
     Args:
@@ -101,17 +94,12 @@ class ImageClassifier(L.LightningModule):
             net = OmegaConf.to_container(net, resolve=True)
         # Saved explicitly, so that the checkpoint says which formula it was trained with (see with_lrn_convention).
         net = with_lrn_convention(net, "torch" if _READING_CHECKPOINT.get() else "paper")
-        if lr <= 0:
-            raise InvalidValueError(f"module.lr={lr}: must be positive")
-        if not 0 <= momentum < 1:
-            raise InvalidValueError(f"module.momentum={momentum}: must be in [0, 1)")
-        if weight_decay < 0:
-            raise InvalidValueError(f"module.weight_decay={weight_decay}: must be >= 0")
-        if channels_last not in (True, False, "auto"):
-            raise InvalidValueError(f"module.channels_last={channels_last!r}; valid: true, false, auto (on a GPU)")
-        if compile not in (True, False):
-            raise InvalidValueError(f"module.compile={compile!r}; valid: true (torch.compile the network for the "
-                                    "training, validation and test steps), false")
+        positive_number("module.lr", lr, paper="0.01")
+        number_in("module.momentum", momentum, 0, 1)
+        number_in("module.weight_decay", weight_decay, 0, float("inf"))
+        one_of("module.channels_last", channels_last, (True, False, "auto"), "auto: on a GPU")
+        one_of("module.compile", compile, (True, False),
+               "true: torch.compile the network for the training, validation and test steps")
         self.save_hyperparameters({"net": dict(net), "num_classes": num_classes, "in_channels": in_channels,
                                    "input_size": input_size, "lr": lr, "momentum": momentum,
                                    "weight_decay": weight_decay,
@@ -140,14 +128,13 @@ class ImageClassifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # Mean losses over images: under DDP, ranks with shares of different sizes combine exactly.
         self.val_loss, self.test_loss = WeightedMean(), WeightedMean()
-        self._restored: dict[str, Any] | None = None  # what on_load_checkpoint read, applied at on_train_start
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
                              weights_only: bool = True, **kwargs):
         """Lightning's, reading safely by default (``weights_only=True``: tensors and plain values, never code;
         ``False`` only for a file you trust), with the network config of checkpoints older than
-        ``model.lrn.convention`` read as they were trained (:func:`~zfexp.checkpoints.with_lrn_convention`)."""
+        ``model.lrn.convention`` read as they were trained (:func:`~zfexp.models.classifiers.with_lrn_convention`)."""
         token = _READING_CHECKPOINT.set(True)
         try:
             return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
@@ -237,52 +224,6 @@ class ImageClassifier(L.LightningModule):
                 f"{step}), holds finite weights from before this step. Resume from it with a lower learning rate: "
                 f"python train.py ckpt_path=last {lower} (and the rest of this run's overrides).")
 
-    # -- resuming ------------------------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["random_state"] = random_state()
-        trainer = self._trainer
-        run_id = wandb_run_id(trainer.loggers) if trainer is not None else None
-        if run_id is not None:  # a run resumed from this checkpoint logs to the same W&B run
-            checkpoint[WANDB_RUN_KEY] = run_id
-        if trainer is not None and trainer.training and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            # Mid-epoch: the epoch's metrics so far (torchmetrics keeps its states out of state_dict). At the
-            # epoch's end they belong to the finished epoch, and the resumed run starts the next one afresh.
-            # Under DDP every rank calls this hook and each holds its share: the checkpoint keeps their sum.
-            checkpoint["train_metric_states"] = {"metrics": _metric_states(self.train_metrics, trainer.strategy),
-                                                 "loss": _metric_states(self.train_loss, trainer.strategy)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hparams = checkpoint.get("hyper_parameters") or {}
-        self._restored = {"random_state": checkpoint.get("random_state"),
-                          "train_metric_states": checkpoint.get("train_metric_states"),
-                          "hyper_parameters": {k: hparams.get(k) for k in RESUMABLE_SETTINGS}}
-
-    def on_train_start(self) -> None:
-        """Apply a resumed checkpoint's random states, epoch metrics and changed optimizer settings, now that
-        Lightning has restored the optimizer and the sanity check has run."""
-        restored, self._restored = self._restored, None
-        if restored is None:
-            return
-        if restored.get("random_state") is not None:
-            set_random_state(restored["random_state"])
-        # The epoch's metrics so far: the sum of every rank's share, taken on by rank zero alone (the other ranks
-        # start from zero), so that the epoch's synced metrics add each share once, with any number of ranks.
-        if restored.get("train_metric_states") is not None and self.trainer.is_global_zero:
-            _load_metric_states(self.train_metrics, restored["train_metric_states"]["metrics"])
-            _load_metric_states(self.train_loss, restored["train_metric_states"]["loss"])
-            self.train_metrics.to(self.device), self.train_loss.to(self.device)
-        before = restored.get("hyper_parameters") or {}
-        for key in RESUMABLE_SETTINGS:
-            old, new = before.get(key), self.hparams[key]
-            if old is None or old == new:
-                continue
-            for optimizer in self.trainer.optimizers:
-                for group in optimizer.param_groups:
-                    current, group[key] = group[key], new
-                    if key == "lr":
-                        group["initial_lr"] = new
-            log.info("module.%s=%g replaces the checkpoint's %g (its optimizer was at %g)", key, new, old, current)
-
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, mean_loss: WeightedMean,
                    stage: str) -> None:
         images, labels = batch
@@ -338,29 +279,6 @@ class ImageClassifier(L.LightningModule):
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
-
-
-def _metric_states(metric: nn.Module, strategy: Any = None) -> dict[str, Any]:
-    """A torchmetrics metric's (or collection's) accumulated states, which its ``state_dict`` leaves out; with a
-    DDP ``strategy``, summed over the ranks (a collective: every rank calls it). Every state of our metrics is a
-    sum (:mod:`zfexp.metrics`)."""
-    metric.persistent(True)
-    try:
-        states = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in metric.state_dict().items()}
-    finally:
-        metric.persistent(False)
-    if strategy is not None and strategy.world_size > 1:
-        states = {k: strategy.reduce(v, reduce_op="sum") if isinstance(v, torch.Tensor) else v
-                  for k, v in states.items()}
-    return states
-
-
-def _load_metric_states(metric: nn.Module, states: dict[str, Any]) -> None:
-    metric.persistent(True)
-    try:
-        metric.load_state_dict(states, strict=False)
-    finally:
-        metric.persistent(False)
 
 
 def is_finite_model(model: nn.Module) -> bool:

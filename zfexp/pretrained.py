@@ -1,21 +1,27 @@
 """Transfer learning (Sec. 5.2): a network trained by ``train.py`` initialises a new one for another dataset;
 its layers 1-7 stay fixed and a new softmax (fc8) is trained, or the same network is trained from scratch.
+:func:`build_module` builds the module a training run fits, with or without a pretrained checkpoint.
 
     python train.py experiment=transfer_caltech101 pretrained_ckpt=logs/train/runs/<time>/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from zfexp.checkpoints import read_checkpoint, with_lrn_convention
+from zfexp.checkpoints import read_checkpoint
 from zfexp.errors import CheckpointError, InvalidValueError
-from zfexp.models.classifiers import build_classifier, classifier_name
+from zfexp.models.classifiers import build_classifier, classifier_name, with_lrn_convention
+from zfexp.module import ImageClassifier
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,3 +85,30 @@ def load_all_but_classifier_(net: nn.Module, pretrained: Pretrained) -> list[str
         raise InvalidValueError(f"pretrained_ckpt={pretrained.path}: its weights do not fit the network built from its "
                                 f"own config (mismatched keys {wrong[:6]})")
     return sorted(kept)
+
+
+def build_module(cfg: DictConfig, datamodule, trusted: bool = False) -> ImageClassifier:
+    """The network of the ``model`` group; or, with ``pretrained_ckpt``, the checkpoint's network with a new
+    fc8 for this data's classes, its other weights loaded and layers up to ``freeze`` fixed (``from_scratch``:
+    the same network randomly initialised, every layer trained). ``trusted``: the user's opt-in to unpickling
+    the checkpoint in full."""
+    options = OmegaConf.to_container(cfg.module, resolve=True)
+    dims = {"num_classes": datamodule.num_classes, "in_channels": datamodule.num_channels,
+            "input_size": datamodule.input_size}
+    if not cfg.get("pretrained_ckpt"):
+        return ImageClassifier(net=cfg.model, **dims, **options)
+    from_scratch = bool(cfg.get("from_scratch", False))
+    pretrained = load_pretrained(cfg.pretrained_ckpt, trusted=trusted)
+    check_compatible(pretrained, datamodule.num_channels, datamodule.input_size)
+    # The checkpoint holds the weights: a builder's own (model.weights=DEFAULT) are neither read nor kept.
+    net = {**pretrained.net, "weights": None} if "weights" in pretrained.net else pretrained.net
+    module = ImageClassifier(net=net, **dims, **options, freeze=None if from_scratch else cfg.get("freeze"))
+    if from_scratch:
+        log.info("from scratch: the network of %s, randomly initialised, all layers trained", pretrained.path)
+        return module
+    copied = load_all_but_classifier_(module.net, pretrained)
+    if pretrained.mean_image is not None and datamodule.preprocess.mean_image:
+        datamodule.mean = pretrained.mean_image  # inputs normalised as in pretraining
+    log.info("transfer: %d tensors from %s, new %s for %d classes, fixed: %s", len(copied), pretrained.path,
+             classifier_name(module.net), datamodule.num_classes, ", ".join(module.frozen) or "nothing")
+    return module

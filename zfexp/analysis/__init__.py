@@ -12,7 +12,8 @@ from zfexp.analysis.filter_norms import conv_layers, filter_rms, renormalize_fil
 from zfexp.analysis.geometry import forward_prefix, receptive_field, receptive_field_size
 from zfexp.analysis.invariance import TRANSFORMS, InvarianceResult, default_values, invariance_curves, transformed
 from zfexp.analysis.map_choice import chosen_maps, random_maps
-from zfexp.analysis.occlusion import DrillDown, OcclusionResult, occluder_positions, occlusion_maps
+from zfexp.analysis.occlusion import OcclusionResult, occluder_positions, occlusion_maps
+from zfexp.analysis.occlusion_drilldown import DrillDown
 from zfexp.analysis.top_k import TopActivationsResult, top_activations, top_activations_by_layer
 
 __all__ = [

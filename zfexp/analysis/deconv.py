@@ -38,6 +38,7 @@ from zfexp.analysis.deconv_record import (
 )
 from zfexp.analysis.deconv_windows import project_unit_windows, windows_pay_off
 from zfexp.analysis.geometry import geometry
+from zfexp.checks import one_of
 from zfexp.errors import InvalidValueError
 
 RULES = ("deconvnet", "guided", "gradient")
@@ -57,8 +58,7 @@ class DeconvNet:
         """``windowed``: carry receptive-field windows rather than whole maps in ``mode="max"``; ``None``
         picks whichever does fewer multiply-adds for the layer (whole maps win on small images).
         ``rule``: how the ReLUs are inverted, one of :data:`RULES` (see the module's docstring)."""
-        if rule not in RULES:
-            raise InvalidValueError(f"rule={rule!r}; valid: {', '.join(RULES)}")
+        one_of("rule", rule, RULES)
         self.model = model
         self.rule = rule
         self.max_elements = int(max_elements)
@@ -82,8 +82,7 @@ class DeconvNet:
         definition): a conv's after its ReLU are never negative; a block's output can be, and the rules
         rectify on the way down, so a negative unit's picture is not the positive one's turned over.
         """
-        if mode not in ("max", "map"):
-            raise InvalidValueError(f"mode={mode!r}: valid values are 'max' and 'map'")
+        one_of("mode", mode, ("max", "map"))
         check_projectable(self.model, layer)
         recorded = self.forward_record(images, layer)
         if recorded is None:
@@ -118,8 +117,7 @@ class DeconvNet:
                       mode: str = "max") -> torch.Tensor:
         """Pairwise projections: channel ``channels[i]`` of image ``i``, ``[N, C, H, W]``. This is what a
         top-k search needs (each map's strongest units sit in different images)."""
-        if mode not in ("max", "map"):
-            raise InvalidValueError(f"mode={mode!r}: valid values are 'max' and 'map'")
+        one_of("mode", mode, ("max", "map"))
         check_projectable(self.model, layer)
         recorded = self.forward_record(images, layer)
         if recorded is None:

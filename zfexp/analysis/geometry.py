@@ -13,7 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from zfexp.analysis.graph import features_end, field_geometry, is_plain_chain
+from zfexp.analysis.graph import features_end, is_plain_chain
+from zfexp.analysis.receptive_field import field_geometry
 from zfexp.errors import InvalidValueError
 
 SPATIAL = (nn.Conv2d, nn.MaxPool2d)  # the modules that change where a unit looks; everything else is pointwise
@@ -106,7 +107,7 @@ def receptive_field(model: nn.Module, layer: str, position: tuple[int, int], ima
                     ) -> tuple[int, int, int, int]:
     """Input-pixel box ``(top, left, bottom, right)`` (inclusive, clipped to the image) seen by the unit at
     ``position = (row, col)`` of ``layer``'s output: a conv's, or any block's of a network that is not a chain
-    of modules (a ResNet's: from the graph, :func:`~zfexp.analysis.graph.field_geometry`)."""
+    of modules (a ResNet's: from the graph, :func:`~zfexp.analysis.receptive_field.field_geometry`)."""
     height, width = pair(image_size)
     if _is_chain(model, layer, (height, width)):
         lo, size = tuple(position), (1, 1)

@@ -12,6 +12,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from zfexp.analysis.activations import check_feature_layers, layer_outputs
+from zfexp.checks import one_of
 from zfexp.errors import InvalidValueError
 
 TRANSFORMS = ("translate", "scale", "rotate")
@@ -59,8 +60,7 @@ def transformed(images: torch.Tensor, transform: str, value: float, fill: float 
     """``images [N, C, H, W]`` moved by ``value`` pixels down (translate), zoomed about the centre by
     ``value`` (scale) or rotated by ``value`` degrees counter-clockwise (rotate); uncovered pixels take
     ``fill`` (0 = the dataset mean for mean-subtracted inputs). Bilinear, torchvision's affine."""
-    if transform not in TRANSFORMS:
-        raise InvalidValueError(f"transform={transform!r}; valid: {', '.join(TRANSFORMS)}")
+    one_of("transform", transform, TRANSFORMS)
     translate = [0.0, float(value)] if transform == "translate" else [0.0, 0.0]
     scale = float(value) if transform == "scale" else 1.0
     angle = -float(value) if transform == "rotate" else 0.0  # affine turns clockwise; we follow rotate()
@@ -79,8 +79,7 @@ def invariance_curves(model: nn.Module, images: torch.Tensor, labels: torch.Tens
                       probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None) -> InvarianceResult:
     """Fig. 5 for ``images [N, C, H, W]`` with true ``labels [N]``: one forward pass per value (all images
     at once); ``values`` default to the paper's range for ``transform``."""
-    if transform not in TRANSFORMS:
-        raise InvalidValueError(f"transform={transform!r}; valid: {', '.join(TRANSFORMS)}")
+    one_of("transform", transform, TRANSFORMS)
     check_feature_layers(model, layers)
     n = images.shape[0]
     labels = torch.as_tensor(labels, dtype=torch.long, device=images.device).flatten()

@@ -11,88 +11,33 @@ their images only, relabelled 0..k-1 in the dataset's order.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
-from zfexp.data.batch_preprocessing import BatchPreprocessing, WithCrops
+from zfexp.checks import one_of
+from zfexp.data.batch_preprocessing import BatchPreprocessing
 from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
-from zfexp.data.sampling import (
-    SEED_BITS,
-    EvaluationShards,
-    ResumableLoader,
-    SeededItems,
-    SeededSampler,
-    private_generator,
-)
+from zfexp.data.loaders import SeededLoaders
+from zfexp.data.mean_image import MeanImage
 from zfexp.data.transforms import Preprocessing, paper_transform, pixels_transform
-from zfexp.errors import CheckpointError, InvalidValueError, UnsafeFileError
-from zfexp.runs.progress import progress
-from zfexp.safe_load import load_torch_file
+from zfexp.errors import InvalidValueError
 
 log = logging.getLogger(__name__)
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary file of this process beside ``path``, then rename it to ``path``.
-
-    Readers never see half a file, and jobs of a parallel sweep that prepare the same file at once (each
-    extracting the dataset or caching the mean image) each write their own temporary file: the last rename
-    wins with a complete file. The file gets the permissions of any new file (0666 less the umask), not
-    ``mkstemp``'s 0600: a tree prepared or a cache written by one user is readable by the others.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    """The process's umask (reading it means setting it: it is set back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
-                       desc: str = "mean image") -> torch.Tensor:
-    """Per-pixel mean ``[C, H, W]`` in [0, 1] over a dataset of ``(image [C, H, W], label)``: uint8 images
-    (summed exactly in int64, divided by 255) or float images in [0, 1] (float64 accumulation)."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
-                        generator=private_generator(0))
-    total: torch.Tensor | None = None
-    count, scale = 0, 1.0
-    for images, _ in progress(loader, len(loader), desc):
-        exact = images.dtype == torch.uint8
-        scale = 255.0 if exact else 1.0
-        batch_sum = images.to(torch.int64 if exact else torch.float64).sum(0)
-        total = batch_sum if total is None else total + batch_sum
-        count += images.shape[0]
-    if total is None:
-        raise InvalidValueError("cannot compute a mean image over an empty training set")
-    return (total.to(torch.float64) / (scale * count)).float()
 
 
 AUGMENT_ON = ("auto", "device", "workers")
 
 
-class ImageClassificationDataModule(L.LightningDataModule):
+class ImageClassificationDataModule(MeanImage, SeededLoaders, L.LightningDataModule):
     """Base of the datamodules: ``preprocess`` holds the :class:`Preprocessing` options.
 
     Batches are ``(images [B, C, S, S], labels [B])`` for training and, with ``ten_crop``, evaluation
@@ -144,10 +89,9 @@ class ImageClassificationDataModule(L.LightningDataModule):
         if not self.has_val_split and val_size <= 0:
             raise InvalidValueError(f"data.val_size={val_size}: {self.name} has no validation set, so a positive "
                                     "number of training images must be held out for it")
-        if augment_on not in AUGMENT_ON:
-            raise InvalidValueError(f"data.augment_on={augment_on!r}; valid: auto (device on a GPU or without loader "
-                                    "processes, else workers), device (uint8 batches, cropped, flipped and normalised "
-                                    "on the training device), workers (all of it per image in the loader processes)")
+        one_of("data.augment_on", augment_on, AUGMENT_ON,
+               "auto: device on a GPU or without loader processes, else workers; device: uint8 batches, cropped, "
+               "flipped and normalised on the training device; workers: all of it per image in the loader processes")
         if augment_on == "device" and self.preprocess.resize is not None and self.preprocess.crop is None:
             raise InvalidValueError(
                 f"data.augment_on=device needs images of one size to batch them, but data.preprocess.crop=null with "
@@ -215,11 +159,6 @@ class ImageClassificationDataModule(L.LightningDataModule):
     def input_size(self) -> int:
         return self.preprocess.input_size
 
-    @property
-    def cache_dir(self) -> Path:
-        """Where the mean image is cached: next to the data, else the user's cache when that is read-only."""
-        return self.root
-
     # -- splits ----------------------------------------------------------------------------------------
     def _split_indices(self, n_train_full: int) -> tuple[list[int], list[int]]:
         """Fixed-seed (train, val) index lists into the full training set; val empty if the dataset has one."""
@@ -243,43 +182,6 @@ class ImageClassificationDataModule(L.LightningDataModule):
         g = torch.Generator().manual_seed(self.hparams.split_seed + seed_offset)
         return Subset(dataset, sorted(torch.randperm(len(dataset), generator=g)[:n].tolist()))
 
-    # -- mean image ------------------------------------------------------------------------------------
-    def _mean_cache_path(self, n_train_full: int) -> Path:
-        p = self.preprocess
-        # The data's own folder is part of the key: the user's cache dir is shared by every dataset there.
-        key = f"v2|{self.name}|{self.root.resolve()}|{n_train_full}|{p.resize}|{p.crop}|{self.hparams.val_size}|" \
-              f"{self.hparams.split_seed}|{self.hparams.subset_size}"
-        if len(self.kept_classes) != len(self.all_classes):
-            key += f"|classes={self.kept_classes}"
-        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-        name = f"{self.name}_mean_r{p.resize}_c{p.crop}_{digest}.pt"
-        cache = self.cache_dir
-        if not os.access(cache if cache.exists() else cache.parent, os.W_OK):
-            cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zfexp"
-        return cache / name
-
-    def _load_or_compute_mean(self) -> torch.Tensor:
-        train_full = self._split("train", pixels_transform(self.preprocess))
-        path = self._mean_cache_path(len(train_full))
-        if path.exists():
-            try:
-                cached = load_torch_file(path, "mean image cache", what="a mean image cached by zfexp",
-                                         remedy=f"It is a cache that zfexp did not write: delete it (rm {path}), and "
-                                         "the mean image is computed again.")
-                if isinstance(cached, torch.Tensor):
-                    return cached
-                log.warning("mean image cache %s holds a %s; recomputing", path, type(cached).__name__)
-            except UnsafeFileError:
-                raise
-            except CheckpointError as err:  # a truncated cache file: recompute rather than fail
-                log.warning("mean image cache %s is unreadable (%s); recomputing", path, err)
-        train_idx, _ = self._split_indices(len(train_full))
-        mean = compute_mean_image(Subset(train_full, train_idx), num_workers=self.hparams.num_workers,
-                                  desc=f"{self.name} mean image")
-        write_atomic(path, lambda tmp: torch.save(mean, tmp))
-        log.info("mean image %s cached at %s", tuple(mean.shape), path)
-        return mean
-
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
         """Runs on one process per node: fetch files if needed and cache the mean image."""
@@ -288,12 +190,6 @@ class ImageClassificationDataModule(L.LightningDataModule):
 
     def _ensure_files(self) -> None:
         """Make the raw files available under ``root``; raise with a clear message when they are not."""
-
-    def _ensure_mean(self) -> None:
-        """``self.mean``, once, when the preprocessing subtracts it: from the cache or computed; a mean image
-        already set (brought by a pretrained network, or restored from a checkpoint) is kept."""
-        if self.preprocess.mean_image and self.mean is None:
-            self.mean = self._load_or_compute_mean()
 
     def resolve_augment_on(self) -> str:
         """``augment_on="auto"``: ``"device"`` when the trainer runs on a GPU (there the batched step is a few
@@ -358,72 +254,3 @@ class ImageClassificationDataModule(L.LightningDataModule):
             single = paper_transform(dataclasses.replace(self.preprocess, ten_crop=False), self.mean, train=False)
             self._analysis_splits = self._eval_splits(single)
         return self._analysis_splits[0 if split == "val" else 1]
-
-    def _loader_options(self) -> dict[str, Any]:
-        workers = self.hparams.num_workers
-        # A generator of the loader's own: each iteration draws the workers' base seed from it, not from (and
-        # advancing) the global generator that dropout and weight initialisation use.
-        return dict(batch_size=self.hparams.batch_size, num_workers=workers, persistent_workers=workers > 0,
-                    pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
-                    generator=private_generator(self.data_seed))
-
-    @property
-    def data_seed(self) -> int:
-        """The seed of the training order and augmentations: the process's torch seed (the run's ``seed``)
-        when first asked, or the one restored from a checkpoint."""
-        if self.seed is None:
-            self.seed = torch.initial_seed() % 2**SEED_BITS
-        return self.seed
-
-    def train_epoch_size(self) -> int | None:
-        """Images per training epoch; ``None``: one pass over the training set."""
-        return None
-
-    def train_sampler(self) -> SeededSampler:
-        """This rank's training order and the images' seeds (:class:`SeededSampler`)."""
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = SeededSampler(len(self.data_train), self.data_seed, epoch_size=self.train_epoch_size(),
-                                num_replicas=world, rank=rank)
-        if trainer is not None:
-            # The epoch Lightning passes to set_epoch before each epoch; a resumed run makes its first iterator
-            # (the one that skips to the checkpoint's position) before that call, so it is set here already.
-            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
-        return sampler
-
-    def evaluation_sampler(self, dataset: Dataset) -> EvaluationShards:
-        """This rank's share of an evaluation set, every image once (:class:`EvaluationShards`)."""
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        return EvaluationShards(len(dataset), world, rank)
-
-    def train_dataloader(self) -> ResumableLoader:
-        items = self.data_train if self.augment_on == "workers" else WithCrops(self.data_train, self.preprocess)
-        return ResumableLoader(SeededItems(items), sampler=self.train_sampler(), **self._loader_options())
-
-    # -- state kept in checkpoints ------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """The mean image goes into every checkpoint: a network transferred from it sees its inputs
-        normalised as in its training. The data seed too: a resumed run continues the interrupted run's order
-        and augmentations."""
-        state: dict[str, Any] = {"data_seed": self.data_seed}
-        if self.mean is not None:
-            state["mean_image"] = self.mean
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("mean_image") is not None:
-            self.mean = state_dict["mean_image"]
-        if state_dict.get("data_seed") is not None:
-            self.seed = int(state_dict["data_seed"])
-
-    def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader(self.data_val)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader(self.data_test)
-
-    def _evaluation_loader(self, dataset: Dataset) -> DataLoader:
-        """In order; under DDP each rank's share of it, every image once (a ``DistributedSampler``, which
-        Lightning leaves in place rather than pad the set with repeated images)."""
-        return DataLoader(dataset, sampler=self.evaluation_sampler(dataset), **self._loader_options())

@@ -1,12 +1,12 @@
 """``data.decoder=dali``: an ImageFolder datamodule's images decoded and cut on the GPU by NVIDIA DALI.
 
-DALI reads the files (this rank's share of them under DDP) in the default loaders' order, decodes them with
-nvJPEG (and the hardware JPEG decoders where the GPU has them), resizes the smaller side and takes the centre
-crop on the GPU; each training image's crop and flip are the default path's, drawn from the image's seed. The
-batches it yields are the default loaders' batches, already on the device: ``(uint8 [B, 3, S, S], labels [B],
-crops [B, 3])`` for training, ``(uint8 images, labels)`` for evaluation. The rest (the mean image, ``pixel_scale``, the crops and flips, the 10 crops) is the same
-:class:`~zfexp.data.batch_preprocessing.BatchPreprocessing` as the default path, so both train on the same
-preprocessing; DALI's resampling and JPEG decoder differ from torchvision's by a few grey levels.
+DALI reads the files (this rank's share of them under DDP) in the default loaders' order, decodes them with nvJPEG
+(and the hardware JPEG decoders where the GPU has them), resizes the smaller side and takes the centre crop on the
+GPU; each training image's crop and flip are the default path's, drawn from the image's seed. The batches it yields
+are the default loaders' batches, already on the device: ``(uint8 [B, 3, S, S], labels [B], crops [B, 3])`` for
+training, ``(uint8 images, labels)`` for evaluation. The rest (the mean image, ``pixel_scale``, the crops and flips,
+the 10 crops) is the same :class:`~zfexp.data.batch_preprocessing.BatchPreprocessing` as the default path, so both
+train on the same preprocessing; DALI's resampling and JPEG decoder differ from torchvision's by a few grey levels.
 
 An optional extra (``pip install -e .[dali]``: the wheel ``nvidia-dali-cuda130``). ``device="cpu"`` builds the
 same pipeline on the CPU (DALI's CPU operators): what the tests check on a machine without a GPU.
@@ -30,8 +30,7 @@ from torch.utils.data import Dataset, Subset
 from zfexp.data.classes import ClassSubset
 from zfexp.data.sampling import position_state, resume_from
 from zfexp.data.transforms import Preprocessing, draw_crop_flip
-from zfexp.errors import InvalidValueError
-from zfexp.errors import MissingExtraError
+from zfexp.errors import InvalidValueError, MissingExtraError
 
 DECODERS = ("cpu", "dali")
 FALLBACK = "data.decoder=cpu (the default: decoding in the loader processes, the same preprocessing)"

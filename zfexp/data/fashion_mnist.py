@@ -10,8 +10,9 @@ from pathlib import Path
 from torchvision.datasets import FashionMNIST
 from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-from zfexp.data.base import ImageClassificationDataModule, write_atomic
+from zfexp.data.base import ImageClassificationDataModule
 from zfexp.data.few_shot import FewShotDataModule
+from zfexp.data.mean_image import write_atomic
 from zfexp.errors import DatasetNotFoundError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -53,7 +54,8 @@ class FashionMNISTDataModule(ImageClassificationDataModule):
             for name in names:
                 src, dst = self.debian_dir / name, self.raw_dir / name.removesuffix(".gz")
                 if src.exists() and not dst.exists():
-                    write_atomic(dst, lambda tmp: _gunzip(src, tmp))  # an interrupted copy never looks complete
+                    # An interrupted copy never looks complete.
+                    write_atomic(dst, lambda tmp, src=src: _gunzip(src, tmp))
         missing = [str(self.raw_dir / n) for n in self.RAW_SHAPES if not (self.raw_dir / n).exists()]
         if missing:
             if not self.download:

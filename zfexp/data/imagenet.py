@@ -19,7 +19,6 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from zfexp.data.base import ImageClassificationDataModule
 from zfexp.data.dali import DECODERS, DaliLoader, DaliSplit, check_dali_device, image_files, import_dali
-from zfexp.data.sampling import derived_seed
 from zfexp.errors import CorruptImageError, DatasetNotFoundError, InvalidValueError
 
 

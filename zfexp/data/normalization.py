@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from zfexp.checks import one_of, positive_int
 from zfexp.errors import InvalidValueError
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -39,9 +40,7 @@ class InputNormalization:
         for key in ("mean", "std"):  # one kind of sequence whatever the config gave: equal settings compare equal
             object.__setattr__(self, key, tuple(float(v) for v in getattr(self, key)))
         for key in ("resize", "crop"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise InvalidValueError(f"input.{key}={value!r}: must be a positive size in pixels")
+            positive_int(f"input.{key}", getattr(self, key), unit="pixels")
         if self.crop > self.resize:
             raise InvalidValueError(f"input.crop={self.crop} is larger than input.resize={self.resize}; valid: "
                                     f"1..{self.resize}")
@@ -50,8 +49,7 @@ class InputNormalization:
                                     "channel (1 or 3), as many of each")
         if not all(s > 0 for s in self.std):
             raise InvalidValueError(f"input.std={list(self.std)}: must be positive")
-        if self.interpolation not in INTERPOLATIONS:
-            raise InvalidValueError(f"input.interpolation={self.interpolation!r}; valid: {', '.join(INTERPOLATIONS)}")
+        one_of("input.interpolation", self.interpolation, INTERPOLATIONS)
 
     @property
     def channels(self) -> int:
@@ -60,8 +58,8 @@ class InputNormalization:
     def transform(self) -> v2.Compose:
         """PIL image of any size -> ``[channels, crop, crop]`` float, normalised."""
         steps = [v2.Grayscale(1)] if self.channels == 1 else []
-        return v2.Compose([*steps, v2.ToImage(), v2.Resize(self.resize, interpolation=v2.InterpolationMode(self.interpolation),
-                                                  antialias=True), v2.CenterCrop(self.crop),
+        resize = v2.Resize(self.resize, interpolation=v2.InterpolationMode(self.interpolation), antialias=True)
+        return v2.Compose([*steps, v2.ToImage(), resize, v2.CenterCrop(self.crop),
                            v2.ToDtype(torch.float32, scale=True),
                            v2.Normalize(list(self.mean), list(self.std))])
 

@@ -28,8 +28,8 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from zfexp.data.base import write_atomic
 from zfexp.data.imagenet import load_pixels
+from zfexp.data.mean_image import write_atomic
 from zfexp.errors import CorruptImageError, DatasetNotFoundError, InvalidValueError
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.progress import progress

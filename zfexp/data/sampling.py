@@ -85,7 +85,7 @@ class SeededSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         self.start = self._resumed[1] if self._resumed is not None and self._resumed[0] == self.epoch else 0
-        return iter(list(zip(*self.epoch_items()))[self.start:])
+        return iter(list(zip(*self.epoch_items(), strict=True))[self.start:])
 
 
 class EvaluationShards(DistributedSampler):

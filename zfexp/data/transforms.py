@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from zfexp.checks import positive_int
 from zfexp.errors import InvalidValueError
 
 
@@ -32,11 +33,8 @@ class Preprocessing:
     def __post_init__(self) -> None:
         for key in ("resize", "crop"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise InvalidValueError(f"data.preprocess.{key}={value!r}: must be a positive size in pixels, or null")
-        if isinstance(self.input_size, bool) or not isinstance(self.input_size, int) or self.input_size <= 0:
-            raise InvalidValueError(f"data.preprocess.input_size={self.input_size!r}: must be a positive size in "
-                                    "pixels")
+            positive_int(f"data.preprocess.{key}", value, null="skipped", unit="pixels")
+        positive_int("data.preprocess.input_size", self.input_size, unit="pixels")
         if self.resize is not None and self.crop is not None and self.crop > self.resize:
             raise InvalidValueError(
                 f"data.preprocess.crop={self.crop} is larger than data.preprocess.resize={self.resize}: the centre "

@@ -7,12 +7,10 @@ min..max (``"minmax"``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch.nn import functional as F
-from torchvision.utils import save_image
 
+from zfexp.checks import one_of
 from zfexp.errors import InvalidValueError
 
 NORMALISE = ("symmetric", "minmax", "none")
@@ -20,8 +18,7 @@ NORMALISE = ("symmetric", "minmax", "none")
 
 def normalise_tiles(tiles: torch.Tensor, mode: str = "symmetric") -> torch.Tensor:
     """Scale each tile of ``[..., C, h, w]`` into [0, 1] on its own."""
-    if mode not in NORMALISE:
-        raise InvalidValueError(f"normalise={mode!r}: valid values are {', '.join(NORMALISE)}")
+    one_of("normalise", mode, NORMALISE)
     t = tiles.detach().float()
     if mode == "none":
         return t.clamp(0, 1)
@@ -79,10 +76,3 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, gap: int = 4) -> torch
     h = max(left.shape[1], right.shape[1])
     pad = lambda img: F.pad(img, (0, 0, 0, h - img.shape[1]), value=1.0)  # noqa: E731
     return torch.cat([pad(left), torch.ones(left.shape[0], h, gap), pad(right)], dim=2)
-
-
-def save_png(image: torch.Tensor, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(image, path)
-    return path

@@ -213,3 +213,16 @@ def _parameters(builder) -> set[str]:
     except (TypeError, ValueError):
         return {"**"}
     return {("**" if p.kind is p.VAR_KEYWORD else p.name) for p in params}
+
+
+def with_lrn_convention(net: Mapping[str, Any], convention: str) -> dict[str, Any]:
+    """A ZFNet-family network config with ``lrn.convention`` set to ``convention`` where it names none.
+
+    New modules save the convention they were built with (``"paper"`` when unnamed), so every checkpoint
+    written since the key exists names it; a checkpoint that names none predates it and was trained with
+    ``nn.LocalResponseNorm``'s convention (``"torch"``), which is how it is read back."""
+    net = dict(net)
+    ours = in_family(str(net.get("_target_", "")))
+    if ours and net.get("norm", "lrn") == "lrn" and "convention" not in (net.get("lrn") or {}):
+        net["lrn"] = {**(net.get("lrn") or {}), "convention": convention}
+    return net

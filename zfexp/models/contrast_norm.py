@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zfexp.errors import InvalidValueError
+from zfexp.checks import one_of, positive_int
 
 CONVENTIONS = ("paper", "torch")
 
@@ -42,12 +42,10 @@ class LocalContrastNorm(nn.Module):
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0,
                  convention: str = "paper"):
         super().__init__()
-        if convention not in CONVENTIONS:
-            raise InvalidValueError(f"lrn.convention={convention!r}; valid: paper (alpha times the window's sum of "
-                                    "squares, as Krizhevsky et al. 2012 write it), torch (alpha / size times it, as "
-                                    "nn.LocalResponseNorm and Caffe)")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise InvalidValueError(f"lrn.size={size!r}: must be a positive number of maps")
+        one_of("lrn.convention", convention, CONVENTIONS,
+               "paper: alpha times the window's sum of squares, as Krizhevsky et al. 2012 write it; torch: alpha / "
+               "size times it, as nn.LocalResponseNorm and Caffe")
+        positive_int("lrn.size", size, unit="maps")
         self.size, self.convention = size, convention
         self.alpha, self.beta, self.k = float(alpha), float(beta), float(k)
         self.alpha_per_sum = self.alpha if convention == "paper" else self.alpha / size

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from zfexp.checks import number_in, one_of, positive_int, positive_number
 from zfexp.errors import InvalidValueError
 from zfexp.models.contrast_norm import LocalContrastNorm
 
@@ -95,9 +96,8 @@ class ZFNet(nn.Sequential):
     ``layer_names`` lists the paper layers present (after ``remove``), in order.
     """
 
-    def __init__(self, layers: OrderedDict[str, nn.Module], *, arch: str, input_size: int, layer_names: Sequence[str]):
+    def __init__(self, layers: OrderedDict[str, nn.Module], *, input_size: int, layer_names: Sequence[str]):
         super().__init__(layers)
-        self.arch = arch
         self.input_size = input_size
         self.layer_names = tuple(layer_names)
 
@@ -126,8 +126,7 @@ def _apply_width_factors(arch: str, conv: Mapping[str, ConvSpec], fc: Mapping[st
         if name not in base:
             raise InvalidValueError(f"width_factors: {name!r} is not a layer of {arch} whose width can be set; valid: "
                                     f"{', '.join(base)}")
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
-            raise InvalidValueError(f"width_factors.{name}={factor!r}: a factor must be a positive number")
+        positive_number(f"width_factors.{name}", factor)
         if name in widths:
             raise InvalidValueError(f"{name} is set in both widths ({widths[name]}) and width_factors ({factor}); give "
                                     "one")
@@ -150,14 +149,10 @@ def _check_options(arch: str, present: Sequence[str], remove: Sequence[str], wid
         if name not in removable:
             raise InvalidValueError(f"widths: {name!r} is not a layer of {arch} whose width can be set; valid: "
                                     f"{', '.join(removable)} (fc8's width is num_classes)")
-        if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-            raise InvalidValueError(f"widths.{name}={width!r}: a width must be a positive integer")
-    if norm not in NORMS:
-        raise InvalidValueError(f"norm={norm!r}: valid values are {', '.join(NORMS)}")
-    if init not in INITS:
-        raise InvalidValueError(f"init={init!r}: valid values are {', '.join(INITS)}")
-    if not 0.0 <= dropout < 1.0:
-        raise InvalidValueError(f"dropout={dropout!r}: must be in [0, 1)")
+        positive_int(f"widths.{name}", width)
+    one_of("norm", norm, NORMS)
+    one_of("init", init, INITS)
+    number_in("dropout", dropout, 0.0, 1.0)
 
 
 def build_zfnet_family(
@@ -232,7 +227,7 @@ def build_zfnet_family(
     layers["fc8"] = nn.Linear(units, num_classes)
 
     present = [n for n in LAYER_NAMES if n in layers]
-    model = ZFNet(layers, arch=arch, input_size=input_size, layer_names=present)
+    model = ZFNet(layers, input_size=input_size, layer_names=present)
     _initialise_(model, init)
     return model
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from zfexp.errors import InvalidValueError
+from zfexp.checks import one_of
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
 def check_device(name: str) -> None:
-    if name not in DEVICES:
-        raise InvalidValueError(f"device={name!r}; valid: {', '.join(DEVICES)}")
+    one_of("device", name, DEVICES)
 
 
 def device_of(name: str) -> torch.device:

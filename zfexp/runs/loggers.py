@@ -1,4 +1,6 @@
-"""Logger factories for the configs: W&B offline unless credentials are found, and the run-finishing rule."""
+"""The loggers of a run: W&B offline unless credentials are found, a multirun's jobs named and grouped, a
+resumed run continuing its W&B run (the id kept in the checkpoints by :class:`WandbRunInCheckpoint`), and the
+run-finishing rule."""
 
 from __future__ import annotations
 
@@ -6,9 +8,15 @@ import logging
 import netrc
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,60 @@ def wandb_run_id(loggers: Sequence) -> str | None:
         if isinstance(logger, WandbLogger) and getattr(logger.experiment, "id", None):
             return str(logger.experiment.id)
     return None
+
+
+class WandbRunInCheckpoint(Callback):
+    """Keeps the id of the run's W&B run in every checkpoint (under :data:`WANDB_RUN_KEY`), so that a run
+    resumed from it logs to the same W&B run (:func:`continue_wandb_run`)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        run_id = wandb_run_id(trainer.loggers)
+        if run_id is not None:
+            checkpoint[WANDB_RUN_KEY] = run_id
+
+
+def name_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
+    """In a multirun, every job is its own W&B run named by its overrides (or ``run_name``), and all jobs of
+    one launch share the group ``<sweep_name>-<launch time>`` (the sweep dir's name, the same for every job
+    whichever process or machine runs it). Values the user set are kept."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is None:
+        return
+    multirun, overrides = False, ""
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        overrides = hc.job.override_dirname
+    with open_dict(wandb_cfg):
+        if wandb_cfg.get("name") is None and (cfg.get("run_name") or (multirun and overrides)):
+            wandb_cfg.name = str(cfg.get("run_name") or overrides)
+        if wandb_cfg.get("group") is None and multirun:
+            wandb_cfg.group = f"{cfg.get('sweep_name') or 'multirun'}-{run_dir.parent.name}"
+
+
+def continue_wandb_run(cfg: DictConfig, resumed: dict[str, Any] | None) -> None:
+    """A run resumed from a checkpoint (its contents: ``resumed``) logs to the W&B run the checkpoint was written
+    under (``resume="allow"``; offline too: ``wandb sync`` then puts both parts in one run). An ``id`` the user
+    set is kept."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    run_id = (resumed or {}).get(WANDB_RUN_KEY)
+    if wandb_cfg is None or run_id is None or wandb_cfg.get("id"):
+        return
+    with open_dict(wandb_cfg):
+        wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
+    log.info("resuming W&B run %s", run_id)
+
+
+def without_logger_only_callbacks(callbacks: list[Callback], loggers: list) -> list[Callback]:
+    """``callbacks`` less those that only write to a logger (``LearningRateMonitor``) when there is none
+    (``logger=none``): Lightning would stop the run for them."""
+    if loggers:
+        return callbacks
+    dropped = [c for c in callbacks if isinstance(c, LearningRateMonitor)]
+    if dropped:
+        log.info("no logger (logger=none): leaving out %s, which only write to one",
+                 ", ".join(type(c).__name__ for c in dropped))
+    return [c for c in callbacks if c not in dropped]
 
 
 def record_in_wandb_summary(loggers: Sequence, record: dict) -> None:

@@ -14,14 +14,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.utils import save_image
 
 from zfexp.errors import InvalidValueError
-from zfexp.figures.grid import save_png
 
 
 def file_key(key: str) -> str:
     """``"occlusion/panel_final"`` -> ``"occlusion_panel_final"``: a logger key as a file name."""
     return re.sub(r"[^\w.-]+", "_", key)
+
+
+def save_png(image: torch.Tensor, path: str | Path) -> Path:
+    """``image [C, H, W]`` in [0, 1] as a PNG file at ``path`` (its folder made when missing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(image, path)
+    return path
 
 
 def write_image(run_dir: str | Path, loggers: Sequence, key: str, image: torch.Tensor, step: int,

@@ -1,0 +1,60 @@
+"""The checks of a training config's top-level values, made before anything is built: a wrong value stops the
+run with one paragraph naming its key, the value and what is valid (the values of a group, ``model`` or
+``callbacks``, are checked by what they configure)."""
+
+from __future__ import annotations
+
+import typing
+
+from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+from omegaconf import DictConfig
+
+from zfexp.checks import integer, one_of
+from zfexp.errors import InvalidValueError
+from zfexp.runs.seeding import SEED_RANGE
+
+PRECISIONS = (*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS), 64, 32, 16)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """``seed``, the ``trainer``'s counts and precision, and ``freeze`` (which needs ``pretrained_ckpt``)."""
+    integer("seed", cfg.get("seed"), *SEED_RANGE, null="a seed is drawn and recorded in metrics.json")
+    check_trainer(cfg)
+    freeze = cfg.get("freeze")
+    if freeze is not None and not cfg.get("pretrained_ckpt") and not cfg.get("from_scratch", False):
+        raise InvalidValueError(f"freeze={freeze}: fixing layers needs pretrained_ckpt=<a train.py checkpoint>; or "
+                                "set freeze=null")
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """The epoch and step counts of ``trainer`` (a run that would train nothing is an error, not a result) and
+    its precision, checked before Lightning is given them."""
+    t = cfg.trainer
+    precision = t.get("precision")
+    if precision is not None:
+        one_of("trainer.precision", precision, PRECISIONS,
+               "or ${zfexp.bf16_where_native:}: bf16-mixed where the device computes it natively")
+    max_epochs, max_steps, min_epochs = t.get("max_epochs"), t.get("max_steps", -1), t.get("min_epochs")
+    integer("trainer.max_epochs", max_epochs, null="Lightning's default", unit="-1: no limit, trainer.max_steps "
+            "decides; paper: 70")
+    integer("trainer.max_steps", max_steps, null="no limit", unit="-1: no limit, trainer.max_epochs decides")
+    integer("trainer.min_epochs", min_epochs, null="no minimum")
+    if max_steps is not None and max_steps != -1 and max_steps < 1:
+        raise InvalidValueError(f"trainer.max_steps={max_steps}: must be a positive number of steps, or -1 (no limit: "
+                                "trainer.max_epochs decides)")
+    if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
+        raise InvalidValueError(f"trainer.max_epochs={max_epochs}: must be at least 1 (the number of training epochs; "
+                                "paper: 70)")
+    if max_epochs == -1 and (max_steps is None or max_steps == -1):
+        raise InvalidValueError("trainer.max_epochs=-1 (no limit) needs trainer.max_steps: a run would never end")
+    if min_epochs is not None and max_epochs not in (None, -1) and not 0 <= min_epochs <= max_epochs:
+        raise InvalidValueError(f"trainer.min_epochs={min_epochs}: must be in 0..trainer.max_epochs={max_epochs}")
+
+
+def check_ablation_row(cfg: DictConfig) -> None:
+    """A sweep of ``sweeps/`` picks its row with ``ablation.row``: name the valid rows when it is not one."""
+    ablation = cfg.get("ablation") or {}
+    rows, row = ablation.get("rows"), ablation.get("row")
+    if rows is not None and row not in rows:
+        raise InvalidValueError(f"ablation.row={row!r} is not a row of sweep {cfg.get('sweep_name')!r}; valid: "
+                                f"{', '.join(rows)}")

@@ -1,0 +1,94 @@
+"""The datamodule's loaders: the training order and every random crop and flip drawn from the data seed (kept in
+checkpoints with the mean image), a training loader that resumes mid-epoch, and evaluation sets shared between
+DDP ranks with every image once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from zfexp.data.batch_preprocessing import WithCrops
+from zfexp.data.sampling import (
+    SEED_BITS,
+    EvaluationShards,
+    ResumableLoader,
+    SeededItems,
+    SeededSampler,
+    private_generator,
+)
+
+
+class SeededLoaders:
+    """The loaders of :class:`~zfexp.data.base.ImageClassificationDataModule` (mixed into it; they read its
+    ``hparams``, ``trainer``, ``augment_on``, ``preprocess``, ``data_*`` splits, ``mean`` and ``seed``), and the
+    state it keeps in checkpoints."""
+
+    def _loader_options(self) -> dict[str, Any]:
+        workers = self.hparams.num_workers
+        # A generator of the loader's own: each iteration draws the workers' base seed from it, not from (and
+        # advancing) the global generator that dropout and weight initialisation use.
+        return dict(batch_size=self.hparams.batch_size, num_workers=workers, persistent_workers=workers > 0,
+                    pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+                    generator=private_generator(self.data_seed))
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the training order and augmentations: the process's torch seed (the run's ``seed``)
+        when first asked, or the one restored from a checkpoint."""
+        if self.seed is None:
+            self.seed = torch.initial_seed() % 2**SEED_BITS
+        return self.seed
+
+    def train_epoch_size(self) -> int | None:
+        """Images per training epoch; ``None``: one pass over the training set."""
+        return None
+
+    def train_sampler(self) -> SeededSampler:
+        """This rank's training order and the images' seeds (:class:`SeededSampler`)."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = SeededSampler(len(self.data_train), self.data_seed, epoch_size=self.train_epoch_size(),
+                                num_replicas=world, rank=rank)
+        if trainer is not None:
+            # The epoch Lightning passes to set_epoch before each epoch; a resumed run makes its first iterator
+            # (the one that skips to the checkpoint's position) before that call, so it is set here already.
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        return sampler
+
+    def evaluation_sampler(self, dataset: Dataset) -> EvaluationShards:
+        """This rank's share of an evaluation set, every image once (:class:`EvaluationShards`)."""
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return EvaluationShards(len(dataset), world, rank)
+
+    def train_dataloader(self) -> ResumableLoader:
+        items = self.data_train if self.augment_on == "workers" else WithCrops(self.data_train, self.preprocess)
+        return ResumableLoader(SeededItems(items), sampler=self.train_sampler(), **self._loader_options())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The mean image goes into every checkpoint: a network transferred from it sees its inputs
+        normalised as in its training. The data seed too: a resumed run continues the interrupted run's order
+        and augmentations."""
+        state: dict[str, Any] = {"data_seed": self.data_seed}
+        if self.mean is not None:
+            state["mean_image"] = self.mean
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("mean_image") is not None:
+            self.mean = state_dict["mean_image"]
+        if state_dict.get("data_seed") is not None:
+            self.seed = int(state_dict["data_seed"])
+
+    def val_dataloader(self) -> DataLoader:
+        return self._evaluation_loader(self.data_val)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._evaluation_loader(self.data_test)
+
+    def _evaluation_loader(self, dataset: Dataset) -> DataLoader:
+        """In order; under DDP each rank's share of it, every image once (a ``DistributedSampler``, which
+        Lightning leaves in place rather than pad the set with repeated images)."""
+        return DataLoader(dataset, sampler=self.evaluation_sampler(dataset), **self._loader_options())
