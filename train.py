@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from zfexp.errors import UserError
-from zfexp.runs.launchers import check_launcher_extra, quiet_repeated_launcher_warnings
+from zfexp.runs.launchers import check_launcher_extra, check_launcher_reachable, quiet_repeated_launcher_warnings
 from zfexp.runs.reporting import reported_errors
 from zfexp.training import train
 
@@ -32,6 +32,7 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     try:
         check_launcher_extra(sys.argv[1:])
+        check_launcher_reachable(sys.argv[1:])
     except UserError as err:
         sys.exit(f"Error: {err}")
     quiet_repeated_launcher_warnings()

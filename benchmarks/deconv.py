@@ -138,7 +138,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--layers", nargs="+", default=["conv5", "conv3"])
+    parser.add_argument("--layers", nargs="+", default=["conv5", "conv3"],
+                        help="zfnet's layers; the --resnet rows are always layer3.1 and layer4.0.conv2")
     parser.add_argument("--captum-maps", type=int, default=32,
                         help="maps projected by captum per round (its cost is per map; the time is scaled to all)")
     parser.add_argument("--resnet", action="store_true", help="torchvision's resnet18 instead of zfnet")

@@ -18,12 +18,55 @@ from zfexp.runs.progress import duration, on_terminal
 log = logging.getLogger("zfexp.progress")
 
 
-def progress_bar(every_n_steps: int = 50, terminal: bool | None = None) -> ProgressBar:
-    """The progress bar for where the job runs: ``RichProgressBar`` on a terminal, else ``PlainProgressBar``
-    (``terminal``: decide instead of looking at stdout)."""
-    if terminal if terminal is not None else on_terminal():
-        return RichProgressBar()
-    return PlainProgressBar(every_n_steps)
+class TerminalProgressBar(RichProgressBar):
+    """The progress bar for where the job runs: Rich's live bar when stdout is a terminal, else the log lines
+    of :class:`PlainProgressBar` (``terminal``: decide instead of looking at stdout). What ``callbacks=default``
+    gives every run; ``every_n_steps`` is the interval of the lines."""
+
+    def __init__(self, every_n_steps: int = 50, terminal: bool | None = None):
+        super().__init__()
+        positive_int(f"{config_key(type(self).__name__)}.every_n_steps", every_n_steps)
+        live = terminal if terminal is not None else on_terminal()
+        self.lines = None if live else PlainProgressBar(every_n_steps)
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.lines is None and super().is_enabled  # with the lines, Rich's bar draws nothing
+
+    def enable(self) -> None:
+        super().enable()
+        if self.lines is not None:
+            self.lines.enable()
+
+    def disable(self) -> None:
+        super().disable()
+        if self.lines is not None:
+            self.lines.disable()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.lines is not None:
+            self.lines.setup(trainer, pl_module, stage)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self.lines is not None:
+            self.lines.on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.lines is not None:
+            self.lines.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.lines is not None:
+            self.lines.on_train_epoch_end(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_test_end(trainer, pl_module)
+        if self.lines is not None:
+            self.lines.on_test_end(trainer, pl_module)
 
 
 class PlainProgressBar(ProgressBar):

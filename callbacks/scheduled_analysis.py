@@ -155,6 +155,19 @@ class ProbedAnalysis(ScheduledAnalysis):
         images, labels = stack_dataset(dataset, self.probe)
         return images.to(device), labels.to(device)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A probe set restored from a checkpoint must lie in this run's validation set: checked before the
+        first step, not when the first figure is drawn."""
+        if self.probe is None:
+            return
+        size, last = len(eval_dataset(trainer)), int(self.probe.max())
+        if last >= size:
+            raise InvalidValueError(
+                f"{self.config_key}: the checkpoint's probe images (validation images up to #{last}) are "
+                f"not all in this run's validation set of {size} images: it was written with other data settings "
+                "(data.subset_size, data.val_size, data.class_subset). Resume with the overrides of the run that "
+                "wrote it (its config.yaml), or start afresh with ckpt_path=null")
+
     def state_dict(self) -> dict:
         return {"probe": self.probe}
 

@@ -19,7 +19,7 @@ from zfexp.data import (
     compute_mean_image,
     paper_transform,
 )
-from zfexp.data.mean_image import write_atomic
+from zfexp.data.files import write_atomic
 from zfexp.errors import CorruptImageError, DatasetNotFoundError
 
 

@@ -3,13 +3,14 @@ the key and the value (no traceback), exit non-zero, and write nothing to resume
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import ROOT, TINY_RUN, run_in_process, train_cmd
+from tests.conftest import ROOT, TINY, TINY_RUN, compose_train, run_in_process, train_cmd
 from tests.helpers.image_trees import make_image_tree
 
 QUICK = ["logger=csv", "data.num_workers=0", "trainer.max_epochs=1",
@@ -83,6 +84,11 @@ BAD_VALUES = {
                                    ["callbacks.occlusion_maps.feature_layer", "conv9", "conv5"]),
     "a decoder this dataset has not": (["data.decoder=foo"], ["data.decoder='foo'", "fashion_mnist: cpu"]),
     "dali for Fashion-MNIST": (["data.decoder=dali"], ["data.decoder='dali'", "data=imagenet"]),
+    "true as a batch size": (["data.batch_size=true"], ["data.batch_size=True", "positive integer"]),
+    "a fractional subset": (["data.subset_size=2.5"], ["data.subset_size=2.5", "positive integer", "null"]),
+    "layers fixed without a checkpoint": (["freeze=fc7"], ["freeze=fc7", "pretrained_ckpt"]),
+    **({} if torch.cuda.is_available() else {
+        "a GPU trainer without a GPU": (["trainer=gpu"], ["trainer.accelerator=gpu", "no GPU", "trainer=default"])}),
 }
 
 
@@ -137,6 +143,31 @@ def test_a_launcher_preset_without_its_extra_names_the_extra():
     check_launcher_extra(["hydra/launcher=ray", "hydra/launcher=slurm"], LAUNCHER_EXTRAS)  # both installed here
 
 
+def test_a_launcher_whose_cluster_does_not_answer_stops_with_what_to_do():
+    from ray._private.services import get_ray_address_from_environment
+
+    from zfexp.errors import InvalidValueError
+    from zfexp.runs.launchers import check_launcher_reachable
+
+    try:
+        get_ray_address_from_environment("auto", None)
+        ray_running = True
+    except ConnectionError:
+        ray_running = False
+    if not ray_running:  # as on a fresh machine: the sweep cannot join a Ray instance
+        with pytest.raises(InvalidValueError, match=r"address=auto: no Ray instance runs on this machine.*ray start"):
+            check_launcher_reachable(["-m", "hydra/launcher=ray", "hydra.launcher.ray.init.address=auto"])
+    check_launcher_reachable(["-m", "hydra/launcher=ray"])  # Ray started here for the sweep: nothing to join
+    sinfo = shutil.which("sinfo")
+    answers = sinfo is not None and subprocess.run([sinfo, "-h"], capture_output=True).returncode == 0
+    if answers:  # a SLURM controller answers here (tests/test_launchers.py starts one)
+        check_launcher_reachable(["-m", "hydra/launcher=slurm"])
+    else:
+        with pytest.raises(InvalidValueError, match=r"hydra/launcher=slurm: (no SLURM controller answers|the SLURM "
+                                                    r"client .* is not installed)"):
+            check_launcher_reachable(["-m", "hydra/launcher=slurm"])
+
+
 def test_resuming_a_checkpoint_of_another_network_says_which_before_training(tiny_checkpoint, tmp_path):
     log_dir = tmp_path / "logs"
     paragraph = error_paragraph(*run_in_process("train", *QUICK, "experiment=quickstart", "model=alexnet_small",
@@ -160,3 +191,15 @@ def test_analyze_names_the_full_key_of_a_layer_the_network_lacks(tiny_checkpoint
     paragraph = error_paragraph(*run_in_process("zfexp.analyze", f"ckpt_path={tiny_checkpoint}", "logger=csv",
                                                 "occlusion.feature_layer=conv9", f"paths.log_dir={tmp_path}"))
     assert "occlusion.feature_layer: layer='conv9'" in paragraph and "conv5" in paragraph, paragraph
+
+
+def test_resuming_with_other_data_settings_names_the_probe_images_before_training(tmp_path):
+    from zfexp.training import train
+
+    first = tmp_path / "first"
+    train(compose_train(first, ["experiment=quickstart", *TINY, "logger=csv", "test=false"]))
+    paragraph = error_paragraph(*run_in_process(
+        "train", "experiment=quickstart", *TINY, "logger=csv", "trainer.max_epochs=2", "data.subset_size=32",
+        f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}", f"paths.log_dir={tmp_path / 'logs'}"))
+    assert "the checkpoint's probe images" in paragraph and "validation set of 32 images" in paragraph, paragraph
+    assert "data.subset_size" in paragraph and "ckpt_path=null" in paragraph

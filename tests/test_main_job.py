@@ -24,5 +24,5 @@ def test_the_main_job_reaches_the_readmes_error_and_draws_every_figure(tmp_path)
     # The same seeded command: the README's number, up to another CPU's rounding.
     assert abs(metrics["test/top1_err"] - claimed) < 0.5, (metrics["test/top1_err"], claimed)
     images = list((run_dir / "images").glob("*.png"))
-    claimed_images = int(re.search(r"with the paper's figures below \((\d+)\s+images", readme).group(1))
+    claimed_images = int(re.search(r"drawing the paper's figures \((\d+)\s+images", readme).group(1))
     assert len(images) == claimed_images

@@ -228,8 +228,8 @@ def test_drill_down_checks_its_settings():
     from callbacks import OcclusionMaps
 
     assert OcclusionMaps(approximate={"threshold": 0.02}).approximate == DrillDown(threshold=0.02)
-    with pytest.raises(ValueError, match="approximate.margin=-1"):
-        OcclusionMaps(approximate={"margin": -1})
+    with pytest.raises(ValueError, match=r"^OcclusionMaps.approximate.margin=-1: must be an integer, 0 or more"):
+        OcclusionMaps(approximate={"margin": -1})  # the full key of the setting (built from Python: the class's)
     # true: the approximate mode with its defaults; false: every position
     images = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     assert occlusion_maps(small_net(), images, [0], patch=8, stride=2, approximate=True).exact is not None

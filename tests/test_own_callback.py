@@ -30,7 +30,7 @@ from callbacks import (
     TopActivations,
     guided_backprop,
 )
-from callbacks.progress_bar import PlainProgressBar
+from callbacks.progress_bar import TerminalProgressBar
 from callbacks.scheduled_analysis import ScheduledAnalysis
 from tests.conftest import ROOT, TINY_RUN, compose_train, train_cmd
 from tests.helpers.wandb_records import media_steps
@@ -166,7 +166,7 @@ def test_a_bad_layer_stops_the_run_before_training(run_dir):
 
 
 # Under pytest stdout is no terminal: the plain progress lines rather than the rich bar.
-DEFAULT = {BestCheckpoint, ResumeCheckpoint, LearningRateMonitor, ModelSummary, PlainProgressBar, FilterRenorm}
+DEFAULT = {BestCheckpoint, ResumeCheckpoint, LearningRateMonitor, ModelSummary, TerminalProgressBar, FilterRenorm}
 FIGURES = {DeconvSnapshots, TopActivations, FilterDiagnostics, OcclusionMaps, InvarianceCurves}
 
 

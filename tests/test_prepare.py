@@ -84,7 +84,7 @@ def test_prepared_pixels_are_the_training_resize(tmp_path):
 def test_prepare_checks_its_options_before_reading(tmp_path):
     with pytest.raises(InvalidValueError, match="is inside data.root"):
         _prepare(tmp_path, "inside", f"out={tmp_path / 'in' / 'small'}")
-    with pytest.raises(InvalidValueError, match="jpeg_quality=0: valid 1..100"):
+    with pytest.raises(InvalidValueError, match=r"jpeg_quality=0: must be an integer in 1..100"):
         _prepare(tmp_path, "quality", "jpeg_quality=0")
 
 

@@ -8,11 +8,13 @@ import logging
 import re
 import subprocess
 
+import pytest
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
-from callbacks.progress_bar import PlainProgressBar, progress_bar
+from callbacks.progress_bar import PlainProgressBar, TerminalProgressBar
 from tests.conftest import ROOT, TINY_RUN, train_cmd
+from zfexp.errors import InvalidValueError
 from zfexp.module import ImageClassifier
 from zfexp.runs.progress import duration, progress
 
@@ -43,10 +45,14 @@ def test_a_run_off_a_terminal_logs_progress_and_one_line_per_epoch_to_train_log(
 
 
 def test_the_bar_follows_the_terminal():
-    assert isinstance(progress_bar(terminal=True), RichProgressBar)
-    plain = progress_bar(every_n_steps=7, terminal=False)
-    assert isinstance(plain, PlainProgressBar) and plain.every_n_steps == 7
-    assert isinstance(progress_bar(), PlainProgressBar)  # under pytest stdout is captured
+    live = TerminalProgressBar(terminal=True)
+    assert isinstance(live, RichProgressBar) and live.lines is None and live.is_enabled
+    plain = TerminalProgressBar(every_n_steps=7, terminal=False)
+    assert isinstance(plain.lines, PlainProgressBar) and plain.lines.every_n_steps == 7
+    assert not plain.is_enabled  # Rich's bar draws nothing beside the lines
+    assert isinstance(TerminalProgressBar().lines, PlainProgressBar)  # under pytest stdout is captured
+    with pytest.raises(InvalidValueError, match=r"TerminalProgressBar.every_n_steps=0: must be a positive integer"):
+        TerminalProgressBar(every_n_steps=0, terminal=True)
 
 
 def test_analysis_passes_log_about_ten_lines_off_a_terminal(caplog):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import typing
 
+import torch
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from omegaconf import DictConfig
 
@@ -27,9 +28,15 @@ def check_train_config(cfg: DictConfig) -> None:
 
 
 def check_trainer(cfg: DictConfig) -> None:
-    """The epoch and step counts of ``trainer`` (a run that would train nothing is an error, not a result) and
-    its precision, checked before Lightning is given them."""
+    """The accelerator (a GPU where there is none), the epoch and step counts of ``trainer`` (a run that would
+    train nothing is an error, not a result) and its precision, checked before Lightning is given them."""
     t = cfg.trainer
+    accelerator = t.get("accelerator")
+    if accelerator in ("gpu", "cuda") and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise InvalidValueError(f"trainer.accelerator={accelerator} (trainer=gpu and trainer=ddp set it): torch "
+                                f"finds no GPU on this machine (torch {torch.__version__}, CUDA "
+                                f"{torch.version.cuda or 'none'}); train on the CPU with trainer=default, or run where "
+                                "a GPU is")
     precision = t.get("precision")
     if precision is not None:
         one_of("trainer.precision", precision, PRECISIONS,

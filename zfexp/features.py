@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import Subset
 
 from zfexp.analysis.linear_probes import CLASSIFIERS, extract_features, probe_accuracy
+from zfexp.checks import positive_int
 from zfexp.data.few_shot import FewShotDataModule
 from zfexp.errors import InvalidValueError
 from zfexp.pretrained import check_compatible, load_pretrained, pretrained_network
@@ -36,12 +37,10 @@ def check_config(cfg: DictConfig) -> None:
     if not cfg.classifiers or any(c not in CLASSIFIERS for c in cfg.classifiers):
         raise InvalidValueError(f"classifiers={list(cfg.classifiers)}; valid: a non-empty list of "
                                 f"{', '.join(CLASSIFIERS)}")
-    if not isinstance(cfg.folds, int) or cfg.folds < 1:
-        raise InvalidValueError(f"folds={cfg.folds}: must be a positive integer (paper: 5)")
+    positive_int("folds", cfg.folds, unit="paper: 5")
     check_device(cfg.device)
     trust_option(cfg)
-    if cfg.max_side is not None and cfg.max_side < 1:
-        raise InvalidValueError(f"max_side={cfg.max_side}: must be a positive map side, or null (no pooling)")
+    positive_int("max_side", cfg.max_side, null="no pooling", unit="a map side")
 
 
 def fold_datamodules(cfg: DictConfig) -> list[FewShotDataModule]:
@@ -98,7 +97,7 @@ def features_by_layer(cfg: DictConfig, run: Run) -> None:
         raise InvalidValueError(f"layers={list(cfg.layers)}: {missing} not in the network; valid: "
                                 f"{', '.join(n for n in net.layer_names if n != 'fc8')}")
     first = folds[0]
-    check_compatible(pretrained, first.num_channels, first.input_size)
+    check_compatible(pretrained, first.num_channels, first.input_size, key="ckpt_path")
     if pretrained.mean_image is not None and first.preprocess.mean_image:
         first.mean = pretrained.mean_image  # the inputs normalised as the network was trained, not the pool's mean
     first.prepare_data()

@@ -65,11 +65,13 @@ def pretrained_network(pretrained: Pretrained) -> nn.Module:
     return net.eval()
 
 
-def check_compatible(pretrained: Pretrained, in_channels: int, input_size: int) -> None:
-    """The new data must give the network images of the kind it was trained on."""
+def check_compatible(pretrained: Pretrained, in_channels: int, input_size: int, key: str = "pretrained_ckpt",
+                     ) -> None:
+    """The new data must give the network images of the kind it was trained on; ``key`` names the checkpoint's
+    config key in the error."""
     if (pretrained.in_channels, pretrained.input_size) != (in_channels, input_size):
         raise InvalidValueError(
-            f"pretrained_ckpt={pretrained.path}: the network takes {pretrained.in_channels}-channel "
+            f"{key}={pretrained.path}: the network takes {pretrained.in_channels}-channel "
             f"{pretrained.input_size} px images, the data gives {in_channels}-channel {input_size} px ones; set "
             f"data.preprocess.input_size={pretrained.input_size} and use data with {pretrained.in_channels} channel(s)")
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from zfexp.errors import CheckpointError, InvalidValueError, UnsafeFileError
+from zfexp.checks import one_of
+from zfexp.errors import CheckpointError, UnsafeFileError
 
 TRUST_OPTION = "trust_checkpoint=true"
 # How torch.save's pre-1.6 format begins: its magic number, pickled with protocol 2.
@@ -57,10 +58,9 @@ def refused_global(err: BaseException) -> str:
 def trust_option(cfg: Any) -> bool:
     """The run's ``trust_checkpoint``: the user's explicit opt-in to unpickling the files it reads in full."""
     value = cfg.get("trust_checkpoint", False)
-    if not isinstance(value, bool):
-        raise InvalidValueError(f"trust_checkpoint={value!r}; valid: false (the default: files are read with "
-                                "torch.load(weights_only=True), tensors and plain values only), true (files you "
-                                "trust, read in full: they may run code)")
+    one_of("trust_checkpoint", value, (False, True),
+           "false, the default: files are read with torch.load(weights_only=True), tensors and plain values only; "
+           "true: files you trust, read in full: they may run code")
     return bool(value)
 
 

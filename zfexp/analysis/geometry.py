@@ -63,7 +63,6 @@ def forward_prefix(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
     return leaves[: features_end(leaves, names.index(layer)) + 1]
 
 
-
 def input_window(module: nn.Conv2d | nn.MaxPool2d, lo, size: tuple[int, int]):
     """The window of ``module``'s input that its output window (offsets ``lo``, one ``size``) is computed from,
     padding included: ``(offsets, size)``. Offsets may be negative (the padding) and are tensors or ints."""

@@ -131,7 +131,7 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
     if labels.numel() != n:
         raise InvalidValueError(f"occlusion_maps: {n} images but {labels.numel()} labels")
     for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
-        positive_int(name, value)
+        positive_int(f"occlusion_maps: {name}", value)
     if patch > min(height, width):
         raise InvalidValueError(f"occlusion_maps: patch={patch} is larger than the {height}x{width} image; valid: "
                                 f"1..{min(height, width)}")

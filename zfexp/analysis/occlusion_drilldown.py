@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from zfexp.checks import integer, positive_int
+from zfexp.checks import integer, number_in, positive_int
 from zfexp.errors import InvalidValueError
 
 
@@ -37,8 +37,7 @@ class DrillDown:
     def __post_init__(self) -> None:
         positive_int("approximate.coarse", self.coarse, null="as many fine steps as fit in half the square",
                      unit="fine steps")
-        if not self.threshold >= 0:
-            raise InvalidValueError(f"approximate.threshold={self.threshold!r}: must be >= 0")
+        number_in("approximate.threshold", self.threshold, 0, float("inf"))
         integer("approximate.margin", self.margin, low=0, unit="cells")
 
     def factor(self, patch: int, stride: int) -> int:
@@ -59,7 +58,10 @@ def drill_down(approximate: DrillDown | Mapping[str, Any] | bool | None, key: st
         if unknown:
             raise InvalidValueError(f"{key}={dict(approximate)} has {sorted(unknown)}; valid fields: coarse, "
                                     "threshold, margin")
-        return DrillDown(**approximate)
+        try:
+            return DrillDown(**approximate)
+        except InvalidValueError as err:  # its fields' messages start "approximate.<field>=": the full key instead
+            raise InvalidValueError(f"{key}.{str(err).removeprefix('approximate.')}") from None
     raise InvalidValueError(f"{key}={approximate!r}; valid: null or false (every position computed), true (the "
                             "approximate mode with its defaults), or {coarse: ..., threshold: ..., margin: ...}")
 

@@ -3,9 +3,11 @@ image (computed once, cached next to the data), a fixed-seed validation split, s
 
 A subclass says where the images come from by implementing ``_train_dataset(transform)``,
 ``_test_dataset(transform)`` and, when the dataset ships its own validation set,
-``_val_dataset(transform)``; plus ``all_classes`` (the dataset's class names), ``num_channels`` and
-``cache_dir``. Every datamodule can keep some of its classes (``class_subset``, ``exclude_classes``):
-their images only, relabelled 0..k-1 in the dataset's order.
+``_val_dataset(transform)``; plus ``all_classes`` (the dataset's class names) and ``num_channels``; and may
+name another ``cache_dir`` for the mean image than the data's root (:class:`~zfexp.data.mean_image.MeanImage`).
+Every datamodule can keep some of its classes (``class_subset``, ``exclude_classes``): their images only,
+relabelled 0..k-1 in the dataset's order. The loaders and the state kept in checkpoints are
+:class:`~zfexp.data.loaders.SeededLoaders`'.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
 
-from zfexp.checks import one_of
+from zfexp.checks import integer, one_of, positive_int
 from zfexp.data.batch_preprocessing import BatchPreprocessing
 from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
 from zfexp.data.loaders import SeededLoaders
@@ -80,12 +82,10 @@ class ImageClassificationDataModule(MeanImage, SeededLoaders, L.LightningDataMod
         self.preprocess = Preprocessing(**dict(preprocess or {}))
         if self.image_size is not None:
             self.preprocess.check_native_size(self.image_size)
-        if batch_size <= 0:
-            raise InvalidValueError(f"data.batch_size={batch_size}: must be a positive integer")
-        if num_workers < 0:
-            raise InvalidValueError(f"data.num_workers={num_workers}: must be >= 0")
-        if subset_size is not None and subset_size <= 0:
-            raise InvalidValueError(f"data.subset_size={subset_size}: must be a positive integer or null (all images)")
+        positive_int("data.batch_size", batch_size)
+        integer("data.num_workers", num_workers, low=0, unit="loader processes; 0: load in the training process")
+        positive_int("data.subset_size", subset_size, null="all images")
+        integer("data.val_size", val_size, low=0)
         if not self.has_val_split and val_size <= 0:
             raise InvalidValueError(f"data.val_size={val_size}: {self.name} has no validation set, so a positive "
                                     "number of training images must be held out for it")
@@ -244,8 +244,7 @@ class ImageClassificationDataModule(MeanImage, SeededLoaders, L.LightningDataMod
     def analysis_dataset(self, split: str = "val") -> Dataset:
         """The ``split`` ("val" or "test") as the analyses want it: one centre crop per image ``[C, H, W]``
         even when evaluation uses 10 crops; same images, same order."""
-        if split not in ("val", "test"):
-            raise InvalidValueError(f"split={split!r}; valid: 'val', 'test'")
+        one_of("split", split, ("val", "test"))
         if self.data_train is None:
             self.setup("fit")
         if not self.preprocess.ten_crop and self.augment_on == "workers":

@@ -12,7 +12,7 @@ from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
 from zfexp.data.base import ImageClassificationDataModule
 from zfexp.data.few_shot import FewShotDataModule
-from zfexp.data.mean_image import write_atomic
+from zfexp.data.files import write_atomic
 from zfexp.errors import DatasetNotFoundError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"

@@ -12,6 +12,7 @@ from functools import cached_property
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from zfexp.checks import integer, positive_int
 from zfexp.data.base import ImageClassificationDataModule
 from zfexp.data.classes import dataset_targets
 from zfexp.data.transforms import paper_transform
@@ -19,12 +20,9 @@ from zfexp.errors import InvalidValueError
 
 
 def check_split_args(train_per_class: int, test_per_class: int | None, fold: int) -> None:
-    if train_per_class < 1:
-        raise InvalidValueError(f"data.train_per_class={train_per_class}: must be at least 1")
-    if test_per_class is not None and test_per_class < 1:
-        raise InvalidValueError(f"data.test_per_class={test_per_class}: must be at least 1, or null (all the rest)")
-    if fold < 0:
-        raise InvalidValueError(f"data.fold={fold}: must be >= 0")
+    positive_int("data.train_per_class", train_per_class)
+    positive_int("data.test_per_class", test_per_class, null="all the rest")
+    integer("data.fold", fold, low=0)
 
 
 def few_shot_split(targets: Sequence[int], train_per_class: int, test_per_class: int | None = 50,
@@ -76,8 +74,7 @@ class FewShotDataModule(ImageClassificationDataModule):
                  epoch_size: int | None = 10240, **kwargs):
         kwargs.setdefault("val_size", 0)
         super().__init__(root, **kwargs)
-        if epoch_size is not None and epoch_size < 1:
-            raise InvalidValueError(f"data.epoch_size={epoch_size}: must be a positive number of images, or null")
+        positive_int("data.epoch_size", epoch_size, null="one pass over the training images", unit="images")
         self.train_per_class, self.test_per_class = train_per_class, test_per_class
         self.fold, self.epoch_size = fold, epoch_size
         check_split_args(train_per_class, test_per_class, fold)  # before anything is read

@@ -68,17 +68,12 @@ class SeededLoaders:
         return ResumableLoader(SeededItems(items), sampler=self.train_sampler(), **self._loader_options())
 
     def state_dict(self) -> dict[str, Any]:
-        """The mean image goes into every checkpoint: a network transferred from it sees its inputs
-        normalised as in its training. The data seed too: a resumed run continues the interrupted run's order
-        and augmentations."""
-        state: dict[str, Any] = {"data_seed": self.data_seed}
-        if self.mean is not None:
-            state["mean_image"] = self.mean
-        return state
+        """The data seed goes into every checkpoint: a resumed run continues the interrupted run's order and
+        augmentations."""
+        return {**super().state_dict(), "data_seed": self.data_seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("mean_image") is not None:
-            self.mean = state_dict["mean_image"]
+        super().load_state_dict(state_dict)
         if state_dict.get("data_seed") is not None:
             self.seed = int(state_dict["data_seed"])
 

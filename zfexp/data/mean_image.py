@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from zfexp.data.files import write_atomic
 from zfexp.data.sampling import private_generator
 from zfexp.data.transforms import pixels_transform
 from zfexp.errors import CheckpointError, InvalidValueError, UnsafeFileError
@@ -21,31 +21,6 @@ from zfexp.safe_load import load_torch_file
 
 log = logging.getLogger(__name__)
 
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary file of this process beside ``path``, then rename it to ``path``.
-
-    Readers never see half a file, and jobs of a parallel sweep that prepare the same file at once (each
-    extracting the dataset or caching the mean image) each write their own temporary file: the last rename
-    wins with a complete file. The file gets the permissions of any new file (0666 less the umask), not
-    ``mkstemp``'s 0600: a tree prepared or a cache written by one user is readable by the others.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-def current_umask() -> int:
-    """The process's umask (reading it means setting it: it is set back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int = 0,
                        desc: str = "mean image") -> torch.Tensor:
@@ -112,6 +87,19 @@ class MeanImage:
         write_atomic(path, lambda tmp: torch.save(mean, tmp))
         log.info("mean image %s cached at %s", tuple(mean.shape), path)
         return mean
+
+    def state_dict(self) -> dict[str, Any]:
+        """The mean image goes into every checkpoint: a network transferred from it sees its inputs normalised
+        as in its training."""
+        state = super().state_dict()
+        if self.mean is not None:
+            state["mean_image"] = self.mean
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("mean_image") is not None:
+            self.mean = state_dict["mean_image"]
 
     def _ensure_mean(self) -> None:
         """``self.mean``, once, when the preprocessing subtracts it: from the cache or computed; a mean image

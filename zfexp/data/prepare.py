@@ -28,8 +28,9 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
+from zfexp.checks import integer, positive_int
+from zfexp.data.files import write_atomic
 from zfexp.data.imagenet import load_pixels
-from zfexp.data.mean_image import write_atomic
 from zfexp.errors import CorruptImageError, DatasetNotFoundError, InvalidValueError
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.progress import progress
@@ -104,10 +105,8 @@ def check_config(cfg: DictConfig) -> None:
                                 "or another data config with train_dir/val_dir)")
     if cfg.data.preprocess.resize is None:
         raise InvalidValueError("data.preprocess.resize=null: nothing to prepare; give the smaller side, e.g. 256")
-    if not 1 <= cfg.jpeg_quality <= 100:
-        raise InvalidValueError(f"jpeg_quality={cfg.jpeg_quality}: valid 1..100 (95 keeps the detail a 224 crop sees)")
-    if cfg.workers is not None and cfg.workers < 1:
-        raise InvalidValueError(f"workers={cfg.workers}: a positive number of processes, or null (all cores)")
+    integer("jpeg_quality", cfg.jpeg_quality, 1, 100, unit="95 keeps the detail a 224 crop sees")
+    positive_int("workers", cfg.workers, null="all cores", unit="processes")
     root, out = Path(cfg.data.root).expanduser().resolve(), Path(cfg.out).expanduser().resolve()
     if out == root or root in out.parents:
         raise InvalidValueError(f"out={cfg.out} is inside data.root={cfg.data.root}; the prepared images would be "

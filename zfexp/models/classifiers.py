@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 from torch import nn
 
-from zfexp.errors import InvalidValueError
+from zfexp.errors import InvalidValueError, UserError
 from zfexp.models.torchvision_weights import (
     build_pretrained,
     categories,
@@ -66,9 +66,11 @@ def build_classifier(spec: Mapping[str, Any], num_classes: int, in_channels: int
         with weights_only_loads():  # a builder that loads weights itself (torchvision's) reads them safely
             net = instantiate(spec, **dims, _convert_="all")
     except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, UserError) and str(cause).startswith("model."):
+            raise cause from err  # it names its full key already (model.weights=...)
         # The builders' messages start with the option's name; say which config node it belongs to.
-        cause = err.__cause__ if isinstance(err.__cause__, ValueError) else err
-        raise InvalidValueError(f"model.{cause}") from err
+        raise InvalidValueError(f"model.{cause if isinstance(cause, ValueError) else err}") from err
     if not isinstance(net, nn.Module):
         raise InvalidValueError(f"model._target_={target} built a {type(net).__name__}, not a torch.nn.Module")
     if not in_family(target):  # a network that is not ours: fitted to the data, then tried on it

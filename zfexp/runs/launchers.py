@@ -1,5 +1,6 @@
-"""The launcher presets of ``conf/hydra/launcher/`` and the extra each needs: most users never run Ray or
-SLURM, so their Hydra plugins are not in the base install."""
+"""The launcher presets of ``conf/hydra/launcher/``, the extra each needs (most users never run Ray or SLURM,
+so their Hydra plugins are not in the base install), and whether the cluster a preset names answers: both
+checked before Hydra composes anything, so that a user reads what to do rather than a launcher's traceback."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
+import subprocess
 from collections.abc import Mapping, Sequence
 
-from zfexp.errors import MissingExtraError
+from zfexp.errors import InvalidValueError, MissingExtraError
 
 # preset -> (the plugin's module, the extra that installs it)
 LAUNCHER_EXTRAS = {"ray": ("hydra_plugins.hydra_ray_launcher", "ray"),
@@ -74,3 +77,44 @@ def check_launcher_extra(argv: Sequence[str], extras: Mapping[str, tuple[str, st
         if not _installed(module):
             raise MissingExtraError(f"hydra/launcher={preset} needs the [{extra}] extra, which is not installed: "
                                     f"pip install -e '.[{extra}]' (python3 bootstrap.py --dev installs every extra)")
+
+
+def check_launcher_reachable(argv: Sequence[str]) -> None:
+    """A launcher preset on the command line whose cluster does not answer stops with what to do: Ray told to
+    join a running instance (``hydra.launcher.ray.init.address=auto``) when none runs here; SLURM when no
+    controller answers ``sinfo`` (or the SLURM client is not installed)."""
+    overrides = {key.lstrip("+~"): value for key, _, value in (arg.partition("=") for arg in argv)}
+    launcher = overrides.get("hydra/launcher")
+    if launcher == "ray" and overrides.get("hydra.launcher.ray.init.address") == "auto":
+        _check_ray_running()
+    elif launcher == "slurm":
+        _check_slurm_answers()
+
+
+def _check_ray_running() -> None:
+    try:  # Ray's own lookup of "auto" (RAY_ADDRESS, then the instances running here)
+        from ray._private.services import get_ray_address_from_environment
+    except ImportError:  # another Ray: its launcher says it itself
+        return
+    try:
+        get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise InvalidValueError(
+            "hydra.launcher.ray.init.address=auto: no Ray instance runs on this machine to join (and RAY_ADDRESS is "
+            "not set). Start one (ray start --head, or run from a Ray cluster's head node), give its address "
+            "(ray://<head>:10001), or leave the address out to start Ray for this sweep here") from None
+
+
+def _check_slurm_answers() -> None:
+    sinfo = shutil.which("sinfo")
+    if sinfo is None:
+        raise InvalidValueError("hydra/launcher=slurm: the SLURM client (sbatch, sinfo) is not installed here; launch "
+                                "from a SLURM cluster's login node, or use hydra/launcher=ray on this machine")
+    try:
+        done = subprocess.run([sinfo, "-h", "-o", "%P"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return  # a busy controller: the launcher waits for it as it would
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or ["no answer"])[-1]
+        raise InvalidValueError(f"hydra/launcher=slurm: no SLURM controller answers here (sinfo: {said}); launch "
+                                "from a SLURM cluster's login node, or check the cluster's slurm.conf")

@@ -27,7 +27,6 @@ METRICS = (("train/top1_err", "train top-1"), ("val/top1_err", "val top-1"), ("v
 EXTRA_METRICS = (("filters/dead_frac/conv1", "conv1 dead %", 100.0),)
 
 
-
 def rows(jobs: list[Job]) -> list[dict]:
     """One dict per job, or per group of jobs that differ only in their seed: label, overrides, status, ours and
     the paper's errors (None where missing); a group's metrics are means, with ``<metric> std`` and ``n``."""
@@ -142,7 +141,6 @@ def summarize(sweep_dir: str | Path, log_wandb: bool = False, more_dirs: Sequenc
         log_summary_to_wandb(sweep_dir, table)
     print(text, end="")
     return table
-
 
 
 def main(argv: list[str] | None = None) -> None:

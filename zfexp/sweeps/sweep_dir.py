@@ -13,6 +13,7 @@ from zfexp.sweeps.paper_numbers import TABLE3, PaperRow
 
 SEED = "seed="
 
+
 @dataclass
 class Job:
     """One job directory of a multirun."""
