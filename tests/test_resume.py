@@ -75,7 +75,9 @@ def step_of(path: Path) -> int | None:
         return None
 
 
-@pytest.mark.parametrize("where", ["mid_epoch", "epoch_boundary"])
+# The mid-epoch resume is the harder one (the loader's position, the epoch's metrics so far); the epoch
+# boundary's runs with the slow tests.
+@pytest.mark.parametrize("where", ["mid_epoch", pytest.param("epoch_boundary", marks=pytest.mark.slow)])
 def test_killed_run_resumes_to_the_uninterrupted_runs_numbers(tmp_path, uninterrupted, where):
     log_dir = tmp_path / "logs"
     if where == "mid_epoch":  # in the second epoch, with two loader workers; resumed on a machine without them
@@ -155,6 +157,7 @@ def test_a_loader_reads_the_state_torchdata_wrote_in_older_checkpoints():
     assert len(list(ended)) == 13
 
 
+@pytest.mark.slow
 def test_the_same_command_gives_the_same_numbers_with_and_without_the_mean_image_cache(tmp_path, fashion_mnist_raw):
     root = tmp_path / "data"  # a data folder of its own, with no cached mean image yet
     shutil.copytree(fashion_mnist_raw.parent, root / "FashionMNIST")
