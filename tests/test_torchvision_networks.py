@@ -80,6 +80,7 @@ def test_offline_with_nothing_cached_names_the_file_and_where_to_put_it(torch_ho
     assert str(torch_home / "hub" / "checkpoints" / RESNET18_FILE) in message
     assert "https://download.pytorch.org/models/" + RESNET18_FILE in message
     assert "$TORCH_HOME/hub/checkpoints/" in message
+    assert message.endswith("or give weights=<a state_dict file>")  # the key of the command it came from
 
 
 def test_a_cached_file_holding_code_is_refused_unopened(torch_home, tmp_path):

@@ -95,7 +95,7 @@ def build_pretrained(builder: str, weights, key: str, **kwargs: Any) -> nn.Modul
                 f"{key}={weights}: torchvision's file for these weights is not in the torch hub cache and could not "
                 f"be downloaded ({type(err).__name__}: {first_line}). Download {weights.url} on a machine with "
                 f"internet and put it at {path} ($TORCH_HOME/hub/checkpoints/{path.name}; TORCH_HOME defaults to "
-                "~/.cache/torch), or give {key}=<a state_dict file>") from None
+                f"~/.cache/torch), or give {key}=<a state_dict file>") from None
         raise CheckpointError(f"{key}={weights}: {path} cannot be read into torchvision's {builder} "
                               f"({type(err).__name__}: {first_line}); delete it (the next run downloads "
                               f"{weights.url} again) or put a complete copy there") from None
