@@ -66,12 +66,16 @@ def quiet_repeated_launcher_warnings() -> None:
         submitit_log.addFilter(FirstOnly("Bypassing sacct error"))
 
 
+def _overrides(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """``(key, value)`` of each ``key=value`` on the command line, the key without Hydra's ``+``/``~``."""
+    return [(key.lstrip("+~"), value) for key, sep, value in (arg.partition("=") for arg in argv) if sep]
+
+
 def check_launcher_extra(argv: Sequence[str], extras: Mapping[str, tuple[str, str]] = LAUNCHER_EXTRAS) -> None:
     """Before Hydra composes anything: a ``hydra/launcher=<preset>`` on the command line whose plugin is not
     installed stops with the extra to install (Hydra itself would only say the config is missing)."""
-    for arg in argv:
-        key, _, preset = arg.partition("=")
-        if key.lstrip("+~") != "hydra/launcher" or preset not in extras:
+    for key, preset in _overrides(argv):
+        if key != "hydra/launcher" or preset not in extras:
             continue
         module, extra = extras[preset]
         if not _installed(module):
@@ -83,7 +87,7 @@ def check_launcher_reachable(argv: Sequence[str]) -> None:
     """A launcher preset on the command line whose cluster does not answer stops with what to do: Ray told to
     join a running instance (``hydra.launcher.ray.init.address=auto``) when none runs here; SLURM when no
     controller answers ``sinfo`` (or the SLURM client is not installed)."""
-    overrides = {key.lstrip("+~"): value for key, _, value in (arg.partition("=") for arg in argv)}
+    overrides = dict(_overrides(argv))
     launcher = overrides.get("hydra/launcher")
     if launcher == "ray" and overrides.get("hydra.launcher.ray.init.address") == "auto":
         _check_ray_running()
