@@ -8,6 +8,7 @@ from callbacks.guided_backprop import GuidedBackpropSnapshots
 from callbacks.invariance_curves import InvarianceCurves
 from callbacks.occlusion_maps import OcclusionMaps
 from callbacks.top_activations import TopActivations
+from callbacks.training_speed import TrainingSpeed
 
 __all__ = ["BestCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "GuidedBackpropSnapshots",
-           "InvarianceCurves", "OcclusionMaps", "ResumeCheckpoint", "TopActivations"]
+           "InvarianceCurves", "OcclusionMaps", "ResumeCheckpoint", "TopActivations", "TrainingSpeed"]

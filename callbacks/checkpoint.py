@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from zfexp.checkpoints import LAST, LAST_STEP
 from zfexp.checks import positive_int
-from zfexp.module import is_finite_model
+from zfexp.divergence import is_finite_model
 from zfexp.runs.config_groups import config_key
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,15 @@ class ResumeCheckpoint(Checkpoint):
         at = (trainer.current_epoch, trainer.global_step)
         if at == self._saved_at:
             return
-        if not is_finite_model(pl_module):
+        if not is_finite_model(pl_module):  # one host-device synchronisation per checkpoint
             log.warning("not writing %s at global step %d: the network has NaN or infinite weights", name, at[1])
             return
         path = self.dirpath / name
         self._saved_at = at
-        self.latest_checkpoint = (str(path), trainer.global_step)
-        # Atomic on a local disk: Lightning writes a temporary file and renames it.
+        # Atomic on a local disk: Lightning writes a temporary file and renames it. The module's on_save_checkpoint
+        # raises instead when a step since the last check diverged; the file is then not written, nor named here.
         trainer.save_checkpoint(path, weights_only=False)
+        self.latest_checkpoint = (str(path), trainer.global_step)
 
     def state_dict(self) -> dict[str, Any]:
         return {"saved_at": self._saved_at}

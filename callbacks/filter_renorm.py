@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from callbacks.network_layers import network_of
-from zfexp.analysis import conv_layers, renormalize_filter_masks_
+from zfexp.analysis import FilterRenormalizer, conv_layers
 from zfexp.checks import positive_number
 from zfexp.errors import InvalidValueError
 from zfexp.runs.config_groups import config_key
@@ -37,8 +37,9 @@ class FilterRenorm(Callback):
         self.enabled = bool(enabled)
         self.layers = list(layers) if layers is not None else None
         self._last_step = -1
-        self._hit: dict[str, torch.Tensor] = {}
         self._trained: list[str] = []
+        self._renorm: FilterRenormalizer | None = None  # its weights, found once, when training starts
+        self._hit: torch.Tensor | None = None  # [filters of every layer]: rescaled at least once this epoch
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         try:  # fails before training on an unknown layer name
@@ -48,8 +49,12 @@ class FilterRenorm(Callback):
         # Fixed layers (transfer with ``freeze``) are not renormalised: their weights must stay as loaded.
         self._trained = [name for name, conv in convs.items() if conv.weight.requires_grad]
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        net = network_of(pl_module)
+        self._renorm = FilterRenormalizer({name: net.get_submodule(name) for name in self._trained}, self.radius)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._hit = {}
+        self._hit = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
@@ -57,12 +62,15 @@ class FilterRenorm(Callback):
         if not self.enabled or not self._trained or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        masks = renormalize_filter_masks_(network_of(pl_module), self.radius, self._trained)
-        for name, mask in masks.items():
-            self._hit[name] = mask if name not in self._hit else self._hit[name] | mask
+        # A module that skips a diverged step's update on the device (zfexp's ImageClassifier) keeps its flag there:
+        # the filters of a skipped step stay as they were too.
+        rescaled = self._renorm(skip=getattr(getattr(pl_module, "divergence", None), "diverged_on_device", None))
+        self._hit = rescaled if self._hit is None else self._hit.logical_or_(rescaled)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for name, mask in self._hit.items():
+        if self._hit is None:
+            return
+        for name, mask in self._renorm.per_layer(self._hit).items():
             # Every rank holds the same weights, so the same count; synced all the same, so that the logged value
             # is defined under DDP whatever a rank saw (and Lightning has nothing to warn about).
             pl_module.log(f"renorm/{name}", mask.sum().float(), on_step=False, on_epoch=True, sync_dist=True)

@@ -3,15 +3,13 @@ numbers as a table."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import lightning as L
 
 from callbacks.network_layers import evaluating, layers_or_defaults, network_of
 from callbacks.scheduled_analysis import ProbedAnalysis
 from callbacks.training_outputs import TrainingSink, inputs_of
-from zfexp.analysis.occlusion_drilldown import drill_down
 from zfexp.checks import positive_int
 from zfexp.errors import InvalidValueError
 from zfexp.models.external import default_conv_layers
@@ -26,21 +24,16 @@ class OcclusionMaps(ProbedAnalysis):
         feature_layer: the conv layer whose strongest map is followed (paper: layer 5); ``None``: conv5, else
             the network's last conv.
         probe_size: validation images (chosen once, seeded, kept in the checkpoint).
-        batch_size: occluded copies per forward batch.
-        approximate: ``None`` (every position computed), ``true`` (the approximate mode with its defaults), or
-            the fields of :class:`zfexp.analysis.DrillDown` (``{coarse: null, threshold: 0.01}``): the fine grid
-            only where a coarse one shows an effect; the caption and the table say which positions were computed.
+        batch_size: occluded copies per forward batch; ``None``: by the device's memory (as many as fit in a
+            quarter of a GPU's free memory, 64 on a CPU). The same maps with any.
     """
 
     def __init__(self, epochs: Sequence[int] = (), patch: int | None = None, stride: int | None = None,
-                 feature_layer: str | None = None, probe_size: int = 4, batch_size: int = 256, seed: int = 0,
-                 approximate: Mapping[str, Any] | bool | None = None):
+                 feature_layer: str | None = None, probe_size: int = 4, batch_size: int | None = None, seed: int = 0):
         super().__init__(epochs, probe_size, seed)
-        # Checked now (before training) by building it.
-        self.approximate = drill_down(approximate, f"{self.config_key}.approximate")
         positive_int(f"{self.config_key}.patch", patch, null="a quarter of the image side")
         positive_int(f"{self.config_key}.stride", stride, null="a quarter of the patch")
-        positive_int(f"{self.config_key}.batch_size", batch_size)
+        positive_int(f"{self.config_key}.batch_size", batch_size, null="by the device's memory")
         self.patch, self.stride, self.feature_layer, self.batch_size = patch, stride, feature_layer, batch_size
         self.chosen_layer: str | None = None  # named in setup (the network's default for None)
 
@@ -60,4 +53,4 @@ class OcclusionMaps(ProbedAnalysis):
         with evaluating(net):
             occlusion(net, images, labels, inputs_of(trainer),
                       TrainingSink(trainer, epoch, rename=lambda key: self.key(key, "occlusion_maps")),
-                      self.chosen_layer, self.patch, self.stride, self.batch_size, self.approximate)
+                      self.chosen_layer, self.patch, self.stride, self.batch_size)

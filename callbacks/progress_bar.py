@@ -63,6 +63,11 @@ class TerminalProgressBar(RichProgressBar):
         if self.lines is not None:
             self.lines.on_train_epoch_end(trainer, pl_module)
 
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = train_loss_step(trainer, pl_module) if trainer.training else None
+        return {**metrics, "train/loss_step": f"{loss:.4g}"} if loss is not None else metrics
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_test_end(trainer, pl_module)
         if self.lines is not None:
@@ -73,7 +78,7 @@ class PlainProgressBar(ProgressBar):
     """Progress as log lines (rank zero only)::
 
         epoch 3/70 step 200/938 (21%): train/loss_step 1.234, 61.2 steps/s, 12s left in the epoch
-        epoch 3/70 done in 15s: train/loss 1.102, train/top1_err 38.20, val/loss 0.981, val/top1_err 33.10, ...
+        epoch 3/70 done in 15s: train/loss 1.102, train/top1_err 38.20, val/loss 0.981, ..., perf/train_img_per_s 2552
         test: test/loss 0.990, test/top1_err 33.40, ...
     """
 
@@ -108,21 +113,30 @@ class PlainProgressBar(ProgressBar):
         rate = done / elapsed if elapsed > 0 else float("inf")
         where = f"{done}/{total} ({100 * done // total}%)" if isinstance(total, int) and total else str(done)
         left = f", {duration((total - done) / rate)} left in the epoch" if isinstance(total, int) and total else ""
-        loss = _numbers(trainer.callback_metrics, ("train/loss_step",))
-        log.info("%s step %s: %s%s%.1f steps/s%s", self._epoch(trainer), where, loss, ", " if loss else "", rate,
-                 left)
+        loss = train_loss_step(trainer, pl_module)
+        loss = f"train/loss_step {loss:.4g}, " if loss is not None else ""
+        log.info("%s step %s: %s%.1f steps/s%s", self._epoch(trainer), where, loss, rate, left)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation has run by now, so the epoch's val/ numbers are in callback_metrics beside the train/ ones.
         if not self._active(trainer):
             return
-        metrics = _numbers(trainer.callback_metrics, ("train/", "val/"), skip="_step")
+        metrics = _numbers(trainer.callback_metrics, ("train/", "val/", "perf/"), skip="_step")
         log.info("%s done in %s: %s", self._epoch(trainer), duration(time.perf_counter() - self._epoch_start),
                  metrics or "no metrics logged")
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._active(trainer):
             log.info("test: %s", _numbers(trainer.callback_metrics, ("test/",)) or "no metrics logged")
+
+
+def train_loss_step(trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
+    """The newest training loss the host has, for display: the module's ``latest_train_loss`` (read without
+    waiting for the device, :class:`zfexp.module.ImageClassifier`), else a ``train/loss_step`` a module logs."""
+    if hasattr(pl_module, "latest_train_loss"):
+        return pl_module.latest_train_loss
+    value = trainer.callback_metrics.get("train/loss_step")
+    return float(value) if value is not None else None
 
 
 def _numbers(metrics: dict, prefixes: tuple[str, ...], skip: str | None = None) -> str:

@@ -155,3 +155,20 @@ def test_loader_batches_cross_as_uint8():
     dm = _fashion("device")
     images, labels = next(iter(DataLoader(dm.data_val, batch_size=4)))
     assert images.dtype == torch.uint8 and images.shape == (4, 1, 32, 32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_batch_copied_on_the_side_stream_is_the_batch_and_the_compute_stream_waits_for_it():
+    from zfexp.data.device_copy import CopyOnSideStream
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    batch = [torch.randint(0, 256, (64, 3, 256, 256), dtype=torch.uint8).pin_memory(),
+             torch.arange(64).pin_memory()]
+    busy = torch.randn(4096, 4096, device=device)
+    for _ in range(20):
+        busy = busy @ busy.T / 4096  # the compute stream is busy while the copy is issued
+    moved = CopyOnSideStream().transfer_batch_to_device(batch, device, 0)
+    # Used on the compute stream right away: it waits for the copy there.
+    assert torch.equal(moved[0].float().sum().cpu(), batch[0].float().sum())
+    assert torch.equal(moved[1].cpu(), batch[1]) and moved[0].device == device

@@ -1,6 +1,7 @@
 """Lightning DDP on two CPU processes (gloo), through train.py as a user runs it: each image is written once, the
-evaluation counts every image once whatever the split's size, a loss that diverges on one rank stops every rank
-with the message, and a run killed mid-epoch resumes to the uninterrupted run's numbers (``-m slow``)."""
+evaluation counts every image once whatever the split's size, no step waits for the host and a loss that diverges on
+one rank stops every rank with the message, and a run killed mid-epoch resumes to the uninterrupted run's numbers
+(``-m slow``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 
 from tests.conftest import ROOT, compose_train, train_cmd
+from zfexp.divergence import READ_LAG
 from zfexp.module import ImageClassifier
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
@@ -48,7 +50,7 @@ def test_ddp_writes_each_image_once_and_evaluates_every_image_once(tmp_path):
     # Epoch-level losses are reduced over the ranks: Lightning's warning about logging them without it is absent.
     assert "sync_dist" not in done.stdout + done.stderr
     run = newest_run(log_dir)
-    assert "strategy: ddp" in (run / "config.yaml").read_text()
+    assert "_target_: zfexp.ddp.DDPStrategy" in (run / "config.yaml").read_text()
     images = sorted(p.name for p in (run / "images").glob("*.png"))
     assert images == ["deconv_conv1_epoch001.png", "deconv_conv1_evolution.png", "deconv_conv5_epoch001.png",
                       "deconv_conv5_evolution.png"]
@@ -68,18 +70,37 @@ def test_ddp_writes_each_image_once_and_evaluates_every_image_once(tmp_path):
         assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, metrics[key], value)
 
 
-def test_a_loss_diverging_on_one_rank_stops_every_rank_with_the_message(tmp_path):
+def test_no_step_waits_for_the_host_and_a_loss_diverging_on_one_rank_stops_every_rank(tmp_path):
+    """Two processes with the default callbacks, logging and progress lines every 2 steps: no step makes a host
+    sync (counted as on a GPU: tests.helpers.host_syncs); an infinite loss on rank 1 at step 3 is found on the
+    device, its update and those after it skipped on both ranks, and both stop with the message, the weights of
+    before step 3 bit-equal."""
     log_dir = tmp_path / "logs"
     start = time.time()
-    done = run_train(log_dir, *SMALL, *DDP, "data.subset_size=512", "callbacks=default", "logger=csv",
-                     "+callbacks.diverge={_target_: tests.helpers.diverging.InfiniteImagesOnRank, rank: 1, step: 2}",
-                     timeout=300)  # without the collective check, rank 0 would wait in the all-reduce for 30 min
+    with_progress = [o for o in DDP if "progress_bar" not in o]
+    done = run_train(log_dir, *SMALL, *with_progress, "data.subset_size=1024", "callbacks=default", "logger=csv",
+                     "trainer.log_every_n_steps=2", "callbacks.progress_bar.every_n_steps=2",
+                     "callbacks.progress_bar.terminal=false",
+                     "+callbacks.diverge={_target_: tests.helpers.diverging.InfiniteImagesOnRank, rank: 1, step: 3}",
+                     f"+callbacks.weights={{_target_: tests.helpers.diverging.WeightsBeforeStep, step: 3, "
+                     f"out: '{tmp_path}/weights{{rank}}.json'}}",
+                     f"+callbacks.count_syncs={{_target_: tests.helpers.host_syncs.CountHostSyncs, "
+                     f"out: '{tmp_path}/syncs{{rank}}.json'}}",
+                     timeout=300)  # had a rank stopped alone, the other would wait in the all-reduce for 30 min
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     message = done.stderr[done.stderr.index("Error: "):]
-    assert "train/loss is not finite on 1 of 2 processes at epoch 1, global step 2" in message, message
+    assert "train/loss is not finite on 1 of 2 processes at epoch 1, global step 3" in message, message
+    run = newest_run(log_dir)
+    assert f"the newest checkpoint, {run / 'checkpoints' / 'last.ckpt'} (global step 0)" in message, message
     assert time.time() - start < 240
-    record = json.loads((newest_run(log_dir) / "metrics.json").read_text())
+    record = json.loads((run / "metrics.json").read_text())
     assert record["status"] == "failed" and "NonFiniteLossError" in record["error"]
+    for rank in (0, 1):
+        weights = json.loads((tmp_path / f"weights{rank}.json").read_text())
+        assert weights == {"bit_equal": True, "stopped_at": 3 + READ_LAG, "error": "NonFiniteLossError"}, rank
+        counted = json.loads((tmp_path / f"syncs{rank}.json").read_text())
+        # Steps 0..5: step 5 starts, reads step 3's record and stops.
+        assert counted["per_step"] == [0] * (3 + READ_LAG + 1), counted["found"]
 
 
 RESUMABLE = [*SMALL, *DDP, "data.subset_size=1024", "data.batch_size=32", "trainer.max_epochs=2",
@@ -126,3 +147,22 @@ def _complete(path: Path) -> bool:
         return True
     except (RuntimeError, EOFError, OSError):
         return False
+
+
+def test_the_sigterm_flag_of_rank_zero_crosses_on_the_host(tmp_path):
+    """trainer=ddp's strategy broadcasts Lightning's SIGTERM flag over a host process group: a rank that learns of a
+    SIGTERM stops with Lightning's SIGTERMException, the others carry on; nothing is read from a device."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from zfexp.ddp import broadcast_sigterm_on_host
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        broadcast_sigterm_on_host(SimpleNamespace(received_sigterm=False), None)
+        with pytest.raises(SIGTERMException):
+            broadcast_sigterm_on_host(SimpleNamespace(received_sigterm=True), None)
+    finally:
+        dist.destroy_process_group()

@@ -64,3 +64,28 @@ def test_layers_selects_and_unknown_names_are_rejected():
         renormalize_filters_(model, layers=["conv9"])
     with pytest.raises(ValueError, match="radius=0"):
         renormalize_filters_(model, radius=0)
+
+
+def test_the_per_step_renormaliser_gives_the_same_bits_and_a_skipped_step_changes_nothing():
+    """FilterRenormalizer (what FilterRenorm runs after every step, all layers at once) gives the weights of
+    renormalize_filters_ bit for bit; with the flag of a step whose update was skipped, no filter changes."""
+    from zfexp.analysis import FilterRenormalizer, conv_layers
+
+    def scaled_net():
+        torch.manual_seed(0)
+        model = zfnet_small(num_classes=10, in_channels=1, init="kaiming")
+        with torch.no_grad():
+            for name in ("conv2", "conv3", "conv4", "conv5"):
+                model.get_submodule(name).weight.mul_(7)
+        return model
+
+    reference, model = scaled_net(), scaled_net()
+    counts = renormalize_filters_(reference, radius=0.1)
+    renorm = FilterRenormalizer(conv_layers(model), 0.1)
+    skipped = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert not renorm(skip=torch.ones(1)).any()
+    assert all(torch.equal(p, skipped[n]) for n, p in model.named_parameters())
+    rescaled = renorm.per_layer(renorm(skip=torch.zeros(1)))
+    assert {name: int(mask.sum()) for name, mask in rescaled.items()} == counts
+    assert all(counts[name] > 0 for name in ("conv1", "conv2", "conv3", "conv4", "conv5")), counts
+    assert all(torch.equal(p, reference.get_parameter(n)) for n, p in model.named_parameters())

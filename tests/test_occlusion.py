@@ -197,53 +197,18 @@ def test_the_automatic_way_is_the_devices_and_gives_both_forced_ways_maps():
         assert torch.equal(auto.top_label, other.top_label)
 
 
-def test_approximate_maps_are_exact_where_computed_and_within_the_bound_elsewhere(fashion_mnist_raw):
-    from benchmarks.occlusion import fashion_mnist_case
-    from zfexp.analysis import DrillDown
+def test_the_batch_of_copies_and_their_layout_change_no_number():
+    """Whole copies: any batch (the one chosen by the device's memory included) and either memory layout give the
+    maps of one copy at a time."""
+    from zfexp.analysis.occlusion import copies_per_batch
 
-    model, images, labels = fashion_mnist_case(n_images=6)
-    exact = occlusion_maps(model, images, labels, patch=7, stride=1)
-    approx = occlusion_maps(model, images, labels, patch=7, stride=1, approximate=DrillDown(threshold=0.01))
-    computed = approx.exact
-    assert exact.exact is None and exact.exact_fraction == 1.0
-    assert 0.05 < approx.exact_fraction < 0.9  # some positions interpolated, some drilled into
-    assert torch.allclose(approx.prob_true[computed], exact.prob_true[computed], atol=1e-6)
-    assert torch.allclose(approx.feature_activity[computed], exact.feature_activity[computed], rtol=1e-5, atol=1e-5)
-    assert torch.equal(approx.top_label[computed], exact.top_label[computed])
-    drop = (exact.base_prob[:, None, None] - exact.prob_true).abs().amax()
-    assert drop > 0.1  # occlusion moves this network's output: the bound below is not trivially met
-    assert (approx.prob_true - exact.prob_true).abs().max() <= 0.02  # the documented bound
-    assert [row["computed"] for row in approx.table()].count(False) == int((~computed).sum())
-
-
-def test_drill_down_checks_its_settings():
-    from zfexp.analysis import DrillDown
-
-    with pytest.raises(ValueError, match="approximate.coarse=0"):
-        DrillDown(coarse=0)
-    with pytest.raises(ValueError, match="approximate.threshold=-1"):
-        occlusion_maps(small_net(), torch.randn(1, 1, 28, 28), [0], patch=7, stride=1,
-                       approximate={"threshold": -1})
-    # The callback takes the same fields from its config, and checks them when it is built (before training).
-    from callbacks import OcclusionMaps
-
-    assert OcclusionMaps(approximate={"threshold": 0.02}).approximate == DrillDown(threshold=0.02)
-    with pytest.raises(ValueError, match=r"^OcclusionMaps.approximate.margin=-1: must be an integer, 0 or more"):
-        OcclusionMaps(approximate={"margin": -1})  # the full key of the setting (built from Python: the class's)
-    # true: the approximate mode with its defaults; false: every position
-    images = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    assert occlusion_maps(small_net(), images, [0], patch=8, stride=2, approximate=True).exact is not None
-    assert occlusion_maps(small_net(), images, [0], patch=8, stride=2, approximate=False).exact is None
-    assert OcclusionMaps(approximate=True).approximate == DrillDown()
-    with pytest.raises(ValueError, match=r"approximate=\{'treshold': 0.1\} has \['treshold'\]; valid fields"):
-        OcclusionMaps(approximate={"treshold": 0.1})
-
-
-def test_approximate_mode_with_no_effect_anywhere_computes_only_the_coarse_grid():
-    from zfexp.analysis import DrillDown
-
-    model = small_net()
-    images = torch.zeros(1, 1, 28, 28)  # the square (fill 0) changes nothing on a blank image
-    result = occlusion_maps(model, images, [0], patch=8, stride=2, approximate=DrillDown(threshold=0.01))
-    assert 0 < result.exact_fraction < 0.3  # the coarse grid (every 2nd step, and the last) only
-    assert torch.allclose(result.prob_true, result.base_prob[:, None, None].expand_as(result.prob_true))
+    model = small_net("batchnorm")
+    images = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    assert copies_per_batch(model, images) == 64  # on a CPU
+    one = occlusion_maps(model, images, [0, 1, 2], patch=6, stride=3, incremental=False, batch_size=1)
+    for batch in (7, None):
+        got = occlusion_maps(model, images, [0, 1, 2], patch=6, stride=3, incremental=False, batch_size=batch)
+        assert torch.allclose(got.prob_true, one.prob_true, atol=1e-6) and torch.equal(got.top_label, one.top_label)
+        assert torch.allclose(got.feature_activity, one.feature_activity, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size=0: must be a positive integer, or null"):
+        occlusion_maps(model, images, [0, 1, 2], patch=6, stride=3, batch_size=0)

@@ -28,6 +28,7 @@ from callbacks import (
     OcclusionMaps,
     ResumeCheckpoint,
     TopActivations,
+    TrainingSpeed,
     guided_backprop,
 )
 from callbacks.progress_bar import TerminalProgressBar
@@ -166,7 +167,8 @@ def test_a_bad_layer_stops_the_run_before_training(run_dir):
 
 
 # Under pytest stdout is no terminal: the plain progress lines rather than the rich bar.
-DEFAULT = {BestCheckpoint, ResumeCheckpoint, LearningRateMonitor, ModelSummary, TerminalProgressBar, FilterRenorm}
+DEFAULT = {BestCheckpoint, ResumeCheckpoint, LearningRateMonitor, ModelSummary, TrainingSpeed, TerminalProgressBar,
+           FilterRenorm}
 FIGURES = {DeconvSnapshots, TopActivations, FilterDiagnostics, OcclusionMaps, InvarianceCurves}
 
 

@@ -32,13 +32,17 @@ def test_a_run_off_a_terminal_logs_progress_and_one_line_per_epoch_to_train_log(
     assert [e for e, _ in epochs] == ["1", "2"]
     metrics = json.loads((run / "metrics.json").read_text())
     for _, line in epochs:
-        assert "train/loss" in line and "val/top1_err" in line
+        assert "train/loss" in line and "val/top1_err" in line and "perf/train_img_per_s" in line
     # The last epoch's line says what metrics.json says (4 significant digits).
     val = float(re.search(r"val/top1_err ([\d.]+)", epochs[-1][1]).group(1))
     assert abs(val - metrics["val/top1_err"]) <= 0.01 * max(1.0, abs(val))
     # 256 images / 64 per batch = 4 steps an epoch: a line at step 2 of each (the last step has the epoch's).
     assert len(re.findall(r"epoch \d/2 step 2/4 \(50%\): train/loss_step", text)) == 2
     assert re.search(r"test: test/loss [\d.]+, .*test/top1_err", text)
+    # The run's last line: its errors and its steady-state speed, as in metrics.json.
+    last = text.strip().splitlines()[-1]
+    speed = f"training {metrics['perf/train_img_per_s']:,.0f} images/s (steady state"
+    assert f"done: test/top1_err {metrics['test/top1_err']:.2f}, " in last and speed in last, last
     # Lightning's own messages reach the run's log too: the model summary with the layers' output sizes.
     assert re.search(r"net\.conv1 .*\[1, 8, 28, 28\]", text)
     assert text.count("net.conv1 ") == 1 and done.stdout.count("net.conv1 ") == 1  # once each, not twice

@@ -105,8 +105,11 @@ def test_trainer_presets_compose(run_dir):
     gpu = compose_train(run_dir, ["trainer=gpu"])
     assert gpu.trainer.precision == "bf16-mixed" and gpu.trainer.accelerator == "gpu"
     assert gpu.module.channels_last == "auto"  # the presets set trainer values only
+    assert gpu.trainer.benchmark is True  # cuDNN's autotuning, as torchvision's reference scripts
+    assert compose_train(run_dir, ["trainer=gpu", "trainer.deterministic=true"]).trainer.benchmark is False
     ddp = compose_train(run_dir, ["trainer=ddp"])
-    assert ddp.trainer.strategy == "ddp" and ddp.trainer.devices == -1 and ddp.trainer.max_epochs == 70
+    assert ddp.trainer.strategy._target_ == "zfexp.ddp.DDPStrategy"  # Lightning's, without its per-step sync
+    assert ddp.trainer.devices == -1 and ddp.trainer.max_epochs == 70
     assert ddp.trainer.precision == "bf16-mixed"  # from gpu.yaml, which it extends
 
 

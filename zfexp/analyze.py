@@ -28,7 +28,6 @@ from zfexp.analysis import TRANSFORMS
 from zfexp.analysis.activations import check_feature_layers
 from zfexp.analysis.deconv_record import check_projectable
 from zfexp.analysis.map_choice import chosen_maps
-from zfexp.analysis.occlusion_drilldown import drill_down
 from zfexp.data.classes import dataset_targets
 from zfexp.data.normalization import InputNormalization
 from zfexp.data.photos import ImageFiles, photo_transform
@@ -101,11 +100,8 @@ class Analysis:
     def occlusion(self) -> None:
         c = self.cfg.occlusion
         images, labels = self.batch(c.num_images, seed_offset=1)
-        approximate = c.get("approximate")
-        approximate = OmegaConf.to_container(approximate) if isinstance(approximate, DictConfig) else approximate
         recipes.occlusion(self.net, images, labels, self.inputs, self, c.feature_layer, c.patch, c.stride,
-                          c.batch_size, drill_down(approximate, "occlusion.approximate"),
-                          truth="true" if self.labelled else "predicted")
+                          c.batch_size, truth="true" if self.labelled else "predicted")
 
     def invariance(self) -> None:
         c = self.cfg.invariance

@@ -18,12 +18,12 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MetricCollection
 
 from zfexp.checks import number_in, one_of, positive_number
-from zfexp.errors import InvalidValueError, NonFiniteLossError
+from zfexp.divergence import StopOnDivergence
+from zfexp.errors import InvalidValueError
 from zfexp.metrics import MeanClassAccuracy, TopKError, WeightedMean
 from zfexp.models.classifiers import build_classifier, with_lrn_convention
 from zfexp.resuming import ExactResume
 
-PAPER_LR = 1e-2
 # The paper anneals "manually when the validation error plateaus": ReduceLROnPlateau on val/top1_err (in points).
 LR_PLATEAU = MappingProxyType({"factor": 0.1, "patience": 2, "threshold": 0.1, "threshold_mode": "abs",
                                "min_lr": 1e-5})
@@ -46,7 +46,7 @@ def frozen_children(net: nn.Module, freeze: str | None) -> list[str]:
     return names[: names.index(following[0])]
 
 
-class ImageClassifier(ExactResume, L.LightningModule):
+class ImageClassifier(StopOnDivergence, ExactResume, L.LightningModule):
     """Wraps a network built from a config, so a checkpoint alone rebuilds it (``load_from_checkpoint``).
 
     Args:
@@ -120,14 +120,16 @@ class ImageClassifier(ExactResume, L.LightningModule):
             # submodule's own mode after validation; train() below keeps them in eval mode too.
             self.net.get_submodule(name).requires_grad_(False).eval()
         top5 = min(5, num_classes)
+        # No compute groups: finding them compares the metrics' states after the first update, a host sync.
         metrics = MetricCollection({"top1_err": TopKError(num_classes, 1), "top5_err": TopKError(num_classes, top5),
-                                    "mean_class_acc": MeanClassAccuracy(num_classes)})
+                                    "mean_class_acc": MeanClassAccuracy(num_classes)}, compute_groups=False)
         self.train_metrics = metrics.clone(prefix="train/")
         self.train_loss = WeightedMean()  # the epoch's mean training loss, kept in mid-epoch checkpoints
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         # Mean losses over images: under DDP, ranks with shares of different sizes combine exactly.
         self.val_loss, self.test_loss = WeightedMean(), WeightedMean()
+        self._logged_this_epoch: set[str] = set()  # the stages whose metric objects Lightning has this epoch
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
@@ -182,47 +184,31 @@ class ImageClassifier(ExactResume, L.LightningModule):
         images, labels = batch
         logits = self._step_net(images)
         loss = F.cross_entropy(logits, labels)
-        self._stop_if_diverged(loss)
+        self.step_loss = loss.detach()  # checked on the device after backward (StopOnDivergence)
         self.train_metrics.update(logits.detach(), labels)
         self.train_loss.update(loss, labels.numel())
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=False)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=False)
+        self._log_epoch_metrics("train", self.train_metrics, self.train_loss)
         return loss
 
-    def _stop_if_diverged(self, loss: torch.Tensor) -> None:
-        """Raise :class:`NonFiniteLossError` when the loss is NaN or infinite on this process or, under DDP, on any:
-        every rank stops at the same step, before backward, whose gradient all-reduce would otherwise wait for the
-        rank that stopped. Before backward and the optimizer step: the diverged weights are never stepped
-        further, and no checkpoint is written from them (see callbacks.ResumeCheckpoint).
+    def _log_epoch_metrics(self, stage: str, metrics: MetricCollection, mean_loss: WeightedMean) -> None:
+        """Hand the epoch's metric objects to Lightning once per epoch (it computes and resets them at the epoch's
+        end; they are updated every step): a ``self.log`` per step would cost host time for nothing. Under DDP
+        torchmetrics sums every rank's states, so the epoch's values are over all the images once, whatever the
+        size of each rank's share."""
+        if stage in self._logged_this_epoch:
+            return
+        self._logged_this_epoch.add(stage)
+        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
 
-        The step's one host-device synchronisation (the decision is the host's; AMP's GradScaler makes the same
-        one), with a single collective under DDP."""
-        diverged = (~torch.isfinite(loss.detach())).float()
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world > 1:
-            diverged = self.trainer.strategy.reduce(diverged, reduce_op="sum")
-        count = int(diverged.item())
-        if count:
-            what = f"{loss.item()}" if world == 1 else f"not finite on {count} of {world} processes"
-            raise NonFiniteLossError(self._divergence_message(what))
+    def on_train_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("train")
 
-    def _divergence_message(self, loss: str) -> str:
-        trainer = self._trainer
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer is not None and trainer.optimizers else None
-        where = f"train/loss is {loss} at epoch {self.current_epoch + 1}, global step {self.global_step}"
-        where += f" (lr={lr:g})" if lr is not None else ""
-        latest = next((c.latest_checkpoint for c in (trainer.checkpoint_callbacks if trainer else [])
-                       if getattr(c, "latest_checkpoint", None)), None)
-        # Tenfold lower, and at most the paper's 0.01: from a wildly wrong lr one resume is enough.
-        lower = f"module.lr={min(lr / 10, PAPER_LR):g}" if lr is not None else "a lower module.lr"
-        if latest is None:
-            return (f"{where}. Training stopped before this step's update. This run wrote no checkpoint to resume "
-                    f"from: start again with {lower}, or check the inputs (data.preprocess).")
-        path, step = latest
-        return (f"{where}. Training stopped before this step's update; the newest checkpoint, {path} (global step "
-                f"{step}), holds finite weights from before this step. Resume from it with a lower learning rate: "
-                f"python train.py ckpt_path=last {lower} (and the rest of this run's overrides).")
+    def on_validation_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._logged_this_epoch.discard("test")
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], metrics: MetricCollection, mean_loss: WeightedMean,
                    stage: str) -> None:
@@ -238,10 +224,7 @@ class ImageClassifier(ExactResume, L.LightningModule):
             scores = logits
         metrics.update(scores, labels)
         mean_loss.update(loss, labels.numel())
-        # Metrics objects: under DDP torchmetrics sums every rank's states, so the epoch's values are over all the
-        # images once, whatever the size of each rank's share.
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
+        self._log_epoch_metrics(stage, metrics, mean_loss)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, self.val_loss, "val")
@@ -268,7 +251,10 @@ class ImageClassifier(ExactResume, L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(trainable, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        # Fused: it takes the divergence flag as found_inf and skips a diverged step's update on the device. The same
+        # numbers as the default (foreach) SGD, bit for bit.
+        optimizer = torch.optim.SGD(trainable, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+                                    fused=True)
         if not hp.lr_plateau:
             return optimizer
         # The paper anneals "manually when the validation error plateaus": automated here.
@@ -280,8 +266,3 @@ class ImageClassifier(ExactResume, L.LightningModule):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
-
-def is_finite_model(model: nn.Module) -> bool:
-    """True when every parameter and buffer is finite (a checkpoint of it is worth keeping)."""
-    return all(bool(torch.isfinite(t).all()) for t in [*model.parameters(), *model.buffers()]
-               if t.is_floating_point())

@@ -9,6 +9,7 @@ the W&B run's name and continuation in :mod:`zfexp.runs.loggers`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -31,13 +32,16 @@ from zfexp.runs.loggers import (
 from zfexp.runs.seeding import run_seed
 from zfexp.safe_load import trust_option
 
+log = logging.getLogger(__name__)
+
 METRIC_KEYS = ("train/top1_err", "train/top5_err", "train/loss", "val/top1_err", "val/top5_err", "val/loss",
                "test/top1_err", "test/top5_err", "test/mean_class_acc", "test/loss")
 
 
-# Kept from the end of fit: the last epoch's train errors, and analysis scalars such as FilterDiagnostics'
-# filters/dead_frac/<layer> (val/ and test/ come from evaluating the best checkpoint afterwards).
-FIT_METRIC_PREFIXES = ("train/", "filters/")
+# Kept from the end of fit: the last epoch's train errors and speed (TrainingSpeed's perf/), and analysis scalars
+# such as FilterDiagnostics' filters/dead_frac/<layer> (val/ and test/ come from evaluating the best checkpoint
+# afterwards).
+FIT_METRIC_PREFIXES = ("train/", "perf/", "filters/")
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -84,3 +88,13 @@ def train(cfg: DictConfig, run: Run) -> None:
         metrics.update(_floats(val[0] if val else {}))
         metrics.update(_floats(test[0] if test else {}))
     metrics.update(epochs=trainer.current_epoch, global_step=trainer.global_step, best_checkpoint=best)
+    log.info("%s", run_summary(metrics, run.dir))
+
+
+def run_summary(metrics: dict[str, Any], run_dir: Any) -> str:
+    """The run's last log line: its errors, its steady-state training speed and where its record is."""
+    shown = [f"{key} {metrics[key]:.2f}" for key in ("test/top1_err", "val/top1_err") if key in metrics]
+    if "perf/train_img_per_s" in metrics:
+        shown.append(f"training {metrics['perf/train_img_per_s']:,.0f} images/s (steady state, "
+                     f"{metrics['perf/step_ms']:.1f} ms a step)")
+    return f"done: {', '.join(shown) or 'no metrics'}; metrics.json in {run_dir}"

@@ -8,22 +8,27 @@ Each engine returns a result type named for it (``OcclusionResult``, ``Invarianc
 from zfexp.analysis.activations import eval_mode, feature_layers, layer_activations, layer_outputs
 from zfexp.analysis.correspondence import CorrespondenceResult, correspondence, occlude_boxes, pairwise_sign_hamming
 from zfexp.analysis.deconv import RULES, DeconvNet
-from zfexp.analysis.filter_norms import conv_layers, filter_rms, renormalize_filter_masks_, renormalize_filters_
+from zfexp.analysis.filter_norms import (
+    FilterRenormalizer,
+    conv_layers,
+    filter_rms,
+    renormalize_filter_masks_,
+    renormalize_filters_,
+)
 from zfexp.analysis.geometry import forward_prefix, receptive_field, receptive_field_size
 from zfexp.analysis.invariance import TRANSFORMS, InvarianceResult, default_values, invariance_curves, transformed
 from zfexp.analysis.map_choice import chosen_maps, random_maps
 from zfexp.analysis.occlusion import OcclusionResult, occluder_positions, occlusion_maps
-from zfexp.analysis.occlusion_drilldown import DrillDown
 from zfexp.analysis.top_k import TopActivationsResult, top_activations, top_activations_by_layer
 
 __all__ = [
     "eval_mode", "feature_layers", "layer_activations", "layer_outputs",
     "CorrespondenceResult", "correspondence", "occlude_boxes", "pairwise_sign_hamming",
     "RULES", "DeconvNet",
-    "conv_layers", "filter_rms", "renormalize_filter_masks_", "renormalize_filters_",
+    "FilterRenormalizer", "conv_layers", "filter_rms", "renormalize_filter_masks_", "renormalize_filters_",
     "forward_prefix", "receptive_field", "receptive_field_size",
     "TRANSFORMS", "InvarianceResult", "default_values", "invariance_curves", "transformed",
     "chosen_maps", "random_maps",
-    "DrillDown", "OcclusionResult", "occluder_positions", "occlusion_maps",
+    "OcclusionResult", "occluder_positions", "occlusion_maps",
     "TopActivationsResult", "top_activations", "top_activations_by_layer",
 ]

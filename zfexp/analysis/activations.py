@@ -5,7 +5,7 @@ AlexNet and VGG): the model runs its own ``forward``, in eval mode, and is left 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -104,6 +104,41 @@ def layer_activations(model: nn.Module, images: torch.Tensor, layers: Sequence[s
         for h in handles:
             h.remove()
     return caught
+
+
+@contextlib.contextmanager
+def map_totals(model: nn.Module, layer: str, images: torch.Tensor,
+               ) -> Iterator[Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+    """For many forwards of ``model`` (in eval mode) on batches like ``images``: ``forward(x [B, C, H, W], maps [B])
+    -> (logits [B, classes], totals [B])``, ``totals[b]`` the sum of map ``maps[b]`` of ``layer``'s post-ReLU
+    features for ``x[b]``. The layer is checked, and along a chain of modules its hook registered, once for all
+    the forwards (what :func:`layer_activations` does per call); the total is taken in the hook, so no map is
+    kept."""
+    check_feature_layers(model, [layer])
+    if not _in_chain(model, layer, images):
+        def watched(x: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            features, out = watch(model, x, [layer], logits=True)
+            return out, features[layer][torch.arange(len(x), device=x.device), maps].sum((-2, -1))
+
+        yield watched
+        return
+    asked: list[torch.Tensor] = []
+    totals: list[torch.Tensor] = []
+
+    def total(module: nn.Module, args, out: torch.Tensor) -> None:
+        totals.append(out[torch.arange(len(out), device=out.device), asked[-1]].sum((-2, -1)))
+
+    handle = _output_module(model, layer).register_forward_hook(total)
+
+    def forward(x: torch.Tensor, maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        asked[:], totals[:] = [maps], []
+        out = model(x)
+        return out, totals[-1]
+
+    try:
+        yield forward
+    finally:
+        handle.remove()
 
 
 def layer_outputs(model: nn.Module, images: torch.Tensor, layers: Sequence[str],

@@ -3,33 +3,23 @@ feature map.
 
 Every occluded copy goes through the network in batches; for networks that are a plain ``nn.Sequential`` of
 leaf modules (ZFNet) ``occlusion_incremental`` computes each layer only where the square changes it, with
-exactly the same results. Which of the two runs is chosen by the device (:func:`incremental_pays`).
-
-``approximate=DrillDown(...)`` (opt-in) computes a coarse grid of positions everywhere and the fine grid only
-where the coarse one shows an effect, and says which positions it computed.
+exactly the same results. Which of the two runs is chosen by the device (:func:`incremental_pays`), and so are
+the size of a batch of copies (:func:`copies_per_batch`) and their memory layout (:func:`input_layout`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from zfexp.analysis.activations import eval_mode, layer_activations
+from zfexp.analysis.activations import eval_mode, layer_activations, map_totals
 from zfexp.analysis.deconv import DeconvNet
 from zfexp.analysis.deconv_record import check_projectable
 from zfexp.analysis.geometry import forward_prefix
-from zfexp.analysis.occlusion_drilldown import (
-    DrillDown,
-    cells_with_effect,
-    coarse_grid,
-    drill_down,
-    interpolate_coarse,
-)
 from zfexp.analysis.occlusion_incremental import IncrementalRun, sequential_leaves
 from zfexp.checks import positive_int
 from zfexp.errors import InvalidValueError
@@ -58,12 +48,6 @@ class OcclusionResult:
     rows: torch.Tensor
     cols: torch.Tensor
     patch: int
-    exact: torch.Tensor | None = None  # [N, R, S] True where computed; None: everywhere (the exact mode)
-
-    @property
-    def exact_fraction(self) -> float:
-        """The share of the positions computed rather than interpolated (1.0 in the exact mode)."""
-        return 1.0 if self.exact is None else float(self.exact.float().mean())
 
     def table(self) -> list[dict]:
         """One row per image and occluder position: what a CSV file or a W&B table holds."""
@@ -74,8 +58,7 @@ class OcclusionResult:
                     out.append({"image": i, "top": top, "left": left, "patch": self.patch,
                                 "prob_true": float(self.prob_true[i, r, c]), "top_label": int(self.top_label[i, r, c]),
                                 "feature_map": int(self.feature_map[i]),
-                                "feature_activity": float(self.feature_activity[i, r, c]),
-                                "computed": True if self.exact is None else bool(self.exact[i, r, c])})
+                                "feature_activity": float(self.feature_activity[i, r, c])})
         return out
 
     def pixel_attribution(self, image_size: tuple[int, int]) -> torch.Tensor:
@@ -106,12 +89,55 @@ def incremental_pays(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def input_layout(model: nn.Module, device: torch.device) -> torch.memory_format:
+    """The memory layout to give the occluded copies: channels-last on a CPU (its convolutions run a quarter faster
+    on it, for the same sums); on a GPU the layout of the network's first conv weights (the training run's
+    channels-last on a GPU), so that no convolution converts one of the two."""
+    if device.type == "cpu":
+        return torch.channels_last
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None and conv.weight.is_contiguous(memory_format=torch.channels_last) \
+            and not conv.weight.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+# Copies per batch on a GPU: at most this share of the free memory, and within these bounds.
+GPU_MEMORY_SHARE, GPU_BATCH_BOUNDS, CPU_BATCH = 0.25, (64, 2048), 64
+
+
+@torch.no_grad()
+def copies_per_batch(model: nn.Module, images: torch.Tensor) -> int:
+    """How many occluded copies to send through ``model`` at once: on a GPU as many as fit in a quarter of its
+    free memory (one copy's need estimated as three times the largest output of a leaf module, from a forward of
+    one image: under ``no_grad`` a layer's input and output are alive together), within ``GPU_BATCH_BOUNDS``; on a
+    CPU, whose throughput hardly grows with the batch, ``CPU_BATCH``."""
+    if images.device.type != "cuda":
+        return CPU_BATCH
+    largest = [0]
+
+    def note(module, args, out):
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(note) for m in model.modules() if not list(m.children())]
+    try:
+        model(images[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    device = images.device
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    per_copy = 3 * largest[0] + images[0].numel() * images.element_size()
+    low, high = GPU_BATCH_BOUNDS
+    return int(min(high, max(low, GPU_MEMORY_SHARE * free // max(per_copy, 1))))
+
+
 @torch.no_grad()
 def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | list[int], patch: int,
                    stride: int, fill: float | torch.Tensor | None = None, feature_layer: str = "conv5",
-                   batch_size: int = 64, incremental: bool | None = None,
-                   probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                   approximate: DrillDown | Mapping[str, Any] | bool | None = None) -> OcclusionResult:
+                   batch_size: int | None = None, incremental: bool | None = None,
+                   probabilities: Callable[[torch.Tensor], torch.Tensor] | None = None) -> OcclusionResult:
     """Occlusion sensitivity of ``images [N, C, H, W]`` with true ``labels [N]``.
 
     Args:
@@ -119,19 +145,19 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
         fill: what the square is filled with: a number, a per-channel ``[C]`` or a full ``[C, H, W]`` tensor;
             ``None`` is 0, the dataset mean for mean-subtracted inputs (the paper's grey square).
         feature_layer: conv layer whose strongest map on the unoccluded image is followed (post-ReLU).
-        batch_size: occluded copies per forward batch (memory bound).
+        batch_size: occluded copies per forward batch; ``None``: by the device's memory (:func:`copies_per_batch`).
+            The same results with any.
         incremental: compute only the square's footprint at each layer; ``None``: where it is the faster way
             (:func:`incremental_pays`) and the network is a plain ``nn.Sequential`` (same results either way).
         probabilities: logits -> class probabilities (default softmax).
-        approximate: a :class:`DrillDown` (or its fields as a mapping; ``True``: its defaults) for the
-            approximate mode; ``None``: every position computed. The result's ``exact`` says which positions were.
     """
     n, c, height, width = images.shape
     labels = torch.as_tensor(labels, dtype=torch.long, device=images.device).flatten()
     if labels.numel() != n:
         raise InvalidValueError(f"occlusion_maps: {n} images but {labels.numel()} labels")
-    for name, value in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
+    for name, value in (("patch", patch), ("stride", stride)):
         positive_int(f"occlusion_maps: {name}", value)
+    positive_int("occlusion_maps: batch_size", batch_size, null="by the device's memory")
     if patch > min(height, width):
         raise InvalidValueError(f"occlusion_maps: patch={patch} is larger than the {height}x{width} image; valid: "
                                 f"1..{min(height, width)}")
@@ -139,7 +165,6 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
     probabilities = probabilities or (lambda logits: logits.softmax(-1))
     fill_image = _fill_image(fill, images)
     rows, cols = occluder_positions(height, patch, stride), occluder_positions(width, patch, stride)
-    approximate = drill_down(approximate)
     leaves = sequential_leaves(model)
     if incremental is None:
         incremental = leaves is not None and incremental_pays(images.device)
@@ -149,18 +174,18 @@ def occlusion_maps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor 
                                 "incremental=False)")
 
     with eval_mode(model):
+        batch_size = batch_size or (CPU_BATCH if incremental else copies_per_batch(model, images))
         # The incremental run reads the layer's features from the module that gives them (its ReLU).
         feature_module = forward_prefix(model, feature_layer)[-1][1] if incremental else None
         return _occlusion_maps(model, images, labels, patch, fill_image, feature_layer, feature_module, rows, cols,
-                               batch_size, leaves if incremental else None, probabilities, approximate,
-                               approximate.factor(patch, stride) if approximate is not None else 1)
+                               batch_size, leaves if incremental else None, probabilities)
 
 
 def _occlusion_maps(model, images, labels, patch, fill_image, feature_layer, feature_module, rows, cols, batch_size,
-                    leaves, probabilities, approximate, factor) -> OcclusionResult:
+                    leaves, probabilities) -> OcclusionResult:
     """``occlusion_maps`` once its arguments are checked, with the model in eval mode; ``leaves``: the modules
     to run incrementally, or None."""
-    n = images.shape[0]
+    n, device = images.shape[0], images.device
     seen = layer_activations(model, images, [feature_layer], logits=True)
     feats = seen[feature_layer]  # [N, C_l, H_l, W_l]
     feature_map = feats.flatten(2).amax(2).argmax(1)  # [N]
@@ -168,47 +193,33 @@ def _occlusion_maps(model, images, labels, patch, fill_image, feature_layer, fea
     base_probs = probabilities(seen["logits"])
     base_prob, base_label = base_probs[torch.arange(n), labels], base_probs.argmax(1)
     projection = DeconvNet(model).project_units(images, feature_layer, feature_map)
-    run = IncrementalRun(leaves, images, fill_image, feature_module) if leaves is not None else None
 
-    def evaluate(where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``where [N, R, S]`` bool -> P(true class), top class and feature activity at those positions, each
-        ``[M]`` in ``where``'s (image-major) order."""
-        item_image, ri, ci = where.nonzero(as_tuple=True)
-        item_r, item_c = rows.to(images.device)[ri], cols.to(images.device)[ci]
-        logits, activity = [], []
-        for start in range(0, len(item_image), batch_size):
-            idx = slice(start, start + batch_size)
-            if run is not None:
-                out, act = run.forward(item_image[idx], item_r[idx], item_c[idx], patch, feature_map)
-            else:
-                out, act = _occluded_forward(model, images, fill_image, feature_layer, item_image[idx], item_r[idx],
-                                             item_c[idx], patch, feature_map)
+    # Every (image, row, column) position, image-major.
+    grid = (n, len(rows), len(cols))
+    item_image = torch.arange(n, device=device).repeat_interleave(len(rows) * len(cols))
+    item_row = torch.arange(len(rows), device=device).repeat_interleave(len(cols)).repeat(n)
+    item_col = torch.arange(len(cols), device=device).repeat(n * len(rows))
+    rows, cols = rows.to(device), cols.to(device)
+    logits, activity = [], []
+    if leaves is not None:
+        run = IncrementalRun(leaves, images, fill_image, feature_module)
+        for idx in torch.arange(len(item_image), device=device).split(batch_size):
+            out, act = run.forward(item_image[idx], rows[item_row[idx]], cols[item_col[idx]], patch, feature_map)
             logits.append(out)
             activity.append(act)
-        probs = probabilities(torch.cat(logits))
-        return probs.gather(1, labels[item_image, None])[:, 0], probs.argmax(1), torch.cat(activity)
-
-    grid = (n, len(rows), len(cols))
-    prob_true = images.new_empty(grid)
-    top_label = torch.empty(grid, dtype=torch.long, device=images.device)
-    activity = images.new_empty(grid)
-    done = torch.zeros(grid, dtype=torch.bool, device=images.device)
-    todo = torch.ones_like(done)
-    if approximate is not None:
-        todo = coarse_grid(len(rows), len(cols), factor, images.device).expand(grid).clone()
-    for stage in ("coarse", "fine") if approximate is not None else ("all",):
-        todo &= ~done
-        if todo.any():  # the fine stage has nothing to do when no coarse cell shows an effect
-            prob_true[todo], top_label[todo], activity[todo] = evaluate(todo)
-        done |= todo
-        if stage == "coarse":
-            interpolate_coarse(prob_true, top_label, activity, len(rows), len(cols), factor)
-            todo = cells_with_effect(prob_true, top_label, base_prob, base_label, approximate.threshold, factor,
-                                      approximate.margin)
+    else:
+        copies = OccludedCopies(images, fill_image, rows, cols, patch, input_layout(model, device))
+        with map_totals(model, feature_layer, images) as forward:
+            for idx in torch.arange(len(item_image), device=device).split(batch_size):
+                out, act = forward(copies(item_image[idx], item_row[idx], item_col[idx]), feature_map[item_image[idx]])
+                logits.append(out)
+                activity.append(act)
+    probs = probabilities(torch.cat(logits))
     return OcclusionResult(
-        prob_true=prob_true, top_label=top_label, feature_activity=activity, feature_map=feature_map,
-        projection=projection, base_prob=base_prob, base_label=base_label, base_activity=base_activity, rows=rows,
-        cols=cols, patch=patch, exact=done if approximate is not None else None)
+        prob_true=probs.gather(1, labels[item_image, None])[:, 0].view(grid), top_label=probs.argmax(1).view(grid),
+        feature_activity=torch.cat(activity).view(grid), feature_map=feature_map, projection=projection,
+        base_prob=base_prob, base_label=base_label, base_activity=base_activity, rows=rows.cpu(), cols=cols.cpu(),
+        patch=patch)
 
 
 def _fill_image(fill, images: torch.Tensor) -> torch.Tensor:
@@ -225,20 +236,19 @@ def _fill_image(fill, images: torch.Tensor) -> torch.Tensor:
     return fill.expand(shape).contiguous()
 
 
-def _occlusion_mask(item_r: torch.Tensor, item_c: torch.Tensor, patch: int, height: int, width: int):
-    """``[B, 1, H, W]``: True under each item's square."""
-    r = torch.arange(height, device=item_r.device)
-    c = torch.arange(width, device=item_c.device)
-    in_r = (r >= item_r[:, None]) & (r < item_r[:, None] + patch)
-    in_c = (c >= item_c[:, None]) & (c < item_c[:, None] + patch)
-    return (in_r[:, :, None] & in_c[:, None, :]).unsqueeze(1)
+class OccludedCopies:
+    """Whole occluded copies of ``images [N, C, H, W]``: ``copies(item_image [B], item_row [B], item_col [B])`` ->
+    ``[B, C, H, W]`` in ``layout``, image ``item_image[b]`` with the square at row ``rows[item_row[b]]``, column
+    ``cols[item_col[b]]`` filled from ``fill_image [C, H, W]``. The square's masks along each side are made once."""
 
+    def __init__(self, images: torch.Tensor, fill_image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                 patch: int, layout: torch.memory_format):
+        self.images, self.fill_image, self.layout = images, fill_image, layout
+        height, width = images.shape[-2:]
+        r, c = torch.arange(height, device=images.device), torch.arange(width, device=images.device)
+        self.in_rows = (r >= rows[:, None]) & (r < rows[:, None] + patch)  # [R, H]
+        self.in_cols = (c >= cols[:, None]) & (c < cols[:, None] + patch)  # [S, W]
 
-def _occluded_forward(model, images, fill_image, feature_layer, item_image, item_r, item_c, patch, feature_map):
-    """The plain way: whole occluded copies through the whole network, with the layer's features."""
-    mask = _occlusion_mask(item_r, item_c, patch, *images.shape[-2:])
-    # Channels-last: the CPU convolutions run a quarter faster on it, for the same sums.
-    x = torch.where(mask, fill_image, images[item_image]).contiguous(memory_format=torch.channels_last)
-    seen = layer_activations(model, x, [feature_layer], logits=True)
-    activity = seen[feature_layer][torch.arange(len(x)), feature_map[item_image]].sum((-2, -1))
-    return seen["logits"], activity
+    def __call__(self, item_image: torch.Tensor, item_row: torch.Tensor, item_col: torch.Tensor) -> torch.Tensor:
+        mask = (self.in_rows[item_row][:, :, None] & self.in_cols[item_col][:, None, :]).unsqueeze(1)  # [B, 1, H, W]
+        return torch.where(mask, self.fill_image, self.images[item_image]).contiguous(memory_format=self.layout)

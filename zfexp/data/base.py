@@ -5,6 +5,7 @@ A subclass says where the images come from by implementing ``_train_dataset(tran
 ``_test_dataset(transform)`` and, when the dataset ships its own validation set,
 ``_val_dataset(transform)``; plus ``all_classes`` (the dataset's class names) and ``num_channels``; and may
 name another ``cache_dir`` for the mean image than the data's root (:class:`~zfexp.data.mean_image.MeanImage`).
+On a GPU each batch is copied on a stream of its own (:class:`~zfexp.data.device_copy.CopyOnSideStream`).
 Every datamodule can keep some of its classes (``class_subset``, ``exclude_classes``): their images only,
 relabelled 0..k-1 in the dataset's order. The loaders and the state kept in checkpoints are
 :class:`~zfexp.data.loaders.SeededLoaders`'.
@@ -28,6 +29,7 @@ from torchvision.transforms import v2
 from zfexp.checks import integer, one_of, positive_int
 from zfexp.data.batch_preprocessing import BatchPreprocessing
 from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
+from zfexp.data.device_copy import CopyOnSideStream
 from zfexp.data.loaders import SeededLoaders
 from zfexp.data.mean_image import MeanImage
 from zfexp.data.transforms import Preprocessing, paper_transform, pixels_transform
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 AUGMENT_ON = ("auto", "device", "workers")
 
 
-class ImageClassificationDataModule(MeanImage, SeededLoaders, L.LightningDataModule):
+class ImageClassificationDataModule(CopyOnSideStream, MeanImage, SeededLoaders, L.LightningDataModule):
     """Base of the datamodules: ``preprocess`` holds the :class:`Preprocessing` options.
 
     Batches are ``(images [B, C, S, S], labels [B])`` for training and, with ``ten_crop``, evaluation

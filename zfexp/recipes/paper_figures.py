@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -57,16 +56,14 @@ def top_k(net: nn.Module, dataset: Dataset, maps: Mapping[str, list[int]], k: in
 
 
 def occlusion(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, inputs: Inputs, sink: Sink,
-              feature_layer: str, patch: int | None = None, stride: int | None = None, batch_size: int = 256,
-              approximate: Any = None, truth: str = "true") -> OcclusionResult:
+              feature_layer: str, patch: int | None = None, stride: int | None = None,
+              batch_size: int | None = None, truth: str = "true") -> OcclusionResult:
     """Fig. 7: a grey square slid over ``images``: figure ``occlusion/panel`` and table ``occlusion/table``.
     ``labels [N]`` are the classes followed (``truth``: ``"true"`` labels, or the network's ``"predicted"``)."""
     patch, stride = occlusion_geometry(min(images.shape[-2:]), patch, stride)
     result = occlusion_maps(net, images, labels, patch, stride, fill=inputs.fill(images), feature_layer=feature_layer,
-                            batch_size=batch_size, approximate=approximate)
+                            batch_size=batch_size)
     caption = f"occlusion {patch}px every {stride}px"
-    if approximate is not None:
-        caption += f"; approximate: {100 * result.exact_fraction:.0f}% of the positions computed"
     sink.figure("occlusion/panel", occlusion_figure(result, inputs.shown(images).cpu(), labels.tolist(),
                                                     inputs.class_names, feature_layer, truth), caption)
     rows = result.table()

@@ -34,6 +34,14 @@ def bf16_where_native(accelerator: str = "auto") -> str:
     return "bf16-mixed" if native else "32-true"
 
 
+def cudnn_benchmark(deterministic: bool | str | None = False) -> bool:
+    """``trainer.benchmark`` on a GPU: cuDNN's autotuning, which times the convolution algorithms for each input
+    size once and keeps the fastest (the sizes of a training run are fixed; torchvision's reference training
+    scripts turn it on the same way), unless the run asks to be deterministic (``trainer.deterministic``: true or
+    warn), which autotuning would make it not."""
+    return not deterministic
+
+
 def project_root() -> str:
     """Where ``logs/`` and ``data/`` go by default (``paths.root_dir``): ``$ZFEXP_ROOT`` when set, else the
     checkout that holds ``conf/`` and the ``zfexp`` package, whichever directory a command runs from."""
@@ -50,7 +58,7 @@ def run_tag() -> str:
 
 
 for _name, _resolver in (("zfexp.gpus_per_job", gpus_per_job), ("zfexp.project_root", project_root),
-                         ("zfexp.bf16_where_native", bf16_where_native)):
+                         ("zfexp.bf16_where_native", bf16_where_native), ("zfexp.cudnn_benchmark", cudnn_benchmark)):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
 if not OmegaConf.has_resolver("zfexp.run_tag"):

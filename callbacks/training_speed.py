@@ -1,0 +1,94 @@
+"""``TrainingSpeed``: the steady-state training speed of a run, per epoch, measured without waiting for the device."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.data import extract_batch_size
+
+from zfexp.checks import integer
+from zfexp.runs.config_groups import config_key
+
+
+class TrainingSpeed(Callback):
+    """Logs per epoch, to every logger and into ``metrics.json`` (the last epoch's):
+
+    - ``perf/train_img_per_s``: training images per second, all processes together;
+    - ``perf/step_ms``: the median time of a training step, from one step's end to the next's (loading the batch
+      included), in milliseconds;
+    - ``perf/peak_mem_gib``: on a GPU, the most memory torch's allocator held during the epoch (GiB, the largest
+      of the processes).
+
+    Only training steps count: a mark is taken at the end of every step (a CUDA event on a GPU, recorded on the
+    compute stream: the host never waits for it; the clock on a CPU) and the steps are timed from mark to mark.
+    Left out: the first ``warmup_steps`` steps of the fit (compilation, cuDNN's autotuning, loader start-up; at most
+    half of the first epoch), the first step of every epoch (whatever ran before it: validation, the analyses of
+    the callbacks, loader workers starting), and a step after which a checkpoint was written. The marks are read
+    when the epoch ends, after validation.
+
+    Args:
+        warmup_steps: steps at the start of the fit not timed (paper scale: compiling takes the first few).
+    """
+
+    def __init__(self, warmup_steps: int = 50):
+        integer(f"{config_key(type(self).__name__)}.warmup_steps", warmup_steps, low=0,
+                unit="training steps at the start of the fit that are not timed")
+        self.warmup_steps = warmup_steps
+        self._warmup = warmup_steps
+        self._steps = 0  # training steps of this fit so far
+        self._marks: list[tuple[float | torch.cuda.Event, int, bool]] = []  # (mark, images, timed) per step
+        self._checkpoint_since_mark = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._steps = 0
+        batches = trainer.num_training_batches
+        # Short runs (a test, a debug run) still get a figure: warm-up takes at most half of the first epoch.
+        self._warmup = min(self.warmup_steps, batches // 2) if batches != float("inf") else self.warmup_steps
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._marks = []
+        self._checkpoint_since_mark = False
+        if _on_gpu(pl_module):
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        self._steps += 1
+        if _on_gpu(pl_module):
+            mark: float | torch.cuda.Event = torch.cuda.Event(enable_timing=True)
+            mark.record()
+        else:
+            mark = time.perf_counter()
+        timed = self._steps > self._warmup and not self._checkpoint_since_mark and bool(self._marks)
+        self._marks.append((mark, extract_batch_size(batch), timed))
+        self._checkpoint_since_mark = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._checkpoint_since_mark = True  # its time is in the next step's interval
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not self._marks:
+            return
+        if isinstance(self._marks[-1][0], torch.cuda.Event):
+            self._marks[-1][0].synchronize()  # the epoch's end: validation has waited for the device already
+        intervals, images = [], 0
+        for (before, _, _), (after, n, timed) in zip(self._marks[:-1], self._marks[1:], strict=True):
+            if timed:
+                intervals.append(after - before if isinstance(after, float) else before.elapsed_time(after) / 1e3)
+                images += n
+        if not intervals:
+            return
+        log = dict(on_step=False, on_epoch=True, sync_dist=True)
+        pl_module.log("perf/train_img_per_s", images / sum(intervals), reduce_fx="sum", **log)
+        pl_module.log("perf/step_ms", 1e3 * statistics.median(intervals), reduce_fx="mean", **log)
+        if _on_gpu(pl_module):
+            peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
+            pl_module.log("perf/peak_mem_gib", peak, reduce_fx="max", **log)
+
+
+def _on_gpu(pl_module: L.LightningModule) -> bool:
+    return pl_module.device.type == "cuda"
