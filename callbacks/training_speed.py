@@ -20,15 +20,15 @@ class TrainingSpeed(Callback):
     - ``perf/train_img_per_s``: training images per second, all processes together;
     - ``perf/step_ms``: the median time of a training step, from one step's end to the next's (loading the batch
       included), in milliseconds;
-    - ``perf/peak_mem_gib``: on a GPU, the most memory torch's allocator held during the epoch (GiB, the largest
-      of the processes).
+    - ``perf/peak_mem_gib``: on a GPU, the most memory torch's tensors took during the epoch (allocated, GiB, its
+      validation included; the largest of the processes).
 
     Only training steps count: a mark is taken at the end of every step (a CUDA event on a GPU, recorded on the
     compute stream: the host never waits for it; the clock on a CPU) and the steps are timed from mark to mark.
     Left out: the first ``warmup_steps`` steps of the fit (compilation, cuDNN's autotuning, loader start-up; at most
     half of the first epoch), the first step of every epoch (whatever ran before it: validation, the analyses of
-    the callbacks, loader workers starting), and a step after which a checkpoint was written. The marks are read
-    when the epoch ends, after validation.
+    the callbacks, loader workers starting), and a step after which a checkpoint was written or a validation ran
+    (``trainer.val_check_interval`` within the epoch). The marks are read when the epoch ends, after validation.
 
     Args:
         warmup_steps: steps at the start of the fit not timed (paper scale: compiling takes the first few).
@@ -41,7 +41,7 @@ class TrainingSpeed(Callback):
         self._warmup = warmup_steps
         self._steps = 0  # training steps of this fit so far
         self._marks: list[tuple[float | torch.cuda.Event, int, bool]] = []  # (mark, images, timed) per step
-        self._checkpoint_since_mark = False
+        self._interrupted = False  # a checkpoint or a validation since the last mark
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._steps = 0
@@ -51,7 +51,7 @@ class TrainingSpeed(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._marks = []
-        self._checkpoint_since_mark = False
+        self._interrupted = False
         if _on_gpu(pl_module):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
@@ -63,12 +63,15 @@ class TrainingSpeed(Callback):
             mark.record()
         else:
             mark = time.perf_counter()
-        timed = self._steps > self._warmup and not self._checkpoint_since_mark and bool(self._marks)
+        timed = self._steps > self._warmup and not self._interrupted and bool(self._marks)
         self._marks.append((mark, extract_batch_size(batch), timed))
-        self._checkpoint_since_mark = False
+        self._interrupted = False
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self._checkpoint_since_mark = True  # its time is in the next step's interval
+        self._interrupted = True  # its time is in the next step's interval
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._interrupted = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not self._marks:

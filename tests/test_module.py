@@ -40,9 +40,10 @@ def test_the_metrics_equal_torchmetrics_to_the_last_digit(num_classes):
     ref = [MulticlassAccuracy(num_classes, top_k=1, average="micro"),
            MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
            MulticlassAccuracy(num_classes, top_k=1, average="macro")]
-    for _ in range(3):  # labels covering every class, scores that the true class wins often
-        labels = torch.cat([torch.arange(num_classes), torch.randint(0, num_classes, (61,), generator=g)])
+    for _ in range(3):  # scores that the true class wins often; the last class predicted but never a label
+        labels = torch.cat([torch.arange(num_classes - 1), torch.randint(0, num_classes - 1, (61,), generator=g)])
         scores = torch.randn(len(labels), num_classes, generator=g) + 2 * F.one_hot(labels, num_classes)
+        scores[:4, -1] = 10.0
         for metric in (*ours, *ref):
             metric.update(scores.bfloat16().float(), labels)
     assert ours[0].compute().item() == (100 * (1 - ref[0].compute())).item()
@@ -97,3 +98,32 @@ def test_an_analysis_leaves_a_transfer_runs_fixed_layers_in_eval_mode():
     occlusion_maps(module.net, torch.randn(1, 1, 28, 28), [0], patch=7, stride=7)
     assert [name for name, child in module.net.named_children() if child.training] == training
     assert module.net.training  # the network itself back in training mode, its fixed layers not
+
+
+def test_a_mid_epoch_checkpoints_torchmetrics_states_load_into_the_metrics():
+    """Checkpoints written before these metrics hold torchmetrics' MulticlassAccuracy states (top-5's per class):
+    loaded, the epoch goes on to torchmetrics' own numbers."""
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from zfexp.resuming import _load_metric_states, _metric_states
+
+    def collection(ours: bool) -> MetricCollection:
+        if ours:
+            return MetricCollection({"top1_err": TopKError(10, 1), "top5_err": TopKError(10, 5),
+                                     "mean_class_acc": MeanClassAccuracy(10)}, compute_groups=False)
+        return MetricCollection({"top1_err": MulticlassAccuracy(10, top_k=1, average="micro"),
+                                 "top5_err": MulticlassAccuracy(10, top_k=5, average="micro"),
+                                 "mean_class_acc": MulticlassAccuracy(10, top_k=1, average="macro")})
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(64, 10, generator=g), torch.randint(0, 10, (64,), generator=g)) for _ in range(2)]
+    old, ours = collection(False), collection(True)
+    old.update(*batches[0])
+    _load_metric_states(ours, _metric_states(old))
+    for metrics in (old, ours):
+        metrics.update(*batches[1])
+    got, want = ours.compute(), old.compute()
+    assert got["top1_err"].item() == (100 * (1 - want["top1_err"])).item()
+    assert got["top5_err"].item() == (100 * (1 - want["top5_err"])).item()
+    assert got["mean_class_acc"].item() == (100 * want["mean_class_acc"]).item()

@@ -93,3 +93,61 @@ def test_an_optimizer_that_cannot_skip_on_the_device_stops_the_run_before_the_up
     trainer, seen = fit_diverging(module, 3, tmp_path)
     assert seen["stopped_at"] == 3 and seen["bit_equal"]  # read at once: a wait, but no update applied
     assert "global step 3" in seen["message"]
+
+
+def test_a_checkpoint_of_an_unfused_optimizer_resumes_with_steps_skipped_on_the_device(tmp_path):
+    """A checkpoint written before SGD was fused restores its groups' ``fused``: the resumed run fuses them again
+    (its diverged steps are then skipped on the device) and trains on."""
+    class ForeachSGD(ImageClassifier):
+        def configure_optimizers(self):
+            hp = self.hparams
+            return torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+
+    data = torch.utils.data.TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   accelerator="cpu", limit_val_batches=0)
+    old = L.Trainer(max_epochs=1, **options)
+    old.fit(ForeachSGD(net=SMALL_NET, num_classes=10, in_channels=1, input_size=28, lr_plateau=None), loader)
+    old.save_checkpoint(tmp_path / "old.ckpt")
+    resumed = L.Trainer(max_epochs=2, **options)
+    module = make_module()
+    resumed.fit(module, loader, ckpt_path=tmp_path / "old.ckpt", weights_only=True)
+    assert resumed.global_step == 8
+    assert all(group["fused"] for group in resumed.optimizers[0].param_groups)
+
+
+def test_gradients_are_clipped_with_bf16_and_the_fused_optimizer():
+    """Lightning refuses to clip for an optimizer that unscales AMP's gradients itself (fused SGD); without a loss
+    scale (bf16, float32) the module clips them all the same."""
+    class ClippedNorms(L.Callback):
+        norms: list[float] = []
+
+        def on_before_zero_grad(self, trainer, pl_module, optimizer):  # the previous step's gradients, clipped
+            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            if grads:
+                self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    data = torch.utils.data.TensorDataset(100 * torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    clipped = ClippedNorms()
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", limit_val_batches=0, precision="bf16-mixed",
+                        gradient_clip_val=0.5, callbacks=[clipped])
+    trainer.fit(make_module(), torch.utils.data.DataLoader(data, batch_size=16))
+    assert len(clipped.norms) == 3 and max(clipped.norms) <= 0.5 * (1 + 1e-5), clipped.norms
+
+
+def test_under_fp16s_loss_scale_only_the_loss_is_checked_and_read_at_once():
+    """With AMP's GradScaler (16-mixed) the gradients are still scaled and their overflows are the scaler's to
+    skip: the guard checks the loss alone, reads it at once (a wait per step) and leaves found_inf to the scaler."""
+    from zfexp.divergence import DivergenceGuard
+
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.tensor([1.0, float("inf"), 0.0])  # an overflow of the scaled gradients
+    optimizer = torch.optim.SGD([param], lr=0.1, fused=True)
+    guard = DivergenceGuard()
+    record = guard.check_step(torch.tensor(2.5), optimizer, step=7, epoch=0, loss_scaled=True)
+    assert record is not None and not record.diverged and record.loss == 2.5
+    assert not hasattr(optimizer, "found_inf")
+    record = guard.check_step(torch.tensor(float("nan")), optimizer, step=8, epoch=0, loss_scaled=True)
+    assert record.diverged and record.nonfinite_loss == 1

@@ -61,7 +61,7 @@ class _PendingRecord:
         self.host.copy_(values, non_blocking=on_gpu)
         self.event: torch.cuda.Event | None = None
         if on_gpu:
-            self.event = torch.cuda.Event()
+            self.event = torch.cuda.Event(blocking=True)  # a wait for it yields the CPU rather than spinning
             self.event.record()
         self.record: StepRecord | None = None
 
@@ -93,11 +93,13 @@ class DivergenceGuard:
         self._one: torch.Tensor | None = None
         self.newest: StepRecord | None = None  # the newest record the host has, for progress bars and loggers
 
-    def check_step(self, loss: torch.Tensor, optimizer: Optimizer, step: int, epoch: int) -> StepRecord | None:
+    def check_step(self, loss: torch.Tensor, optimizer: Optimizer, step: int, epoch: int,
+                   loss_scaled: bool = False) -> StepRecord | None:
         """Flag this step on the device and hand the flag to ``optimizer``: a fused one skips the update on the
         device, and the step's record goes to the host without waiting (``None`` is returned). Any other optimizer
         cannot skip it, so for it the host reads the record now (a wait) and gets it back, to stop before the
-        update."""
+        update. ``loss_scaled``: the gradients are still multiplied by AMP's loss scale (fp16, ``16-mixed``), whose
+        ``GradScaler`` skips their overflows itself and sets ``found_inf``: only the loss is checked, and read now."""
         loss = loss.detach()
         device = loss.device
         if self._diverged is None or self._diverged.device != device:
@@ -105,7 +107,7 @@ class DivergenceGuard:
             self._one = torch.ones(1, device=device)
         bad_grads = torch.zeros(1, device=device)
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for group in optimizer.param_groups:
+        for group in optimizer.param_groups if not loss_scaled else ():
             for p in group["params"]:
                 if p.grad is not None:
                     by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
@@ -117,7 +119,8 @@ class DivergenceGuard:
             dist.all_reduce(flags)  # enqueued on the device (NCCL) or done by the host (gloo): no wait either way
         torch.maximum(self._diverged, flags.sum().clamp_max(1).view(1), out=self._diverged)
         pending = _PendingRecord(step, epoch, torch.cat([loss.float().view(1), flags]))
-        if not optimizer.defaults.get("fused"):
+        # Per group: a resumed optimizer takes its groups' settings from the checkpoint.
+        if loss_scaled or not all(group.get("fused") for group in optimizer.param_groups):
             self.newest = pending.read()
             return self.newest
         optimizer.found_inf = self._diverged
@@ -209,8 +212,18 @@ class StopOnDivergence:
         record = self.divergence.newest_arrived()
         return record.loss if record is not None else None
 
+    def on_train_start(self) -> None:
+        """A checkpoint of a run whose SGD was not fused restores its param groups' ``fused``: fused again, so
+        that a resumed run's diverged steps are skipped on the device too."""
+        super().on_train_start()
+        for optimizer in self.trainer.optimizers:
+            if isinstance(optimizer, torch.optim.SGD) and optimizer.defaults.get("fused"):
+                for group in optimizer.param_groups:
+                    group["fused"], group["foreach"] = True, None
+
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        now = self.divergence.check_step(self.step_loss, optimizer, self.global_step, self.current_epoch)
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        now = self.divergence.check_step(self.step_loss, optimizer, self.global_step, self.current_epoch, scaled)
         if now is not None:  # an optimizer that cannot skip on the device: read at once, before its update
             self._read_step_records([now])
 

@@ -2,8 +2,8 @@
 weighted by images. Every state of them is a sum, so the states of several processes (DDP ranks, a checkpoint's
 ranks) combine by adding them, and an update makes no host-device synchronisation: no checks of the values, and
 counts made by comparisons and sums, never by ``torch.bincount`` (which on CUDA reads its input's range back to
-the host first). The states are named and shaped as torchmetrics' ``MulticlassAccuracy`` names them (``tp``,
-``fn``), so the metric states of a mid-epoch checkpoint written with it load into these."""
+the host first). They give torchmetrics' ``MulticlassAccuracy``'s numbers to the last digit, with its states'
+names (``tp``, ``fp``, ``fn``), so the metric states of a mid-epoch checkpoint written with it load into these."""
 
 from __future__ import annotations
 
@@ -31,6 +31,12 @@ class TopKError(Metric):
         self.tp += hits
         self.fn += labels.numel() - hits
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("tp", "fn"):  # torchmetrics kept a top-k (k > 1) count per class: their sum is the count
+            if state_dict.get(prefix + name) is not None and state_dict[prefix + name].numel() != 1:
+                state_dict[prefix + name] = state_dict[prefix + name].sum().view(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def compute(self) -> torch.Tensor:
         # torchmetrics' arithmetic (accuracy, then its complement), for the same float to the last digit.
         accuracy = self.tp.sum().float() / (self.tp + self.fn).sum().float()
@@ -38,10 +44,10 @@ class TopKError(Metric):
 
 
 class MeanClassAccuracy(Metric):
-    """Mean over classes of the per-class accuracy, in percent: the metric of the paper's Caltech tables. Classes
-    without an image in the data are left out of the mean (as ``sklearn.metrics.balanced_accuracy_score`` does).
-    ``update(scores [B, num_classes], labels [B])``: the counts per class come from a ``[B, num_classes]``
-    comparison with the class indices (one-hot), summed over the batch."""
+    """Mean over classes of the per-class accuracy, in percent: the metric of the paper's Caltech tables. As
+    torchmetrics' macro average: a class neither in the data nor predicted is left out of the mean, one predicted
+    but not in the data counts as 0. ``update(scores [B, num_classes], labels [B])``: the counts per class come
+    from ``[B, num_classes]`` comparisons with the class indices (one-hot), summed over the batch."""
 
     full_state_update = False
 
@@ -50,20 +56,23 @@ class MeanClassAccuracy(Metric):
         self.num_classes = num_classes
         self.add_state("tp", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")  # right, per class
         self.add_state("fn", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")  # wrong, per class
+        self.add_state("fp", torch.zeros(num_classes, dtype=torch.long), dist_reduce_fx="sum")  # wrongly predicted
         self.register_buffer("classes", torch.arange(num_classes), persistent=False)
 
     def update(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
-        one_hot = labels.unsqueeze(1) == self.classes  # [B, num_classes]
-        right = (scores.argmax(1) == labels).unsqueeze(1)  # [B, 1]
-        self.tp += (one_hot & right).sum(0)
-        self.fn += (one_hot & ~right).sum(0)
+        predicted = scores.argmax(1)
+        is_label = labels.unsqueeze(1) == self.classes  # [B, num_classes] one-hot
+        wrong = (predicted != labels).unsqueeze(1)  # [B, 1]
+        self.tp += (is_label & ~wrong).sum(0)
+        self.fn += (is_label & wrong).sum(0)
+        self.fp += ((predicted.unsqueeze(1) == self.classes) & wrong).sum(0)
 
     def compute(self) -> torch.Tensor:
         images = self.tp + self.fn
         accuracy = self.tp.float() / images.float().clamp_min(1)  # [num_classes]
-        present = (images > 0).float()
+        counted = (images + self.fp > 0).float()
         # torchmetrics' arithmetic for its macro average, for the same float to the last digit.
-        return 100.0 * (present * accuracy / present.sum()).sum()
+        return 100.0 * (counted * accuracy / counted.sum()).sum()
 
 
 class WeightedMean(Metric):

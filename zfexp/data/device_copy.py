@@ -26,7 +26,9 @@ class CopyOnSideStream:
             return move_data_to_device(batch, device)
         streams = self._copy_streams if self._copy_streams is not None else {}
         self._copy_streams = streams
-        copy = streams.setdefault(device, torch.cuda.Stream(device))
+        if device not in streams:
+            streams[device] = torch.cuda.Stream(device)
+        copy = streams[device]
         compute = torch.cuda.current_stream(device)
         # The copy stream allocates from a pool of its own: no wait for the compute stream's kernels before it.
         with torch.cuda.stream(copy):
