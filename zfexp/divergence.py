@@ -16,7 +16,7 @@ step's forward, and the GPU then idles while the host prepares the rest of the s
    records at the same points and sees the same all-reduced flags, so every process stops at the same step.
 
 The loss of the newest record whose copy has arrived is there for progress bars and loggers
-(:attr:`StepRecords.newest`), without any wait.
+(:meth:`DivergenceGuard.newest_arrived`), without any wait.
 """
 
 from __future__ import annotations
