@@ -232,17 +232,20 @@ class StopOnDivergence:
 
     def on_validation_start(self) -> None:
         if self.trainer.state.fn == TrainerFn.FITTING:  # validation within fit: not of a diverged run
-            self._read_step_records(self.divergence.take(float("inf")))
+            self._read_every_step_record()
 
     def on_train_epoch_end(self) -> None:
-        self._read_step_records(self.divergence.take(float("inf")))
+        self._read_every_step_record()
 
     def on_train_end(self) -> None:
-        self._read_step_records(self.divergence.take(float("inf")))
+        self._read_every_step_record()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._read_step_records(self.divergence.take(float("inf")))  # never a checkpoint of a diverged run
+        self._read_every_step_record()  # never a checkpoint of a diverged run
         super().on_save_checkpoint(checkpoint)
+
+    def _read_every_step_record(self) -> None:
+        self._read_step_records(self.divergence.take(float("inf")))
 
     def _read_step_records(self, records: list[StepRecord]) -> None:
         trainer = self._trainer

@@ -194,24 +194,24 @@ def _occlusion_maps(model, images, labels, patch, fill_image, feature_layer, fea
     base_prob, base_label = base_probs[torch.arange(n), labels], base_probs.argmax(1)
     projection = DeconvNet(model).project_units(images, feature_layer, feature_map)
 
-    # Every (image, row, column) position, image-major.
+    # Every (image, row, column) position, image-major, in batches of batch_size.
     grid = (n, len(rows), len(cols))
-    item_image = torch.arange(n, device=device).repeat_interleave(len(rows) * len(cols))
-    item_row = torch.arange(len(rows), device=device).repeat_interleave(len(cols)).repeat(n)
-    item_col = torch.arange(len(cols), device=device).repeat(n * len(rows))
+    item_image, item_row, item_col = (t.flatten() for t in torch.meshgrid(
+        *(torch.arange(size, device=device) for size in grid), indexing="ij"))
+    batches = zip(*(t.split(batch_size) for t in (item_image, item_row, item_col)), strict=True)
     rows, cols = rows.to(device), cols.to(device)
     logits, activity = [], []
     if leaves is not None:
         run = IncrementalRun(leaves, images, fill_image, feature_module)
-        for idx in torch.arange(len(item_image), device=device).split(batch_size):
-            out, act = run.forward(item_image[idx], rows[item_row[idx]], cols[item_col[idx]], patch, feature_map)
+        for image, row, col in batches:
+            out, act = run.forward(image, rows[row], cols[col], patch, feature_map)
             logits.append(out)
             activity.append(act)
     else:
         copies = OccludedCopies(images, fill_image, rows, cols, patch, input_layout(model, device))
         with map_totals(model, feature_layer, images) as forward:
-            for idx in torch.arange(len(item_image), device=device).split(batch_size):
-                out, act = forward(copies(item_image[idx], item_row[idx], item_col[idx]), feature_map[item_image[idx]])
+            for image, row, col in batches:
+                out, act = forward(copies(image, row, col), feature_map[image])
                 logits.append(out)
                 activity.append(act)
     probs = probabilities(torch.cat(logits))

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning_utilities.core.apply_func import apply_to_collection
 
 
 class CopyOnSideStream:
@@ -19,34 +20,17 @@ class CopyOnSideStream:
     is not reused before that stream is done with them. The loader's pinned host memory makes the copy
     asynchronous. On any other device, Lightning's own transfer."""
 
-    _copy_streams: dict[torch.device, torch.cuda.Stream] | None = None
+    _copy_stream: torch.cuda.Stream | None = None  # made at the first batch (a process trains on one GPU)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if device.type != "cuda":
             return move_data_to_device(batch, device)
-        streams = self._copy_streams if self._copy_streams is not None else {}
-        self._copy_streams = streams
-        if device not in streams:
-            streams[device] = torch.cuda.Stream(device)
-        copy = streams[device]
+        if self._copy_stream is None or self._copy_stream.device != device:
+            self._copy_stream = torch.cuda.Stream(device)
         compute = torch.cuda.current_stream(device)
         # The copy stream allocates from a pool of its own: no wait for the compute stream's kernels before it.
-        with torch.cuda.stream(copy):
+        with torch.cuda.stream(self._copy_stream):
             moved = move_data_to_device(batch, device)
-        compute.wait_stream(copy)
-        for tensor in _tensors(moved):
-            if tensor.device.type == "cuda":
-                tensor.record_stream(compute)
+        compute.wait_stream(self._copy_stream)
+        apply_to_collection(moved, torch.Tensor, lambda tensor: tensor.record_stream(compute))
         return moved
-
-
-def _tensors(data: Any):
-    """Every tensor in a batch (tensors, and lists, tuples and dicts of them)."""
-    if isinstance(data, torch.Tensor):
-        yield data
-    elif isinstance(data, dict):
-        for value in data.values():
-            yield from _tensors(value)
-    elif isinstance(data, (list, tuple)):
-        for value in data:
-            yield from _tensors(value)
