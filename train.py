@@ -9,6 +9,7 @@ Writes checkpoints, metrics.json and the resolved config into logs/<task_name>/r
 ``zfexp.training.train``.
 """
 
+import logging
 import sys
 
 import hydra
@@ -19,14 +20,21 @@ from zfexp.runs.launchers import check_launcher_extra, check_launcher_reachable,
 from zfexp.runs.reporting import reported_errors
 from zfexp.training import train
 
+log = logging.getLogger(__name__)
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with reported_errors():
         metrics = train(cfg)
     # Sweepers (Optuna, Ax, ...) minimise what this returns.
-    value = metrics.get(cfg.get("optimized_metric") or "")
-    return float(value) if value is not None else None
+    key = cfg.get("optimized_metric")
+    if key is None:
+        return None
+    if metrics.get(key) is None:  # a run that stopped early, or test=false (val/ comes from its final evaluation)
+        log.info("optimized_metric=%s: this run recorded no such metric; a sweeper gets None", key)
+        return None
+    return float(metrics[key])
 
 
 if __name__ == "__main__":

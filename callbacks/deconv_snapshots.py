@@ -42,7 +42,7 @@ class DeconvSnapshots(ProbedAnalysis):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self.chosen_layers = layers_or_defaults(f"{self.config_key}.layers", network_of(pl_module), self.layers)
+        self.chosen_layers = layers_or_defaults(f"{self.config_key}.layers", pl_module, self.layers)
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)

@@ -9,16 +9,17 @@ import torch
 from callbacks.network_layers import evaluating, layers_or_defaults, network_of
 from callbacks.scheduled_analysis import ProbedAnalysis
 from callbacks.training_outputs import log_image
+from zfexp.analysis.layer_choice import default_conv_layers
 from zfexp.analysis.map_choice import chosen_maps
 from zfexp.checks import positive_int
 from zfexp.figures.feature_tiles import strongest_unit_tiles
 from zfexp.figures.grid import image_grid
-from zfexp.models.external import default_conv_layers
 
 
-def conv3_and_conv5(net):
-    """The paper's conv3 and conv5, or the third and fifth of the network's default layers (else its last)."""
-    layers = default_conv_layers(net)
+def conv3_and_conv5(net, image_shape):
+    """The paper's conv3 and conv5, or the third and fifth of the network's default layers for images of
+    ``image_shape`` ``(C, H, W)`` (else its last)."""
+    layers = default_conv_layers(net, image_shape)
     return layers[2::2] or layers[-1:]
 
 
@@ -35,7 +36,7 @@ class GuidedBackpropSnapshots(ProbedAnalysis):
 
     def setup(self, trainer, pl_module, stage):
         super().setup(trainer, pl_module, stage)  # names the epochs beyond trainer.max_epochs in the log
-        self.chosen_layers = layers_or_defaults(f"{self.config_key}.layers", network_of(pl_module), self.layers,
+        self.chosen_layers = layers_or_defaults(f"{self.config_key}.layers", pl_module, self.layers,
                                                 default=conv3_and_conv5)  # the layers, checked before training
 
     def analyse(self, trainer, pl_module, epoch):  # on rank zero, at the scheduled epochs; epoch None = end

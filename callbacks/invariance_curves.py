@@ -11,8 +11,8 @@ from callbacks.network_layers import evaluating, layers_or_defaults, network_of
 from callbacks.scheduled_analysis import ProbedAnalysis
 from callbacks.training_outputs import TrainingSink, inputs_of
 from zfexp.analysis import TRANSFORMS
+from zfexp.analysis.layer_choice import default_invariance_layers
 from zfexp.errors import InvalidValueError
-from zfexp.models.external import default_invariance_layers
 from zfexp.recipes import invariance
 
 
@@ -37,7 +37,7 @@ class InvarianceCurves(ProbedAnalysis):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self.chosen_layers = layers_or_defaults(f"{self.config_key}.layers", network_of(pl_module), self.layers,
+        self.chosen_layers = layers_or_defaults(f"{self.config_key}.layers", pl_module, self.layers,
                                                 default=default_invariance_layers, projected=False)
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:

@@ -10,10 +10,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from zfexp.analysis.activations import check_feature_layers, eval_mode
-from zfexp.analysis.deconv_record import check_projectable
-from zfexp.errors import InvalidValueError
-from zfexp.models.external import default_conv_layers
+from zfexp.analysis.activations import eval_mode
+from zfexp.analysis.layer_choice import ImageShape, check_drawn_layers, check_read_layers, default_conv_layers
 
 
 def network_of(pl_module: L.LightningModule) -> nn.Module:
@@ -21,28 +19,28 @@ def network_of(pl_module: L.LightningModule) -> nn.Module:
     return getattr(pl_module, "net", pl_module)
 
 
-def check_layers(key: str, model: nn.Module, layers: Sequence[str]) -> None:
-    for layer in layers:
-        try:
-            check_projectable(model, layer)
-        except ValueError as err:
-            raise InvalidValueError(f"{key}: {err}") from err
+def image_shape_of(pl_module: L.LightningModule) -> ImageShape:
+    """``(channels, height, width)`` of the images the module takes: its ``example_input_array``, else its
+    ``in_channels`` and ``input_size`` hyperparameters (ImageNet's 3 x 224 x 224 where it has neither)."""
+    example = getattr(pl_module, "example_input_array", None)
+    if isinstance(example, torch.Tensor) and example.dim() == 4:
+        return tuple(example.shape[1:])
+    hparams = getattr(pl_module, "hparams", {})
+    size = int(hparams.get("input_size", 224))
+    return int(hparams.get("in_channels", 3)), size, size
 
 
-def layers_or_defaults(key: str, model: nn.Module, layers: Sequence[str] | None,
-                       default: Callable[[nn.Module], list[str]] = default_conv_layers,
+def layers_or_defaults(key: str, pl_module: L.LightningModule, layers: Sequence[str] | None,
+                       default: Callable[[nn.Module, ImageShape], list[str]] = default_conv_layers,
                        projected: bool = True) -> list[str]:
-    """``layers`` as configured, or for ``None`` the network's own: ``default(model)``, by default the paper's
-    conv1..conv5 when it has them, else five of its convs spread over its depth (``layer1.0.conv1`` ... in a
-    ResNet). Checked before training: each one projectable to pixels (``projected``) or giving features."""
-    chosen = list(layers) if layers is not None else default(model)
-    if projected:
-        check_layers(key, model, chosen)
-    else:
-        try:
-            check_feature_layers(model, chosen)
-        except ValueError as err:
-            raise InvalidValueError(f"{key}: {err}") from err
+    """``layers`` as configured, or for ``None`` the network's own: ``default(net, image_shape)``, by default the
+    paper's conv1..conv5 when it has them, else five of its convs spread over its depth (``layer1.0.conv1`` ...
+    in a ResNet). Checked before training on the module's images: each one drawn (``projected``: it runs and
+    has a receptive field) or read (its features exist)."""
+    net, image_shape = network_of(pl_module), image_shape_of(pl_module)
+    chosen = list(layers) if layers is not None else default(net, image_shape)
+    check = check_drawn_layers if projected else check_read_layers
+    check(key, net, chosen, image_shape)
     return chosen
 
 

@@ -10,9 +10,9 @@ import lightning as L
 from callbacks.network_layers import evaluating, layers_or_defaults, network_of
 from callbacks.scheduled_analysis import ProbedAnalysis
 from callbacks.training_outputs import TrainingSink, inputs_of
+from zfexp.analysis.layer_choice import default_conv_layers
 from zfexp.checks import positive_int
 from zfexp.errors import InvalidValueError
-from zfexp.models.external import default_conv_layers
 from zfexp.recipes import occlusion
 
 
@@ -25,7 +25,7 @@ class OcclusionMaps(ProbedAnalysis):
             the network's last conv.
         probe_size: validation images (chosen once, seeded, kept in the checkpoint).
         batch_size: occluded copies per forward batch; ``None``: by the device's memory (as many as fit in a
-            quarter of a GPU's free memory, 64 on a CPU). The same maps with any.
+            quarter of a GPU's free memory, on a CPU at most 64 within 1 GiB). The same maps with any.
     """
 
     def __init__(self, epochs: Sequence[int] = (), patch: int | None = None, stride: int | None = None,
@@ -39,9 +39,9 @@ class OcclusionMaps(ProbedAnalysis):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self.chosen_layer = layers_or_defaults(f"{self.config_key}.feature_layer", network_of(pl_module),
+        self.chosen_layer = layers_or_defaults(f"{self.config_key}.feature_layer", pl_module,
                                                None if self.feature_layer is None else [self.feature_layer],
-                                               default=lambda net: default_conv_layers(net)[-1:])[0]
+                                               default=lambda net, shape: default_conv_layers(net, shape)[-1:])[0]
         size = getattr(pl_module, "hparams", {}).get("input_size")
         if self.patch is not None and size is not None and self.patch > size:
             raise InvalidValueError(f"{self.config_key}.patch={self.patch} is larger than the {size}x{size} input; "

@@ -2,13 +2,14 @@
 photographs, and its errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.conftest import DATA_DIR, ROOT, TINY, compose_config, compose_train
+from tests.conftest import DATA_DIR, ROOT, TINY, compose_config, compose_train, run_in_process
 from zfexp.analyze import analyze, images_of_class
 from zfexp.errors import CorruptImageError
 from zfexp.training import train
@@ -175,7 +176,9 @@ def test_weights_are_loaded_from_a_state_dict_file_and_a_wrong_one_is_named(tmp_
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), trained.state_dict().values(),
                                                  strict=True))
     torch.save(build_network("alexnet").features.state_dict(), tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match=r"other.pt does not fit the network: missing \['conv1.bias'"):
+    with pytest.raises(CheckpointError, match=r"other.pt holds weights of another network than ZFNet: \d+ keys "
+                                              r"missing \(conv1.bias, conv1.weight, conv2.bias, ...\); \d+ unexpected "
+                                              r"\(0.bias"):
         load_weights(build_network(spec), str(tmp_path / "other.pt"))
     with pytest.raises(CheckpointError, match="weights=.*nothing.pt: no such file"):
         load_weights(build_network(spec), str(tmp_path / "nothing.pt"))
@@ -192,3 +195,19 @@ def test_network_mode_checks_its_values_first(tmp_path, overrides, words):
     with pytest.raises(ValueError) as err:
         analyze(compose_config("analyze", analyze_dir(tmp_path), overrides))
     assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_a_checkpoint_moved_out_of_its_run_dir_is_analysed_with_the_data_settings_it_carries(tiny_checkpoint,
+                                                                                              tmp_path):
+    moved = tmp_path / "from_a_colleague.ckpt"
+    shutil.copy(tiny_checkpoint, moved)
+    out = tmp_path / "run"
+    code, stderr = run_in_process("zfexp.analyze", f"ckpt_path={moved}", "analyses=[deconv]", "deconv.num_images=4",
+                                  "deconv.layers=[conv1]", "deconv.maps_per_layer=2", "logger=none",
+                                  f"hydra.run.dir={out}")
+    assert code == 0, stderr[-2000:]
+    assert (out / "images" / "deconv_conv1.png").is_file()
+    # Data settings that give other images than the mean image's: the keys are named.
+    code, stderr = run_in_process("zfexp.analyze", f"ckpt_path={moved}", "data=fashion_mnist", "analyses=[deconv]",
+                                  "deconv.layers=[conv1]", "logger=none", f"hydra.run.dir={tmp_path / 'other'}")
+    assert code == 1 and "data.preprocess.resize, crop and input_size give other images than the mean" in stderr

@@ -22,7 +22,7 @@ from zfexp.divergence import READ_LAG
 from zfexp.module import ImageClassifier
 
 DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-       "trainer.sync_batchnorm=false", "module.channels_last=false", "trainer.enable_progress_bar=false",
+       "module.channels_last=false", "trainer.enable_progress_bar=false",
        "callbacks.progress_bar=null"]
 SMALL = ["experiment=quickstart", "data.num_workers=0", "data.batch_size=64", "trainer.max_epochs=1",
          "model.widths={conv1: 8, conv2: 16, conv3: 16, conv4: 16, conv5: 16, fc6: 32, fc7: 32}"]
@@ -68,6 +68,19 @@ def test_ddp_writes_each_image_once_and_evaluates_every_image_once(tmp_path):
     test = single.test(module, datamodule=instantiate(cfg.data, _convert_="all"), verbose=False)[0]
     for key, value in {**val, **test}.items():
         assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, metrics[key], value)
+
+
+def test_the_docs_cpu_command_runs_as_written_and_sync_batchnorm_is_left_to_cuda(tmp_path):
+    """docs/sweeps.md's ``python train.py experiment=quickstart trainer=ddp trainer.accelerator=cpu
+    trainer.devices=2`` (a slice of the data, one epoch, no figures), with ``trainer.sync_batchnorm=true`` as a
+    user coming from the GPUs sets it: SyncBatchNorm refuses CPU modules, so a log line says it is left out."""
+    log_dir = tmp_path / "logs"
+    done = run_train(log_dir, "experiment=quickstart", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                     "trainer.sync_batchnorm=true", "trainer.max_epochs=1", "data.subset_size=128", "test=false",
+                     *NO_FIGURES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trainer.sync_batchnorm=true: SyncBatchNorm runs on CUDA only" in done.stdout + done.stderr
+    assert (newest_run(log_dir) / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_no_step_waits_for_the_host_and_a_loss_diverging_on_one_rank_stops_every_rank(tmp_path):

@@ -10,7 +10,16 @@ import torch
 from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 from torch import nn
 from torch.nn import functional as F
-from torchvision.models import alexnet, densenet121, resnet18, vgg11_bn, vgg16
+from torchvision.models import (
+    alexnet,
+    convnext_tiny,
+    densenet121,
+    efficientnet_b0,
+    mobilenet_v3_small,
+    resnet18,
+    vgg11_bn,
+    vgg16,
+)
 
 from zfexp.analysis import DeconvNet, layer_activations, receptive_field
 from zfexp.analysis.deconv_graph import project_graph
@@ -89,6 +98,15 @@ CASES = {
     "vgg11_bn conv": (lambda: with_random_batch_norm(vgg11_bn()), "features.8", "features.10", 64, [3, 100]),
     "functional ReLUs": (lambda: functional_pair(), "conv3", "relu3", 24, [0, 7]),
     "zfnet_small batchnorm": (small_zfnet, "conv4", "relu4", 28, [0, 5]),
+    # Squeeze-excite (a gate from globally pooled features, Hardswish / SiLU passed as their gradient), and
+    # ConvNeXt (depthwise 7x7, LayerNorm over channels, GELU, layer scale): blocks and a conv after a gate.
+    "mobilenet_v3_small block": (lambda: with_random_batch_norm(mobilenet_v3_small()), "features.4", "features.4",
+                                 64, [0, 7]),
+    "mobilenet_v3_small conv after its gate": (lambda: with_random_batch_norm(mobilenet_v3_small()),
+                                               "features.4.block.3.0", "features.4.block.3.0", 64, [0, 7]),
+    "efficientnet_b0 block": (lambda: with_random_batch_norm(efficientnet_b0()), "features.3.1", "features.3.1",
+                              64, [0, 11]),
+    "convnext_tiny block": (lambda: convnext_tiny().eval(), "features.3.0", "features.3.0", 64, [0, 50]),
 }
 
 
@@ -158,7 +176,7 @@ def test_units_of_different_images_project_alone_on_a_resnet():
 def test_receptive_fields_from_the_graph_equal_the_chains(build, layers, size):
     net = build().eval()
     for layer in layers:
-        jump, offset, field = field_geometry(net, layer, 3)
+        jump, offset, field = field_geometry(net, layer, 3, size)  # a Field: each fits in twice the size
         for row, col in ((0, 0), (1, 2), (5, 3)):
             top, left = row * jump[0] + offset[0], col * jump[1] + offset[1]
             from_graph = (max(top, 0), max(left, 0), min(top + field[0] - 1, size - 1),

@@ -87,6 +87,10 @@ BAD_VALUES = {
     "true as a batch size": (["data.batch_size=true"], ["data.batch_size=True", "positive integer"]),
     "a fractional subset": (["data.subset_size=2.5"], ["data.subset_size=2.5", "positive integer", "null"]),
     "layers fixed without a checkpoint": (["freeze=fc7"], ["freeze=fc7", "pretrained_ckpt"]),
+    "from scratch with layers fixed, without a checkpoint": (["from_scratch=true", "freeze=fc7"],
+                                                             ["freeze=fc7", "pretrained_ckpt"]),
+    "from scratch without a checkpoint": (["from_scratch=true"], ["from_scratch=true", "pretrained_ckpt="]),
+    "a metric no run records": (["optimized_metric=val/top1"], ["optimized_metric='val/top1'", "val/top1_err"]),
     **({} if torch.cuda.is_available() else {
         "a GPU trainer without a GPU": (["trainer=gpu"], ["trainer.accelerator=gpu", "no GPU", "trainer=default"])}),
 }

@@ -29,9 +29,11 @@ RAY_SWEEP = ("python train.py -m sweep=seeds experiment=quickstart callbacks=def
 SLURM_PACKAGES = {"slurmctld": "slurmctld", "slurmd": "slurmd", "munged": "munge", "sbatch": "slurm-client"}
 
 
-def run_documented_sweep(command: str, log_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_documented_sweep(command: str, log_dir: Path, env: dict[str, str] | None = None,
+                         extra: list[str] = ()) -> subprocess.CompletedProcess:
     assert command in (ROOT / "docs" / "sweeps.md").read_text()  # the command a user reads
-    argv = [sys.executable, *shlex.split(command)[1:], f"paths.log_dir={log_dir}", f"paths.data_dir={DATA_DIR}"]
+    argv = [sys.executable, *shlex.split(command)[1:], *extra, f"paths.log_dir={log_dir}",
+            f"paths.data_dir={DATA_DIR}"]
     return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env={**os.environ, **(env or {})})
 
@@ -112,6 +114,24 @@ def test_the_slurm_preset_runs_a_seeds_sweep_as_a_job_array(slurm, tmp_path):
     # A cluster without accounting: submitit's failed sacct polls are said once, not every few seconds.
     output = done.stdout + done.stderr
     assert "Call #1 - Bypassing sacct error" in output and "Call #2 - Bypassing sacct error" not in output
+
+
+SLURM_DDP = ("python train.py -m experiment=quickstart trainer=ddp trainer.accelerator=cpu trainer.devices=2 "
+             "hydra/launcher=slurm hydra.launcher.tasks_per_node=2 hydra.launcher.gpus_per_node=0 "
+             "hydra.launcher.cpus_per_task=1 hydra.launcher.mem_gb=4")
+
+
+def test_the_slurm_preset_runs_ddp_as_two_tasks_of_one_job(slurm, tmp_path):
+    """One job, two SLURM tasks (Lightning's SLURM environment: a process each), on the CPU: the command of
+    docs/sweeps.md with a short run."""
+    done = run_documented_sweep(SLURM_DDP, tmp_path / "logs", slurm, extra=["trainer.max_epochs=1",
+                                                                           "data.subset_size=256", "callbacks=default",
+                                                                           "logger=csv"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["epochs"] == 1, metrics
+    assert len(list(sweep.glob(".submitit/**/*_log.out"))) == 2  # a log per task: two processes trained
 
 
 @pytest.fixture

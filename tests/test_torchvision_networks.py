@@ -159,6 +159,19 @@ def test_analyze_resnet18_with_named_weights_draws_every_figure_labelled_by_its_
     assert record["input"]["resize"] == 64 and record["input"]["mean"] == [0.485, 0.456, 0.406]
 
 
+def test_a_cached_file_of_another_network_is_named_with_its_keys_and_shapes(torch_home):
+    path = torch_home / "hub" / "checkpoints" / RESNET18_FILE
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    with pytest.raises(CheckpointError) as err:
+        load_network("resnet18", "DEFAULT")
+    message = str(err.value)
+    assert f"{path} holds weights of another network than torchvision's resnet18: " in message
+    assert "unexpected (layer1.0.bn3.bias, layer1.0.bn3.num_batches_tracked, layer1.0.bn3.running_mean, ...)" in message
+    assert "shapes differ (layer1.0.conv1.weight [64, 64, 1, 1] in the file, [64, 64, 3, 3] in the network" in message
+    assert "incomplete" not in message and "complete copy" not in message
+
+
 def test_analyze_offline_with_nothing_cached_stops_with_one_paragraph(torch_home, photos, tmp_path):
     code, stderr = run_in_process("zfexp.analyze", "network=resnet18", "weights=DEFAULT", f"images={photos}",
                                   "logger=none", f"hydra.run.dir={tmp_path / 'run'}")
@@ -242,8 +255,9 @@ def test_a_network_that_cannot_take_the_data_stops_before_training():
     spec = {"_target_": "zfexp.models.classifiers.torchvision_classifier", "name": "vit_b_16"}
     with pytest.raises(InvalidValueError, match="does not take the data's 1-channel 28 px images"):
         build_classifier(spec, num_classes=10, in_channels=1, input_size=28)
-    with pytest.raises(InvalidValueError, match="model.name=googlenet: its training forward returns auxiliary"):
-        torchvision_classifier("googlenet", 10)
+    # GoogLeNet and Inception-v3 are trained without their auxiliary classifiers: logits alone in training too.
+    net = torchvision_classifier("googlenet", 10, in_channels=1, input_size=64).train()
+    assert isinstance(net(torch.zeros(2, 1, 64, 64)), torch.Tensor) and net.aux1 is None
 
 
 def test_a_callbacks_default_layers_keep_the_state_key_the_named_layers_had():

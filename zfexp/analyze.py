@@ -25,16 +25,20 @@ from torch.utils.data import Dataset, Subset
 
 from zfexp import recipes
 from zfexp.analysis import TRANSFORMS
-from zfexp.analysis.activations import check_feature_layers
-from zfexp.analysis.deconv_record import check_projectable
+from zfexp.analysis.layer_choice import (
+    check_drawn_layers,
+    check_read_layers,
+    default_conv_layers,
+    default_invariance_layers,
+)
 from zfexp.analysis.map_choice import chosen_maps
 from zfexp.data.classes import dataset_targets
 from zfexp.data.normalization import InputNormalization
 from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.errors import InvalidValueError
-from zfexp.models.external import default_conv_layers, default_invariance_layers, load_network, named_weights_input
-from zfexp.pretrained import load_pretrained, pretrained_network
+from zfexp.models.external import load_network, named_weights_input
+from zfexp.pretrained import Pretrained, load_pretrained, pretrained_network
 from zfexp.recipes import Inputs
 from zfexp.runs.devices import check_device, device_of
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
@@ -166,40 +170,46 @@ def check_config(cfg: DictConfig) -> None:
     trust_option(cfg)
 
 
-def resolve_layers(cfg: DictConfig, net: torch.nn.Module) -> None:
-    """Fill the layer lists left null with the network's defaults, and check every layer named, so that a
-    wrong name stops the run before any analysis with the valid ones listed."""
-    convs, invariance = default_conv_layers(net), default_invariance_layers(net)
+def resolve_layers(cfg: DictConfig, net: torch.nn.Module, image_shape: tuple[int, int, int]) -> None:
+    """Fill the layer lists left null with the network's defaults for images of ``image_shape`` (C, H, W), and
+    check every layer named, so that a layer that cannot be drawn stops the run before any analysis, with the
+    ones that can listed."""
+    convs, invariance = default_conv_layers(net, image_shape), default_invariance_layers(net, image_shape)
     defaults = {("deconv", "layers"): convs, ("top9", "layers"): convs, ("occlusion", "feature_layer"): convs[-1],
                 ("invariance", "layers"): invariance, ("correspondence", "layers"): [convs[-1], invariance[-1]]}
     with open_dict(cfg):
         for (group, key), value in defaults.items():
             if cfg[group].get(key) is None:
                 cfg[group][key] = value
-    for group, key in (("deconv", "layers"), ("top9", "layers")):
-        for layer in cfg[group][key]:
-            try:
-                check_projectable(net, layer)
-            except ValueError as err:
-                raise InvalidValueError(f"{group}.{key}: {err}") from err
+    for group in ("deconv", "top9"):
+        if group in cfg.analyses:
+            check_drawn_layers(f"{group}.layers", net, list(cfg[group].layers), image_shape)
     for key, layers in (("occlusion.feature_layer", [cfg.occlusion.feature_layer]),
                         ("invariance.layers", cfg.invariance.layers),
                         ("correspondence.layers", cfg.correspondence.layers)):
-        try:
-            check_feature_layers(net, list(layers))
-        except ValueError as err:
-            raise InvalidValueError(f"{key}: {err}") from err
+        if key.split(".")[0] in cfg.analyses:
+            check_read_layers(key, net, list(layers), image_shape)
 
 
-def data_config(cfg: DictConfig) -> DictConfig:
-    """``data`` from the command line, else the one the checkpoint's run was trained with."""
+def data_config(cfg: DictConfig, pretrained: Pretrained) -> DictConfig:
+    """``data`` from the command line, else the one the checkpoint's run was trained with: its run's
+    ``config.yaml`` beside it, or the datamodule settings the checkpoint carries (a checkpoint moved out of its
+    run dir), with this machine's ``paths.data_dir`` where the saved root does not exist here."""
     if cfg.get("data") is not None:
         return cfg.data
     run_config = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
-    if not run_config.is_file():
-        raise InvalidValueError(f"data: not given and {run_config} (the checkpoint run's config) does not exist; pass "
-                                "data=<fashion_mnist|cifar10|imagenet> to say which data the model was trained on")
-    return OmegaConf.load(run_config).data
+    if run_config.is_file():
+        return OmegaConf.load(run_config).data
+    if pretrained.data is None:
+        raise InvalidValueError(f"data: not given, {run_config} (the checkpoint run's config) does not exist and the "
+                                "checkpoint carries no datamodule settings; pass data=<fashion_mnist|cifar10|imagenet> "
+                                "to say which data the model was trained on")
+    data = dict(pretrained.data)
+    if not Path(str(data.get("root", ""))).expanduser().exists():
+        log.info("data.root=%s (the checkpoint's) is not on this machine: %s instead", data.get("root"),
+                 cfg.paths.data_dir)
+        data["root"] = cfg.paths.data_dir
+    return OmegaConf.create(data)
 
 
 @task_wrapper("analyze.json")
@@ -222,7 +232,7 @@ def analyze(cfg: DictConfig, run: Run) -> None:
     else:
         pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path", trusted=trust_option(cfg))
         net = pretrained_network(pretrained).to(device)
-        datamodule = instantiate(data_config(cfg), _convert_="all")
+        datamodule = instantiate(data_config(cfg, pretrained), _convert_="all")
         if pretrained.mean_image is not None and datamodule.preprocess.mean_image:
             datamodule.mean = pretrained.mean_image  # the inputs normalised as the network was trained
         datamodule.prepare_data()
@@ -234,7 +244,7 @@ def analyze(cfg: DictConfig, run: Run) -> None:
                                  photo_transform(datamodule.preprocess, datamodule.mean, datamodule.num_channels))
             labelled = False
         inputs = Inputs.of_datamodule(datamodule)
-    resolve_layers(cfg, net)
+    resolve_layers(cfg, net, tuple(dataset[0][0].shape))
     job = Analysis(cfg, net, dataset, labelled, run.dir, run.open_loggers(cfg), device, inputs)
     run.record["outputs"] = job.written
     with torch.no_grad():

@@ -3,8 +3,12 @@ choosing the one ``ckpt_path=last`` resumes (:func:`resolve_ckpt_path`)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
-from collections.abc import Mapping
+import os
+import socket
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +73,16 @@ def check_resumes(ckpt: Mapping[str, Any], module: torch.nn.Module, path: str | 
 
 def newest_resumable(runs_dir: Path, exclude: Path | None = None) -> Path | None:
     """The newest complete ``last.ckpt`` or ``last_step.ckpt`` of the runs under ``runs_dir`` (``<run>/
-    checkpoints/``), leaving out the run dir ``exclude``; ``None`` when there is none. Checkpoints are written
+    checkpoints/``), leaving out the run dir ``exclude`` and runs still training (:func:`training_lock`, with a
+    warning naming them); ``None`` when there is none. Checkpoints are written
     atomically, so the newest file is the newest state; an incomplete one (copied by hand, cut short) is
     passed over for the next."""
     candidates = [p for name in RESUMABLE for p in runs_dir.glob(f"*/checkpoints/{name}")
                   if exclude is None or p.parent.parent != exclude]
+    training = {run: holder for run in {p.parent.parent for p in candidates} if (holder := lock_holder(run))}
+    for run, holder in sorted(training.items()):
+        log.warning("ckpt_path=last passes over %s: it is still training (%s)", run, holder)
+    candidates = [p for p in candidates if p.parent.parent not in training]
     for path in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
         try:
             return check_checkpoint_file(path)
@@ -97,3 +106,51 @@ def resolve_ckpt_path(ckpt_path: str | None, log_dir: str, task_name: str, curre
         log.info("ckpt_path=last: resuming %s", newest)
         return str(newest)
     return str(check_checkpoint_file(ckpt_path, "ckpt_path"))
+
+
+LOCK = "training.lock"  # in a run dir: held by the process training it (its pid and host inside)
+
+
+@contextlib.contextmanager
+def training_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``<run_dir>/training.lock`` while the block runs (a run's training): ``ckpt_path=last`` passes over
+    the run meanwhile. An advisory POSIX lock (``lockf``): the kernel releases it when the process ends, however
+    it ends, and the processes it forks (loader workers, a logger's service) do not hold it, so a lock left behind
+    by a killed run blocks nothing. Taken by the global rank zero only (the other ranks of
+    a DDP run share its run dir)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) != 0:
+        yield
+        return
+    path = Path(run_dir) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CheckpointError(f"{run_dir} is being trained by another process ({lock_holder(Path(run_dir))}); "
+                                  "give this run a run dir of its own") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who trains ``run_dir`` now (``"pid 123 on host"``), ``None`` when nobody holds its lock (none was taken,
+    or its process has ended)."""
+    path = Path(run_dir) / LOCK
+    if not path.is_file():
+        return None
+    with open(path) as handle:
+        try:
+            fcntl.lockf(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "a process"
+        fcntl.lockf(handle, fcntl.LOCK_UN)
+    return None

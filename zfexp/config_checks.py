@@ -12,19 +12,34 @@ from omegaconf import DictConfig
 
 from zfexp.checks import integer, one_of
 from zfexp.errors import InvalidValueError
+from zfexp.metrics import FIT_METRIC_PREFIXES, METRIC_KEYS
 from zfexp.runs.seeding import SEED_RANGE
 
 PRECISIONS = (*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS), 64, 32, 16)
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """``seed``, the ``trainer``'s counts and precision, and ``freeze`` (which needs ``pretrained_ckpt``)."""
+    """``seed``, the ``trainer``'s counts and precision, ``freeze`` and ``from_scratch`` (which need
+    ``pretrained_ckpt``) and ``optimized_metric``."""
     integer("seed", cfg.get("seed"), *SEED_RANGE, null="a seed is drawn and recorded in metrics.json")
     check_trainer(cfg)
     freeze = cfg.get("freeze")
-    if freeze is not None and not cfg.get("pretrained_ckpt") and not cfg.get("from_scratch", False):
+    if freeze is not None and not cfg.get("pretrained_ckpt"):
         raise InvalidValueError(f"freeze={freeze}: fixing layers needs pretrained_ckpt=<a train.py checkpoint>; or "
                                 "set freeze=null")
+    if cfg.get("from_scratch", False) and not cfg.get("pretrained_ckpt"):
+        raise InvalidValueError("from_scratch=true: trains the network of pretrained_ckpt from random weights (the "
+                                "transfer baseline); give pretrained_ckpt=<a train.py checkpoint>, or set "
+                                "from_scratch=false")
+    check_optimized_metric(cfg.get("optimized_metric"))
+
+
+def check_optimized_metric(metric: str | None) -> None:
+    """What ``train.py`` returns to a sweeper is a metric every run records: one of :data:`METRIC_KEYS`, or a
+    key under a prefix a callback fills (``perf/``, ``filters/``); checked again once the run has its metrics."""
+    if metric is not None and metric not in METRIC_KEYS and not str(metric).startswith(FIT_METRIC_PREFIXES):
+        raise InvalidValueError(f"optimized_metric={metric!r} is not a metric of a run; valid: {', '.join(METRIC_KEYS)}"
+                                f", a key under {', '.join(FIT_METRIC_PREFIXES)} that a callback logs, or null")
 
 
 def check_trainer(cfg: DictConfig) -> None:

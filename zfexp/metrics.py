@@ -10,6 +10,15 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+# What metrics.json lists first: the errors and losses of every run.
+METRIC_KEYS = ("train/top1_err", "train/top5_err", "train/loss", "val/top1_err", "val/top5_err", "val/loss",
+               "test/top1_err", "test/top5_err", "test/mean_class_acc", "test/loss")
+
+# Kept from the end of fit: the last epoch's train errors and speed (TrainingSpeed's perf/), and analysis scalars
+# such as FilterDiagnostics' filters/dead_frac/<layer> (val/ and test/ come from evaluating the best checkpoint
+# afterwards).
+FIT_METRIC_PREFIXES = ("train/", "perf/", "filters/")
+
 
 class TopKError(Metric):
     """Top-k classification error in percent: the share of images whose label is not among the ``top_k`` highest

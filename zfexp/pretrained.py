@@ -35,6 +35,7 @@ class Pretrained:
     num_classes: int
     state_dict: dict[str, torch.Tensor]  # the network's weights, keys relative to the network
     mean_image: torch.Tensor | None  # the mean image its inputs were normalised with, when the checkpoint has it
+    data: dict[str, Any] | None = None  # its datamodule's config ({_target_, root, preprocess, ...}), when saved
 
 
 def load_pretrained(path: str | Path, key: str = "pretrained_ckpt", trusted: bool = False) -> Pretrained:
@@ -50,7 +51,21 @@ def load_pretrained(path: str | Path, key: str = "pretrained_ckpt", trusted: boo
     mean = next((v["mean_image"] for v in ckpt.values() if isinstance(v, dict) and "mean_image" in v), None)
     net = with_lrn_convention(hparams["net"], "torch")  # a checkpoint naming no convention predates the key
     return Pretrained(str(path), net, int(hparams["in_channels"]), int(hparams["input_size"]),
-                      int(hparams["num_classes"]), state, mean)
+                      int(hparams["num_classes"]), state, mean, saved_data_config(ckpt))
+
+
+def saved_data_config(ckpt: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``data`` config a checkpoint carries: Lightning saves the datamodule's hyperparameters
+    (``datamodule_hyper_parameters``) and its state under its class name; ``None`` when it has neither or the
+    class is not one of :mod:`zfexp.data`."""
+    import zfexp.data
+
+    hparams = ckpt.get("datamodule_hyper_parameters")
+    names = [k for k, v in ckpt.items() if isinstance(v, dict) and k.endswith("DataModule")
+             and isinstance(getattr(zfexp.data, k, None), type)]
+    if not isinstance(hparams, dict) or len(names) != 1:
+        return None
+    return {"_target_": f"zfexp.data.{names[0]}", **hparams}
 
 
 def pretrained_network(pretrained: Pretrained) -> nn.Module:

@@ -16,10 +16,11 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from zfexp.checkpoints import check_resumes, read_checkpoint, resolve_ckpt_path
+from zfexp.checkpoints import check_resumes, read_checkpoint, resolve_ckpt_path, training_lock
 from zfexp.config_checks import check_ablation_row, check_train_config
+from zfexp.metrics import FIT_METRIC_PREFIXES, METRIC_KEYS
 from zfexp.pretrained import build_module
 from zfexp.runs.config_groups import instantiate_group
 from zfexp.runs.lifecycle import Run, task_wrapper
@@ -33,15 +34,6 @@ from zfexp.runs.seeding import run_seed
 from zfexp.safe_load import trust_option
 
 log = logging.getLogger(__name__)
-
-METRIC_KEYS = ("train/top1_err", "train/top5_err", "train/loss", "val/top1_err", "val/top5_err", "val/loss",
-               "test/top1_err", "test/top5_err", "test/mean_class_acc", "test/loss")
-
-
-# Kept from the end of fit: the last epoch's train errors and speed (TrainingSpeed's perf/), and analysis scalars
-# such as FilterDiagnostics' filters/dead_frac/<layer> (val/ and test/ come from evaluating the best checkpoint
-# afterwards).
-FIT_METRIC_PREFIXES = ("train/", "perf/", "filters/")
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -70,13 +62,15 @@ def train(cfg: DictConfig, run: Run) -> None:
     continue_wandb_run(cfg, resumed)
     del resumed  # its tensors are mapped from the file: not held through the fit
     loggers = run.open_loggers(cfg, {"num_parameters": module.num_parameters})
+    sync_batchnorm_where_it_runs(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=without_logger_only_callbacks(callbacks, loggers),
                                      logger=loggers or False)
 
     metrics.update(num_parameters=module.num_parameters, resumed_from=ckpt_path)
     if cfg.get("train", True):
         # Lightning reads the checkpoint as we did: weights_only unless the user trusts it.
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
+        with training_lock(run.dir):  # ckpt_path=last in another process passes over this run meanwhile
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=not trust)
         fit_metrics = _floats(trainer.callback_metrics)
         metrics.update({k: v for k, v in fit_metrics.items() if k.startswith(FIT_METRIC_PREFIXES)})
     best = next((c.best_model_path for c in trainer.checkpoint_callbacks
@@ -89,6 +83,18 @@ def train(cfg: DictConfig, run: Run) -> None:
         metrics.update(_floats(test[0] if test else {}))
     metrics.update(epochs=trainer.current_epoch, global_step=trainer.global_step, best_checkpoint=best)
     log.info("%s", run_summary(metrics, run.dir))
+
+
+def sync_batchnorm_where_it_runs(cfg: DictConfig) -> None:
+    """``trainer.sync_batchnorm`` on CUDA only (SyncBatchNorm refuses CPU modules): on a CPU it is set false, as a
+    log line says, and each process normalises with its own batch's statistics."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if cfg.trainer.get("sync_batchnorm") and not on_cuda:
+        log.info("trainer.sync_batchnorm=true: SyncBatchNorm runs on CUDA only; on the %s each process normalises "
+                 "with its own batch's statistics", "CPU" if accelerator in ("auto", "cpu") else accelerator)
+        with open_dict(cfg):
+            cfg.trainer.sync_batchnorm = False
 
 
 def run_summary(metrics: dict[str, Any], run_dir: Any) -> str:

@@ -12,6 +12,7 @@ from torch import nn
 
 from zfexp.analysis.geometry import leaf_modules
 from zfexp.analysis.graph import features_end, is_plain_chain, watch
+from zfexp.analysis.network import eval_mode
 from zfexp.errors import InvalidValueError
 
 NAMED = (nn.Conv2d, nn.Linear)
@@ -19,20 +20,6 @@ NAMED = (nn.Conv2d, nn.Linear)
 
 class _Caught(Exception):
     """Raised by the last hook needed: the rest of the forward pass is not computed."""
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block (dropout off, batch-norm statistics frozen), then every submodule
-    back in the mode it was in: an analysis never leaves a training network in eval mode, nor puts a layer kept
-    in eval mode (a transfer run's fixed layers) back into training."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def feature_layers(model: nn.Module) -> list[str]:

@@ -50,7 +50,9 @@ class DeconvNet:
     ``project(images, layer, channels, mode)`` works on ``images [N, C, H, W]`` and returns
     ``[N, K, C, H, W]`` for the ``K`` chosen channels, with no Python loop over channels: the K maps are
     carried as K copies in the batch (in ``mode="max"``, N x K receptive-field windows), in chunks of at
-    most ``max_elements`` floats per intermediate tensor. The model is used in eval mode and not modified.
+    most ``max_elements`` floats per intermediate tensor (along a chain of modules) or in all the tensors of
+    one chunk's backward (any other network: bounded by every tensor of the forward, so a DenseNet's
+    concatenations fit too). The model is used in eval mode and not modified.
     """
 
     def __init__(self, model: nn.Module, max_elements: int = 2**24, windowed: bool | None = None,

@@ -22,8 +22,9 @@ from zfexp.errors import InvalidValueError
 
 def recorded_features(model: nn.Module, images: torch.Tensor, layer: str, rule: str,
                       ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(features [N, C_l, H_l, W_l], images, largest)``: ``layer``'s maps, recorded for a backward to the
-    returned leaf copy of ``images``, and the most numbers of one image in any tensor of the forward. Call within
+    """``(features [N, C_l, H_l, W_l], images, total)``: ``layer``'s maps, recorded for a backward to the
+    returned leaf copy of ``images``, and the numbers of one image in all tensors of the forward (a bound on
+    what one map's backward holds: a DenseNet's concatenations keep every earlier gradient alive). Call within
     ``eval_mode`` and ``torch.enable_grad()``."""
     x = images.detach().requires_grad_(True)
     sites, _ = watch_sites(model, x, [layer], rule=rule)
@@ -31,7 +32,7 @@ def recorded_features(model: nn.Module, images: torch.Tensor, layer: str, rule: 
     if maps.dim() != 4:
         raise InvalidValueError(f"layer={layer!r} gives {tuple(maps.shape)}, not maps [N, C, H, W]: the deconvnet "
                                 "projects a conv layer's maps or a block's (any module whose output is maps)")
-    return maps, x, sites.largest
+    return maps, x, sites.total
 
 
 def project_graph(model: nn.Module, images: torch.Tensor, layer: str, channels: torch.Tensor | None, mode: str,
@@ -39,14 +40,14 @@ def project_graph(model: nn.Module, images: torch.Tensor, layer: str, channels: 
     """``images [N, C, H, W]`` -> ``[N, K, C, H, W]``: for each chosen channel its strongest unit (``mode="max"``)
     or its whole map (``"map"``), every other activation of the layer zeroed, sent down to the pixels."""
     with eval_mode(model), torch.enable_grad():
-        maps, x, largest = recorded_features(model, images, layer, rule)
+        maps, x, total = recorded_features(model, images, layer, rule)
         chan = _checked_channels(channels, maps, layer)
         kept = maps.detach()[:, chan]  # [N, K, H_l, W_l]
         if mode == "max":
             kept = keep_max(kept)
         n, k = kept.shape[:2]
         out = images.new_zeros((n, k, *images.shape[1:]))
-        chunk = max(1, max_elements // max(1, n * largest))  # maps going down together: their largest gradient
+        chunk = max(1, max_elements // max(1, n * total))  # maps going down together, within the budget
         for start in range(0, k, chunk):
             idx = slice(start, min(start + chunk, k))
             seeds = maps.new_zeros((idx.stop - idx.start, *maps.shape))  # one seed per map: [k, N, C_l, H_l, W_l]

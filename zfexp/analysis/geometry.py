@@ -108,24 +108,23 @@ def receptive_field(model: nn.Module, layer: str, position: tuple[int, int], ima
     ``position = (row, col)`` of ``layer``'s output: a conv's, or any block's of a network that is not a chain
     of modules (a ResNet's: from the graph, :func:`~zfexp.analysis.receptive_field.field_geometry`)."""
     height, width = pair(image_size)
-    if _is_chain(model, layer, (height, width)):
-        lo, size = tuple(position), (1, 1)
-        for _name, module in reversed(forward_prefix(model, layer)):
-            if isinstance(module, SPATIAL):
-                lo, size = input_window(module, lo, size)
-    else:
-        jump, offset, size = field_geometry(model, layer, _in_channels(model))
-        lo = tuple(position[d] * jump[d] + offset[d] for d in range(2))
+    if not _is_chain(model, layer, (height, width)):
+        return field_geometry(model, layer, _in_channels(model), (height, width)).box(position, (height, width))
+    lo, size = tuple(position), (1, 1)
+    for _name, module in reversed(forward_prefix(model, layer)):
+        if isinstance(module, SPATIAL):
+            lo, size = input_window(module, lo, size)
     return max(lo[0], 0), max(lo[1], 0), min(lo[0] + size[0] - 1, height - 1), min(lo[1] + size[1] - 1, width - 1)
 
 
 def receptive_field_size(model: nn.Module, layer: str, image_size: tuple[int, int] | int = 64) -> int:
     """Side of the (unclipped) input box one unit of ``layer`` sees: ``1 + sum (k - 1) * dilation * jump`` along
-    a chain of modules; from the graph otherwise. ``image_size``: the images the network takes."""
+    a chain of modules; from the graph otherwise (the image's side where one unit sees more than twice it).
+    ``image_size``: the images the network takes."""
     if _is_chain(model, layer, pair(image_size)):
         modules = [m for _, m in forward_prefix(model, layer)]
         return unit_windows(modules)[0][0]
-    return field_geometry(model, layer, _in_channels(model))[2][0]
+    return field_geometry(model, layer, _in_channels(model), pair(image_size)).size[0]
 
 
 def _in_channels(model: nn.Module) -> int:

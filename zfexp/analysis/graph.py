@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 # Activations no rule of the deconvnet covers: their gradient is passed down, as captum does.
-OTHER_ACTIVATIONS = {F.gelu, F.silu, F.elu, F.leaky_relu, F.hardswish, F.mish, F.softplus, torch.sigmoid,
-                     torch.tanh, F.relu6, F.hardtanh, F.selu, F.celu}
+OTHER_ACTIVATIONS = {F.gelu, F.silu, F.elu, F.leaky_relu, F.hardswish, F.hardsigmoid, F.mish, F.softplus,
+                     torch.sigmoid, torch.tanh, F.relu6, F.hardtanh, F.selu, F.celu}
+_SAID_UNCOVERED: set[str] = set()  # the uncovered activations the log has named
 CONTRAST_NORMS = (nn.LocalResponseNorm, LocalContrastNorm)  # passed through on the way down, as in the paper
 
 
@@ -106,7 +107,7 @@ class FeatureSites(TorchFunctionMode):
         self._pending: dict[str, torch.Tensor] = {}  # conv / linear outputs waiting for their ReLU
         self._derived: dict[str, list[torch.Tensor]] = {}  # tensors made from each pending output, its shape
         self.uncovered: set[str] = set()  # activations the rule does not cover, met on the way
-        self.largest = 0  # the most numbers of one image in any tensor of the forward (a backward's memory)
+        self.total = 0  # the numbers of one image in all tensors of the forward: what a backward may hold at once
         self._handles = [modules[layer].register_forward_hook(self._hook(layer, modules[layer]))
                          for layer in self.layers]
         if rule is not None:
@@ -142,7 +143,7 @@ class FeatureSites(TorchFunctionMode):
             self.uncovered.add(getattr(func, "__name__", str(func)))
         out = func(*args, **kwargs)
         if isinstance(out, torch.Tensor) and out.dim() > 1:
-            self.largest = max(self.largest, out[0].numel())
+            self.total += out[0].numel()
         if self._derived and isinstance(out, torch.Tensor):
             inputs = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
             for made in self._derived.values():
@@ -156,9 +157,11 @@ class FeatureSites(TorchFunctionMode):
             self.features[layer] = output if self.rule is not None else output.clone()
         for handle in self._handles:
             handle.remove()
-        if self.uncovered:
+        new = self.uncovered - _SAID_UNCOVERED
+        if new:  # once per process for each activation, not per projection
+            _SAID_UNCOVERED.update(new)
             log.info("the deconvnet's rule covers ReLUs; %s passed their gradient (as captum does)",
-                     ", ".join(sorted(self.uncovered)))
+                     ", ".join(sorted(new)))
         return self.features
 
 
@@ -172,7 +175,7 @@ def watch(model: nn.Module, images: torch.Tensor, layers: Sequence[str], rule: s
 
 def watch_sites(model: nn.Module, images: torch.Tensor, layers: Sequence[str], rule: str | None = None,
                 logits: bool = False) -> tuple[FeatureSites, torch.Tensor | None]:
-    """:func:`watch`, returning the finished :class:`FeatureSites` (its ``features`` and ``largest``)."""
+    """:func:`watch`, returning the finished :class:`FeatureSites` (its ``features`` and ``total``)."""
     sites = FeatureSites(model, layers, rule=rule, stop=not logits)
     out = None
     try:

@@ -102,18 +102,18 @@ def input_layout(model: nn.Module, device: torch.device) -> torch.memory_format:
     return torch.contiguous_format
 
 
-# Copies per batch on a GPU: at most this share of the free memory, and within these bounds.
-GPU_MEMORY_SHARE, GPU_BATCH_BOUNDS, CPU_BATCH = 0.25, (64, 2048), 64
+# Copies per batch on a GPU: at most this share of the free memory, and within these bounds; on a CPU at most
+# CPU_BATCH, within CPU_MEMORY.
+GPU_MEMORY_SHARE, GPU_BATCH_BOUNDS, CPU_BATCH, CPU_MEMORY = 0.25, (64, 2048), 64, 2**30
 
 
 @torch.no_grad()
 def copies_per_batch(model: nn.Module, images: torch.Tensor) -> int:
-    """How many occluded copies to send through ``model`` at once: on a GPU as many as fit in a quarter of its
-    free memory (one copy's need estimated as three times the largest output of a leaf module, from a forward of
-    one image: under ``no_grad`` a layer's input and output are alive together), within ``GPU_BATCH_BOUNDS``; on a
-    CPU, whose throughput hardly grows with the batch, ``CPU_BATCH``."""
-    if images.device.type != "cuda":
-        return CPU_BATCH
+    """How many occluded copies to send through ``model`` at once, from one copy's need (three times the largest
+    output of a leaf module, from a forward of one image: under ``no_grad`` a layer's input and output are alive
+    together): on a GPU as many as fit in a quarter of its free memory, within ``GPU_BATCH_BOUNDS``; on a CPU,
+    whose throughput hardly grows with the batch, ``CPU_BATCH`` or as many as fit in ``CPU_MEMORY`` (1 GiB),
+    whichever is fewer."""
     largest = [0]
 
     def note(module, args, out):
@@ -126,11 +126,13 @@ def copies_per_batch(model: nn.Module, images: torch.Tensor) -> int:
     finally:
         for handle in handles:
             handle.remove()
+    per_copy = max(1, 3 * largest[0] + images[0].numel() * images.element_size())
+    if images.device.type != "cuda":
+        return int(min(CPU_BATCH, max(1, CPU_MEMORY // per_copy)))
     device = images.device
     free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    per_copy = 3 * largest[0] + images[0].numel() * images.element_size()
     low, high = GPU_BATCH_BOUNDS
-    return int(min(high, max(low, GPU_MEMORY_SHARE * free // max(per_copy, 1))))
+    return int(min(high, max(low, GPU_MEMORY_SHARE * free // per_copy)))
 
 
 @torch.no_grad()

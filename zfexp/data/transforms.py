@@ -73,7 +73,9 @@ class SubtractMeanImage(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if image.shape[-3:] != self.mean.shape:
             raise InvalidValueError(f"image of shape {tuple(image.shape[-3:])} does not match the mean image "
-                                    f"{tuple(self.mean.shape)}; was the mean computed with other resize/crop settings?")
+                                    f"{tuple(self.mean.shape)}: data.preprocess.resize, crop and input_size give other "
+                                    "images than the mean was computed on (a checkpoint's: the ones it was trained "
+                                    "with; leave data= out to use them)")
         return image - self.mean
 
 

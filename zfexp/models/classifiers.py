@@ -85,17 +85,32 @@ def check_forward(net: nn.Module, in_channels: int, input_size: int, num_classes
     an error saying what does not fit, before any training starts."""
     was_training = net.training
     try:
-        with torch.no_grad():
-            out = net.eval()(torch.zeros(2, in_channels, input_size, input_size))
+        out = _forward(net, in_channels, input_size)
     except Exception as err:
+        size = next((s for s in range(32, 1025, 32) if s > input_size and _takes(net, in_channels, s)), None)
+        advice = (f"set data.preprocess.resize={size} data.preprocess.crop={size} data.preprocess.input_size={size} "
+                  f"(the smallest multiple of 32 it takes)" if size else "its images must be larger than 1024 px")
         raise InvalidValueError(f"model._target_={target} does not take the data's {in_channels}-channel "
-                                f"{input_size} px images ({type(err).__name__}: {str(err).splitlines()[0]}); set "
-                                "data.preprocess.input_size=<a size it takes>, or use another network") from err
+                                f"{input_size} px images ({type(err).__name__}: {str(err).splitlines()[0]}); "
+                                f"{advice}, or use another network") from err
     finally:
         net.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InvalidValueError(f"model._target_={target} gives {shape} for 2 images, not logits [2, {num_classes}]")
+
+
+def _forward(net: nn.Module, in_channels: int, size: int):
+    with torch.no_grad():
+        return net.eval()(torch.zeros(2, in_channels, size, size))
+
+
+def _takes(net: nn.Module, in_channels: int, size: int) -> bool:
+    try:
+        _forward(net, in_channels, size)
+    except Exception:
+        return False
+    return True
 
 
 def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3, input_size: int = 224,
@@ -108,12 +123,10 @@ def torchvision_classifier(name: str, num_classes: int, in_channels: int = 3, in
     from zfexp.models.external import check_torchvision_builder
 
     check_torchvision_builder("model.name", name)
-    if name in ("googlenet", "inception_v3"):  # their training forward returns auxiliary outputs besides the logits
-        raise InvalidValueError(f"model.name={name}: its training forward returns auxiliary classifiers' outputs, "
-                                "which train.py does not train yet; valid: another torchvision classification "
-                                "network (resnet18, vgg16_bn, densenet121, ...)")
+    # Without their auxiliary classifiers, whose outputs a training forward would return beside the logits.
+    options = {"aux_logits": False} if name in ("googlenet", "inception_v3") else {}
     if weights is None or str(weights).lower() == "none":
-        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
     elif names_weights(weights):
         chosen = torchvision_weights(name, str(weights), "model.weights")
         net = build_pretrained(name, chosen, "model.weights")

@@ -1,8 +1,7 @@
 """Networks that are not ours, for ``zfexp.analyze network=...``: a torchvision classification builder by name
-(``vgg16``, ``alexnet``, ``resnet18``), any builder by dotted path, or a Hydra ``_target_`` mapping, with
-torchvision's weights by name (``weights=DEFAULT``), weights from a state_dict file, or the builder's own
-(random) initialisation. And the layers the paper's analyses look at by default in such a network, by the
-names it has (``features.10``)."""
+(``vgg16``, ``alexnet``, ``resnet18``), a timm model (``timm/convnext_tiny``), any builder by dotted path, or a
+Hydra ``_target_`` mapping, with torchvision's weights by name (``weights=DEFAULT``), timm's by tag, weights
+from a state_dict file, or the builder's own (random) initialisation."""
 
 from __future__ import annotations
 
@@ -16,6 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from zfexp.errors import CheckpointError, InvalidValueError
+from zfexp.models.state_dicts import mismatch
+from zfexp.models.timm_models import (
+    PREFIX,
+    build_timm,
+    check_timm_name,
+    names_timm,
+    timm_class_names,
+    timm_default_input,
+    timm_input,
+)
 from zfexp.models.torchvision_weights import (
     build_pretrained,
     categories,
@@ -23,7 +32,6 @@ from zfexp.models.torchvision_weights import (
     preprocessing,
     torchvision_weights,
 )
-from zfexp.models.zfnet import CONV_NAMES
 from zfexp.safe_load import load_torch_file
 
 
@@ -38,8 +46,12 @@ class LoadedNetwork:
 
 
 def named_weights_input(network: Any, weights: Any) -> dict[str, Any]:
-    """The ``input`` config that named weights bring (``weights.transforms()``; no file is read), ``{}`` for
-    others: what ``input``'s null keys are checked against before anything is loaded."""
+    """The ``input`` config that named weights bring (``weights.transforms()``; no file is read), or a timm
+    model's (its default config; nothing is loaded), ``{}`` for others: what ``input``'s null keys are checked
+    against before anything is loaded."""
+    if names_timm(network):
+        check_timm_name("network", network[len(PREFIX):])
+        return timm_default_input(network[len(PREFIX):])
     if not names_weights(weights) or not isinstance(network, str) or "." in network:
         return {}
     check_torchvision_builder("network", network)
@@ -49,7 +61,15 @@ def named_weights_input(network: Any, weights: Any) -> dict[str, Any]:
 def load_network(spec: str | Mapping[str, Any], weights: str | None, trusted: bool = False) -> LoadedNetwork:
     """``network`` and ``weights`` of ``zfexp.analyze``: torchvision's named weights (``DEFAULT``,
     ``IMAGENET1K_V1``) with their preprocessing and class names, a state_dict file, or ``None`` / ``"none"``
-    (the builder's initialisation)."""
+    (the builder's initialisation). ``network=timm/<name>``: timm's model, ``weights`` a file, ``none``, or timm's
+    pretrained weights by tag (``DEFAULT``, ``a1_in1k``), with timm's preprocessing."""
+    if names_timm(spec):
+        name = spec[len(PREFIX):]
+        tagged = weights is not None and str(weights).lower() != "none" and not _is_file_path(weights)
+        net = build_timm(name, weights if tagged else None, "weights").eval()
+        if not tagged:
+            load_weights(net, weights, trusted)
+        return LoadedNetwork(net, timm_input(net), timm_class_names(net) if tagged else None)
     if names_weights(weights) and str(weights).lower() != "none":
         if not isinstance(spec, str) or "." in spec:
             raise InvalidValueError(f"weights={weights} names torchvision weights: give network=<a torchvision builder "
@@ -61,6 +81,13 @@ def load_network(spec: str | Mapping[str, Any], weights: str | None, trusted: bo
     return LoadedNetwork(load_weights(build_network(spec), weights, trusted))
 
 
+def _is_file_path(weights: Any) -> bool:
+    """A weights value that names a file (it exists, or it looks like a path) rather than a pretrained tag."""
+    text = str(weights)
+    return Path(text).expanduser().exists() or "/" in text or text.endswith((".pth", ".pt", ".bin", ".safetensors",
+                                                                           ".ckpt"))
+
+
 def build_network(spec: str | Mapping[str, Any]) -> nn.Module:
     """``"vgg16"`` (a builder of ``torchvision.models``, no pretrained weights), ``"pkg.module.builder"``
     (called without arguments), or ``{_target_: ..., **kwargs}`` -> the network, in eval mode."""
@@ -70,6 +97,8 @@ def build_network(spec: str | Mapping[str, Any]) -> nn.Module:
         if "_target_" not in spec:
             raise InvalidValueError(f"network={dict(spec)}: a mapping needs _target_ (the builder's dotted path)")
         net = instantiate(dict(spec), _convert_="all")
+    elif names_timm(spec):
+        net = build_timm(spec[len(PREFIX):], None, "weights")
     elif isinstance(spec, str) and "." not in spec:
         import torchvision
 
@@ -116,45 +145,9 @@ def load_weights(net: nn.Module, weights: str | None, trusted: bool = False) -> 
             state = state[key]
     if not isinstance(state, Mapping):
         raise CheckpointError(f"weights={path} holds a {type(state).__name__}, not a state_dict")
-    missing, unexpected = _key_mismatch(net, state)
-    if missing or unexpected:
-        raise CheckpointError(f"weights={path} does not fit the network: missing {missing[:5]}"
-                              f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                              f"{' ...' if len(unexpected) > 5 else ''}; weights of another network?")
+    differs = mismatch(net, state)
+    if differs:
+        raise CheckpointError(f"weights={path} holds weights of another network than {type(net).__name__}: "
+                              f"{differs}; give the file of this network")
     net.load_state_dict(state)
     return net
-
-
-def _key_mismatch(net: nn.Module, state: Mapping) -> tuple[list[str], list[str]]:
-    own = set(net.state_dict())
-    return sorted(own - set(state)), sorted(set(state) - own)
-
-
-def conv_layer_names(net: nn.Module) -> list[str]:
-    return [name for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
-
-
-def default_conv_layers(net: nn.Module, count: int = 5) -> list[str]:
-    """The paper's ``conv1..conv5`` when the network has them; else ``count`` of its conv layers spread evenly
-    from the first to the last (of VGG16's 13: ``features.0, features.7, features.14, features.21,
-    features.28``)."""
-    names = conv_layer_names(net)
-    modules = dict(net.named_modules())
-    if all(name in modules for name in CONV_NAMES):
-        return list(CONV_NAMES)
-    if not names:
-        raise InvalidValueError(f"{type(net).__name__} has no Conv2d layer: the paper's analyses need a conv net")
-    if len(names) <= count:
-        return names
-    return [names[round(i * (len(names) - 1) / (count - 1))] for i in range(count)]
-
-
-def default_invariance_layers(net: nn.Module) -> list[str]:
-    """Fig. 5 follows layer 1 and layer 7: the first conv, and the last hidden fully connected layer (the
-    linear before the classifier), or the last conv where there is none."""
-    modules = dict(net.named_modules())
-    if "conv1" in modules and "fc7" in modules:
-        return ["conv1", "fc7"]
-    convs = conv_layer_names(net)
-    linears = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
-    return [convs[0], linears[-2] if len(linears) >= 2 else convs[-1]]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from zfexp.errors import CheckpointError, InvalidValueError, UnsafeFileError
+from zfexp.models.state_dicts import mismatch
 from zfexp.safe_load import refused_global
 
 # DEFAULT, IMAGENET1K_V1, or ResNet18_Weights.IMAGENET1K_V1: what names weights rather than a file.
@@ -96,9 +97,28 @@ def build_pretrained(builder: str, weights, key: str, **kwargs: Any) -> nn.Modul
                 f"be downloaded ({type(err).__name__}: {first_line}). Download {weights.url} on a machine with "
                 f"internet and put it at {path} ($TORCH_HOME/hub/checkpoints/{path.name}; TORCH_HOME defaults to "
                 f"~/.cache/torch), or give {key}=<a state_dict file>") from None
+        differs = _file_mismatch(builder, path)
+        if differs:
+            raise CheckpointError(f"{key}={weights}: {path} holds weights of another network than torchvision's "
+                                  f"{builder}: {differs}; delete it (the next run downloads {weights.url} again) or "
+                                  f"put that file there") from None
         raise CheckpointError(f"{key}={weights}: {path} cannot be read into torchvision's {builder} "
                               f"({type(err).__name__}: {first_line}); delete it (the next run downloads "
                               f"{weights.url} again) or put a complete copy there") from None
+
+
+def _file_mismatch(builder: str, path: Path) -> str | None:
+    """What differs between the state_dict in ``path`` and ``builder``'s network (``None``: it fits, or the file
+    is no state_dict that a safe load reads)."""
+    import torchvision
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    if not isinstance(state, dict):
+        return None
+    return mismatch(torchvision.models.get_model(builder, weights=None), state)
 
 
 def preprocessing(weights) -> dict[str, Any]:
