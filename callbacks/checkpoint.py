@@ -61,7 +61,8 @@ class ResumeCheckpoint(Checkpoint):
             self._save(trainer, pl_module, LAST_STEP)
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> None:
-        if trainer.sanity_checking or trainer.fast_dev_run:
+        # fast_dev_run: set outside Trainer's class (trainer/setup.py), unannotated
+        if trainer.sanity_checking or trainer.fast_dev_run:  # type: ignore[attr-defined]
             return
         at = (trainer.current_epoch, trainer.global_step)
         if at == self._saved_at:

@@ -52,6 +52,7 @@ class DeconvSnapshots(ProbedAnalysis):
         with evaluating(net):
             tiles = deconv_snapshot(net, images, {layer: self.maps[layer] for layer in self.chosen_layers},
                                     TrainingSink(trainer, epoch))
+        assert epoch is not None, "scheduled epochs only: the end of fit draws the grid (run_at_fit_end is off)"
         for layer, layer_tiles in tiles.items():
             self.snapshots.setdefault(layer, {})[epoch] = layer_tiles
 

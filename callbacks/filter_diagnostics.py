@@ -11,7 +11,6 @@ from callbacks.network_layers import evaluating, network_of
 from callbacks.scheduled_analysis import ProbedAnalysis
 from callbacks.training_outputs import TrainingSink
 from zfexp.analysis import conv_layers
-from zfexp.errors import InvalidValueError
 from zfexp.models.classifiers import first_conv
 from zfexp.recipes import filters
 
@@ -34,12 +33,10 @@ class FilterDiagnostics(ProbedAnalysis):
         super().setup(trainer, pl_module, stage)
         net = network_of(pl_module)
         self.chosen_layer = self.first_layer or first_conv(net, pl_module.hparams.get("input_size", 224))[0]
-        try:
-            conv_layers(net, [self.chosen_layer])  # a bad layer named before training
-        except ValueError as err:
-            raise InvalidValueError(f"{self.config_key}.first_layer: {err}") from err
+        conv_layers(net, [self.chosen_layer], key=f"{self.config_key}.first_layer")  # a bad layer named before training
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
+        assert self.chosen_layer is not None, "named in setup"
         net = network_of(pl_module)
         images, _ = self.probe_batch(trainer, pl_module.device)
         with evaluating(net):

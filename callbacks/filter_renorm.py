@@ -42,16 +42,13 @@ class FilterRenorm(Callback):
         self._hit: torch.Tensor | None = None  # [filters of every layer]: rescaled at least once this epoch
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        try:  # fails before training on an unknown layer name
-            convs = conv_layers(network_of(pl_module), self.layers)
-        except InvalidValueError as err:
-            raise InvalidValueError(f"{self.config_key}.{err}") from err
+        # fails before training on an unknown layer name
+        convs = conv_layers(network_of(pl_module), self.layers, key=f"{self.config_key}.layers")
         # Fixed layers (transfer with ``freeze``) are not renormalised: their weights must stay as loaded.
         self._trained = [name for name, conv in convs.items() if conv.weight.requires_grad]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        net = network_of(pl_module)
-        self._renorm = FilterRenormalizer({name: net.get_submodule(name) for name in self._trained}, self.radius)
+        self._renorm = FilterRenormalizer(conv_layers(network_of(pl_module), self._trained), self.radius)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._hit = None
@@ -62,6 +59,7 @@ class FilterRenorm(Callback):
         if not self.enabled or not self._trained or trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
+        assert self._renorm is not None, "made when training starts"
         # A module that skips a diverged step's update on the device (zfexp's ImageClassifier) keeps its flag there:
         # the filters of a skipped step stay as they were too.
         rescaled = self._renorm(skip=getattr(getattr(pl_module, "divergence", None), "diverged_on_device", None))
@@ -70,6 +68,7 @@ class FilterRenorm(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._hit is None:
             return
+        assert self._renorm is not None, "made when training starts, before any batch set _hit"
         for name, mask in self._renorm.per_layer(self._hit).items():
             # Every rank holds the same weights, so the same count; synced all the same, so that the logged value
             # is defined under DDP whatever a rank saw (and Lightning has nothing to warn about).

@@ -10,8 +10,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from zfexp.analysis.activations import eval_mode
 from zfexp.analysis.layer_choice import ImageShape, check_drawn_layers, check_read_layers, default_conv_layers
+from zfexp.analysis.network import eval_mode
 
 
 def network_of(pl_module: L.LightningModule) -> nn.Module:
@@ -24,7 +24,8 @@ def image_shape_of(pl_module: L.LightningModule) -> ImageShape:
     ``in_channels`` and ``input_size`` hyperparameters (ImageNet's 3 x 224 x 224 where it has neither)."""
     example = getattr(pl_module, "example_input_array", None)
     if isinstance(example, torch.Tensor) and example.dim() == 4:
-        return tuple(example.shape[1:])
+        _, channels, height, width = example.shape
+        return channels, height, width
     hparams = getattr(pl_module, "hparams", {})
     size = int(hparams.get("input_size", 224))
     return int(hparams.get("in_channels", 3)), size, size

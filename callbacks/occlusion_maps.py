@@ -48,6 +48,7 @@ class OcclusionMaps(ProbedAnalysis):
                                     f"valid: 1..{size}")
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
+        assert self.chosen_layer is not None, "named in setup"
         net = network_of(pl_module)
         images, labels = self.probe_batch(trainer, pl_module.device)
         with evaluating(net):

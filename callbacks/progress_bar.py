@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol, runtime_checkable
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
@@ -114,8 +115,8 @@ class PlainProgressBar(ProgressBar):
         where = f"{done}/{total} ({100 * done // total}%)" if isinstance(total, int) and total else str(done)
         left = f", {duration((total - done) / rate)} left in the epoch" if isinstance(total, int) and total else ""
         loss = train_loss_step(trainer, pl_module)
-        loss = f"train/loss_step {loss:.4g}, " if loss is not None else ""
-        log.info("%s step %s: %s%.1f steps/s%s", self._epoch(trainer), where, loss, rate, left)
+        shown = f"train/loss_step {loss:.4g}, " if loss is not None else ""
+        log.info("%s step %s: %s%.1f steps/s%s", self._epoch(trainer), where, shown, rate, left)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Validation has run by now, so the epoch's val/ numbers are in callback_metrics beside the train/ ones.
@@ -130,10 +131,18 @@ class PlainProgressBar(ProgressBar):
             log.info("test: %s", _numbers(trainer.callback_metrics, ("test/",)) or "no metrics logged")
 
 
+@runtime_checkable
+class _HostLoss(Protocol):
+    """A module that has its newest training loss on the host (:class:`zfexp.divergence.StopOnDivergence`)."""
+
+    @property
+    def latest_train_loss(self) -> float | None: ...
+
+
 def train_loss_step(trainer: L.Trainer, pl_module: L.LightningModule) -> float | None:
     """The newest training loss the host has, for display: the module's ``latest_train_loss`` (read without
     waiting for the device, :class:`zfexp.module.ImageClassifier`), else a ``train/loss_step`` a module logs."""
-    if hasattr(pl_module, "latest_train_loss"):
+    if isinstance(pl_module, _HostLoss):  # it has the attribute
         return pl_module.latest_train_loss
     value = trainer.callback_metrics.get("train/loss_step")
     return float(value) if value is not None else None

@@ -37,18 +37,18 @@ def say_epochs_not_reached(key: str, epochs: Sequence[int], trainer: L.Trainer) 
     (``trainer.max_epochs=2`` of a schedule made for 8) draws the epochs it reaches and goes on."""
     max_epochs = trainer.max_epochs
     beyond = [e for e in epochs if max_epochs is not None and 0 < max_epochs < e]
-    if beyond and not trainer.fast_dev_run:
+    if beyond and not trainer.fast_dev_run:  # type: ignore[attr-defined]  # set outside Trainer's class, unannotated
         log.warning("%s: epochs %s are beyond trainer.max_epochs=%d and are not drawn", key, beyond, max_epochs)
 
 
 def is_quiet(trainer: L.Trainer) -> bool:
     """Analysis callbacks do nothing during the sanity check and fast_dev_run."""
-    return bool(trainer.sanity_checking or trainer.fast_dev_run)
+    return bool(trainer.sanity_checking or trainer.fast_dev_run)  # type: ignore[attr-defined]  # as above
 
 
 def eval_dataset(trainer: L.Trainer):
     """The validation set of the trainer's datamodule (its images with the evaluation transform)."""
-    dm = trainer.datamodule
+    dm = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector, unannotated
     if hasattr(dm, "analysis_dataset"):  # one centre crop per image even with 10-crop evaluation
         return dm.analysis_dataset("val")
     dataset = getattr(dm, "data_val", None) if dm is not None else None
@@ -108,7 +108,7 @@ class ScheduledAnalysis(Callback):
         return key if group != "callbacks" or entry == own_entry else f"{entry}/{key.rpartition('/')[2]}"
 
     def due(self, epoch: int, trainer: L.Trainer) -> bool:
-        return epoch in self.epochs or bool(self.every_n_epochs) and epoch % self.every_n_epochs == 0
+        return epoch in self.epochs or bool(self.every_n_epochs and epoch % self.every_n_epochs == 0)
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         raise NotImplementedError

@@ -52,8 +52,10 @@ def log_image(trainer: L.Trainer, key: str, image: torch.Tensor, caption: str | 
 
 
 @rank_zero_only
-def log_figure(trainer: L.Trainer, key: str, fig, caption: str | None = None, epoch: int | None = ONCE) -> Path:
-    """A matplotlib figure, as ``log_image`` does with an image (the figure is closed)."""
+def log_figure(trainer: L.Trainer, key: str, fig, caption: str | None = None, epoch: int | None = ONCE,
+               ) -> Path | None:
+    """A matplotlib figure, as ``log_image`` does with an image (the figure is closed). Like every function
+    here marked ``rank_zero_only``, ``None`` on the other ranks."""
     return log_image(trainer, key, figure_to_image(fig), caption, epoch)
 
 
@@ -78,7 +80,7 @@ def log_scalars(trainer: L.Trainer, stats: dict[str, float]) -> None:
 
 def inputs_of(trainer: L.Trainer) -> Inputs:
     """The trainer's datamodule's inputs as the recipes see them (shown, grey, class names)."""
-    return Inputs.of_datamodule(trainer.datamodule)
+    return Inputs.of_datamodule(trainer.datamodule)  # type: ignore[attr-defined]  # set by its data connector
 
 
 class TrainingSink:

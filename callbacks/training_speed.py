@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -47,7 +48,7 @@ class TrainingSpeed(Callback):
         self._steps = 0
         batches = trainer.num_training_batches
         # Short runs (a test, a debug run) still get a figure: warm-up takes at most half of the first epoch.
-        self._warmup = min(self.warmup_steps, batches // 2) if batches != float("inf") else self.warmup_steps
+        self._warmup = min(self.warmup_steps, int(batches) // 2) if batches != float("inf") else self.warmup_steps
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._marks = []
@@ -58,9 +59,11 @@ class TrainingSpeed(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
         self._steps += 1
+        mark: float | torch.cuda.Event
         if _on_gpu(pl_module):
-            mark: float | torch.cuda.Event = torch.cuda.Event(enable_timing=True)
-            mark.record()
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            mark = event
         else:
             mark = time.perf_counter()
         timed = self._steps > self._warmup and not self._interrupted and bool(self._marks)
@@ -81,16 +84,26 @@ class TrainingSpeed(Callback):
         intervals, images = [], 0
         for (before, _, _), (after, n, timed) in zip(self._marks[:-1], self._marks[1:], strict=True):
             if timed:
-                intervals.append(after - before if isinstance(after, float) else before.elapsed_time(after) / 1e3)
+                intervals.append(_seconds(before, after))
                 images += n
         if not intervals:
             return
-        log = dict(on_step=False, on_epoch=True, sync_dist=True)
-        pl_module.log("perf/train_img_per_s", images / sum(intervals), reduce_fx="sum", **log)
-        pl_module.log("perf/step_ms", 1e3 * statistics.median(intervals), reduce_fx="mean", **log)
+        log = functools.partial(pl_module.log, on_step=False, on_epoch=True, sync_dist=True)
+        log("perf/train_img_per_s", images / sum(intervals), reduce_fx="sum")
+        log("perf/step_ms", 1e3 * statistics.median(intervals), reduce_fx="mean")
         if _on_gpu(pl_module):
             peak = torch.cuda.max_memory_allocated(pl_module.device) / 2**30
-            pl_module.log("perf/peak_mem_gib", peak, reduce_fx="max", **log)
+            log("perf/peak_mem_gib", peak, reduce_fx="max")
+
+
+def _seconds(before: float | torch.cuda.Event, after: float | torch.cuda.Event) -> float:
+    """The time from mark ``before`` to mark ``after``: two clock readings, or two CUDA events (an epoch's marks
+    are all of one kind)."""
+    if isinstance(after, float):
+        assert isinstance(before, float), "a clock reading after a CUDA event"
+        return after - before
+    assert isinstance(before, torch.cuda.Event), "a CUDA event after a clock reading"
+    return before.elapsed_time(after) / 1e3
 
 
 def _on_gpu(pl_module: L.LightningModule) -> bool:

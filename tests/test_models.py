@@ -31,8 +31,19 @@ def test_zfnet_has_the_papers_parameter_count():
     assert n_params(zfnet(num_classes=1000)) == ZF_CONV + fc
 
 
+def feature_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Output shape ``(C, H, W)`` or ``(F,)`` of every child of a ZFNet, on one blank image of its input size."""
+    x = torch.zeros(1, model.get_submodule("conv1").in_channels, model.input_size, model.input_size)
+    shapes = {}
+    with torch.no_grad():
+        for name, module in model.eval().named_children():
+            x = module(x)
+            shapes[name] = tuple(x.shape[1:])
+    return shapes
+
+
 def test_zfnet_feature_sizes_match_fig3():
-    shapes = zfnet().feature_shapes()
+    shapes = feature_shapes(zfnet())
     assert shapes["conv1"] == (96, 110, 110) and shapes["pool1"] == (96, 55, 55)
     assert shapes["conv2"] == (256, 26, 26) and shapes["pool2"] == (256, 13, 13)
     assert shapes["conv3"] == (384, 13, 13) and shapes["conv4"] == (384, 13, 13)
@@ -53,7 +64,7 @@ def test_alexnet_conv1_is_11x11_stride_4_and_reaches_6x6():
     model = alexnet()
     conv1 = model.get_submodule("conv1")
     assert conv1.kernel_size == (11, 11) and conv1.stride == (4, 4)
-    assert model.feature_shapes()["pool5"] == (256, 6, 6)
+    assert feature_shapes(model)["pool5"] == (256, 6, 6)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -149,7 +160,7 @@ def test_alexnet_small_parameter_count_by_hand():
     expected = (9 * 9 * 1 * 32 + 32) + (3 * 3 * 32 * 64 + 64) + (3 * 3 * 64 * 96 + 96) + (3 * 3 * 96 * 96 + 96) \
         + (3 * 3 * 96 * 64 + 64) + (64 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
     assert sum(p.numel() for p in model.parameters()) == expected == 299_914
-    assert model.feature_shapes()["conv1"] == (32, 14, 14)
+    assert feature_shapes(model)["conv1"] == (32, 14, 14)
 
 
 def test_width_factors_scale_the_presets_widths():

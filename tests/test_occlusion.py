@@ -100,6 +100,32 @@ def test_prob_true_equals_the_base_minus_captums_occlusion(patch, stride):
     assert torch.allclose(ours.pixel_attribution((28, 28)), theirs, atol=1e-6)
 
 
+@pytest.mark.parametrize("network", ["zfnet_small", "resnet18"])
+def test_one_forward_per_batch_of_copies_and_one_for_the_unoccluded_images(network):
+    """The features followed, the probabilities and the label of the unoccluded images come from one forward of
+    them (a residual network's projection records one more, stopped at its layer); then each batch of occluded
+    copies goes through the network once."""
+    from torchvision.models import resnet18
+
+    net, layer, images = ((small_net(), "conv5", torch.randn(3, 1, 28, 28)) if network == "zfnet_small"
+                          else (resnet18(num_classes=10).eval(), "layer4.1", torch.randn(3, 3, 64, 64)))
+    side = images.shape[-1]
+    occlusion_maps(net, images, [1, 2, 3], patch=side // 4, stride=side // 4, feature_layer=layer, batch_size=1,
+                   incremental=False)  # the network's structure read once (one blank image), before counting
+    batches: list[int] = []
+    net.register_forward_pre_hook(lambda _module, args: batches.append(args[0].shape[0]))
+    result = occlusion_maps(net, images, [1, 2, 3], patch=side // 4, stride=side // 4, feature_layer=layer,
+                            batch_size=5, incremental=False)
+    copies = result.prob_true.numel()  # 3 images x 4 x 4 positions
+    unoccluded = 1 if network == "zfnet_small" else 2
+    assert batches == [3] * unoccluded + [5] * (copies // 5) + [copies % 5]
+    if network == "zfnet_small":  # the incremental way runs the leaf modules on each square's footprint
+        batches.clear()
+        occlusion_maps(net, images, [1, 2, 3], patch=side // 4, stride=side // 4, feature_layer=layer,
+                       batch_size=5, incremental=True)
+        assert batches == [3]
+
+
 def test_bad_occlusion_arguments_are_named():
     model = small_net()
     images = torch.zeros(1, 1, 28, 28)

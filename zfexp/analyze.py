@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from hydra.utils import instantiate
@@ -32,7 +33,7 @@ from zfexp.analysis.layer_choice import (
     default_invariance_layers,
 )
 from zfexp.analysis.map_choice import chosen_maps
-from zfexp.data.classes import dataset_targets
+from zfexp.data.classes import dataset_size, dataset_targets
 from zfexp.data.normalization import InputNormalization
 from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
@@ -60,6 +61,11 @@ class Analysis:
         self.run_dir, self.loggers, self.device, self.inputs = run_dir, loggers, device, inputs
         self.written: list[str] = []
 
+    @property
+    def size(self) -> int:
+        """How many images ``dataset`` has."""
+        return dataset_size(self.dataset)
+
     # -- the sink ---------------------------------------------------------------------------------------------
     def image(self, key: str, image: torch.Tensor, caption: str) -> None:
         self.written.append(str(write_image(self.run_dir, self.loggers, key, image, 0, caption)))
@@ -78,9 +84,9 @@ class Analysis:
         """``n`` images (a folder: its first ``n``; a split: ``n`` at random, seeded) and their labels; a folder's
         images are labelled with the model's own prediction."""
         if self.labelled:
-            indices = probe_indices(len(self.dataset), n, self.cfg.seed + seed_offset)
+            indices = probe_indices(self.size, n, self.cfg.seed + seed_offset)
         else:
-            indices = torch.arange(min(n, len(self.dataset)))
+            indices = torch.arange(min(n, self.size))
         images, labels = stack_dataset(self.dataset, indices)
         images = images.to(self.device)
         if not self.labelled:
@@ -96,8 +102,7 @@ class Analysis:
 
     def top9(self) -> None:
         c = self.cfg.top9
-        dataset = self.dataset if c.max_images is None else Subset(self.dataset, range(min(c.max_images,
-                                                                                            len(self.dataset))))
+        dataset = self.dataset if c.max_images is None else Subset(self.dataset, range(min(c.max_images, self.size)))
         maps = chosen_maps(self.net, list(c.layers), c.maps_per_layer, self.cfg.seed)
         recipes.top_k(self.net, dataset, maps, c.k, self.device, self, self.inputs.class_names)
 
@@ -121,7 +126,7 @@ class Analysis:
                                         "class")
             images, _ = stack_dataset(self.dataset, chosen)
         else:
-            images, _ = stack_dataset(self.dataset, range(min(c.num_images, len(self.dataset))))
+            images, _ = stack_dataset(self.dataset, range(min(c.num_images, self.size)))
         images = images.to(self.device)
         height, width = images.shape[-2:]
         parts = {name: [_box(frac, height, width)] * len(images) for name, frac in c.parts.items()}
@@ -163,11 +168,16 @@ def check_config(cfg: DictConfig) -> None:
         if str(cfg.images) == "test":
             raise InvalidValueError("images=test: with network=..., there is no training run to take a test split "
                                     "from; give images=<a folder of photographs>")
-        InputNormalization.from_config(OmegaConf.to_container(cfg.input, resolve=True),
+        InputNormalization.from_config(_container(cfg.input),
                                        named_weights_input(network=cfg.network, weights=cfg.get("weights")))
     elif cfg.get("weights") is not None:
         raise InvalidValueError(f"weights={cfg.weights}: only with network=...; a checkpoint holds its weights")
     trust_option(cfg)
+
+
+def _container(group: DictConfig) -> dict[str, Any]:
+    """A config group (``input``) as a plain dict, interpolations resolved."""
+    return cast("dict[str, Any]", OmegaConf.to_container(group, resolve=True))  # a DictConfig's: a dict
 
 
 def resolve_layers(cfg: DictConfig, net: torch.nn.Module, image_shape: tuple[int, int, int]) -> None:
@@ -225,7 +235,7 @@ def analyze(cfg: DictConfig, run: Run) -> None:
         loaded = load_network(network, cfg.get("weights"), trust_option(cfg))
         net = loaded.net.to(device).eval()
         # The input config's null values: the named weights' own preprocessing, else ImageNet's.
-        normalization = InputNormalization.from_config(OmegaConf.to_container(cfg.input, resolve=True), loaded.input)
+        normalization = InputNormalization.from_config(_container(cfg.input), loaded.input)
         run.record["input"] = asdict(normalization)
         dataset = ImageFiles(os.path.expanduser(str(cfg.images)), normalization.transform())
         labelled, inputs = False, Inputs.of_normalization(normalization, loaded.class_names)

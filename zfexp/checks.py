@@ -3,8 +3,10 @@ is valid, in one paragraph. ``key`` is the full config key where the caller know
 (``callbacks.occlusion_maps.stride``), else the argument's name: a config group then puts its own key in front
 (:func:`zfexp.runs.config_groups.instantiate_group`).
 
-Every check of a config value goes through here, so that a bool is never taken for a count (``True`` is an
-``int`` to Python) and every message has the same form: ``<key>=<value>: must be <what is valid>``."""
+Every check of a single value goes through here (checks of how values fit together stay beside what they
+concern: ``zfexp.config_checks``, the datamodules, ``zfexp.models.zfnet``), so that a bool is never taken for
+a count (``True`` is an ``int`` to Python) and every message has the same form: ``<key>=<value>: must be
+<what is valid>``."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from functools import partial
+from typing import cast
 
 import lightning as L
 import torch
@@ -28,8 +29,12 @@ class DDPStrategy(LightningDDPStrategy):
         loop = trainer.fit_loop.epoch_loop
         if trainer.state.fn == TrainerFn.FITTING and hasattr(loop, "_broadcast_sigterm_tensor"):
             if self._host_group is None and dist.get_backend() != "gloo":
-                self._host_group = dist.new_group(backend="gloo")  # every process runs setup: a collective call
-            loop._broadcast_sigterm_tensor = partial(broadcast_sigterm_on_host, trainer, self._host_group)
+                # Every process runs setup (a collective call), and every process is a member of the group: a
+                # ProcessGroup, never new_group's NON_GROUP_MEMBER.
+                self._host_group = cast("dist.ProcessGroup", dist.new_group(backend="gloo"))
+            # Replaced on this loop object alone: Lightning has no hook for it.
+            loop._broadcast_sigterm_tensor = partial(  # type: ignore[method-assign]
+                broadcast_sigterm_on_host, trainer, self._host_group)
 
 
 def broadcast_sigterm_on_host(trainer: L.Trainer, group: dist.ProcessGroup | None) -> None:

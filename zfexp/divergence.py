@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -31,6 +31,13 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim import Optimizer
 
 from zfexp.errors import NonFiniteLossError
+
+if TYPE_CHECKING:
+    # The host class, for the type checker alone: at runtime the mixin derives from object, and L.LightningModule
+    # comes after it in the module's bases.
+    from lightning.pytorch import LightningModule as _Host
+else:
+    _Host = object
 
 # The host reads step s's record at step s + READ_LAG: far enough behind that its copy has normally arrived.
 READ_LAG = 2
@@ -102,7 +109,7 @@ class DivergenceGuard:
         ``GradScaler`` skips their overflows itself and sets ``found_inf``: only the loss is checked, and read now."""
         loss = loss.detach()
         device = loss.device
-        if self._diverged is None or self._diverged.device != device:
+        if self._diverged is None or self._one is None or self._diverged.device != device:  # made together
             self._diverged = torch.zeros(1, device=device)
             self._one = torch.ones(1, device=device)
         bad_grads = torch.zeros(1, device=device)
@@ -123,7 +130,8 @@ class DivergenceGuard:
         if loss_scaled or not all(group.get("fused") for group in optimizer.param_groups):
             self.newest = pending.read()
             return self.newest
-        optimizer.found_inf = self._diverged
+        # Read by torch's fused optimizers with getattr, as GradScaler sets it: Optimizer does not declare it.
+        optimizer.found_inf = self._diverged  # type: ignore[attr-defined]
         self._pending.append(pending)
         return None
 
@@ -189,7 +197,7 @@ def is_finite_model(model: torch.nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-class StopOnDivergence:
+class StopOnDivergence(_Host):
     """LightningModule hooks, mixed in before ``L.LightningModule``: each training step checked on the device by a
     :class:`DivergenceGuard` after backward, and the run stopped with :class:`NonFiniteLossError` at the first
     diverged step the host reads (``READ_LAG`` steps later; before validation, a checkpoint or the end of training
@@ -223,6 +231,7 @@ class StopOnDivergence:
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        assert self.step_loss is not None, "training_step sets self.step_loss"
         now = self.divergence.check_step(self.step_loss, optimizer, self.global_step, self.current_epoch, scaled)
         if now is not None:  # an optimizer that cannot skip on the device: read at once, before its update
             self._read_step_records([now])
@@ -252,7 +261,8 @@ class StopOnDivergence:
         for record in records:
             if record.diverged:
                 raise NonFiniteLossError(divergence_message(record, trainer))
-            every = trainer.log_every_n_steps if trainer is not None else 0
+            # Set on the trainer by Lightning's logger connector, which Trainer's class does not declare.
+            every = trainer.log_every_n_steps if trainer is not None else 0  # type: ignore[attr-defined]
             if every and (record.step + 1) % every == 0:
                 for logger in self.loggers:
                     logger.log_metrics({"train/loss_step": record.loss, "epoch": record.epoch}, step=record.step + 1)

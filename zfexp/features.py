@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from typing import Any, cast
 
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -92,10 +93,11 @@ def features_by_layer(cfg: DictConfig, run: Run) -> None:
     folds = fold_datamodules(cfg)
     pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path", trusted=trust_option(cfg))
     net = pretrained_network(pretrained)
-    missing = [layer for layer in cfg.layers if layer not in getattr(net, "layer_names", ())]
+    layer_names: tuple[str, ...] = getattr(net, "layer_names", ())  # a ZFNet's paper layers
+    missing = [layer for layer in cfg.layers if layer not in layer_names]
     if missing:
         raise InvalidValueError(f"layers={list(cfg.layers)}: {missing} not in the network; valid: "
-                                f"{', '.join(n for n in net.layer_names if n != 'fc8')}")
+                                f"{', '.join(n for n in layer_names if n != 'fc8')}")
     first = folds[0]
     check_compatible(pretrained, first.num_channels, first.input_size, key="ckpt_path")
     if pretrained.mean_image is not None and first.preprocess.mean_image:
@@ -108,7 +110,7 @@ def features_by_layer(cfg: DictConfig, run: Run) -> None:
                       folds=cfg.folds, images=len(used))
     feats, labels = extract_features(net, Subset(first.pool_dataset(), used), list(cfg.layers),
                                      max_side=cfg.max_side, batch_size=cfg.batch_size, device=device,
-                                     num_workers=first.hparams.num_workers)
+                                     num_workers=first.hparams["num_workers"])
     scores: dict[tuple[str, str], list[float]] = {(k, layer): [] for k in cfg.classifiers for layer in cfg.layers}
     for fold, (train, test) in enumerate(splits):
         tr, te = [position[i] for i in train], [position[i] for i in test]
@@ -116,7 +118,7 @@ def features_by_layer(cfg: DictConfig, run: Run) -> None:
             x = feats[layer]
             for kind in cfg.classifiers:
                 acc = probe_accuracy(kind, x[tr], labels[tr], x[te], labels[te], seed=cfg.seed,
-                                     **OmegaConf.to_container(cfg[kind]))
+                                     **cast("dict[str, Any]", OmegaConf.to_container(cfg[kind])))
                 scores[(kind, layer)].append(acc)
                 log.info("fold %d %7s %5s: %.1f%%", fold, kind, layer, acc)
     rows = table7_rows(scores)

@@ -26,6 +26,9 @@ class TopKError(Metric):
     the host): the datamodules give valid ones."""
 
     full_state_update = False
+    # States made by add_state: nn.Module's attribute lookup alone would type them as Tensor | Module.
+    tp: torch.Tensor
+    fn: torch.Tensor
 
     def __init__(self, num_classes: int, top_k: int):
         super().__init__()
@@ -59,6 +62,11 @@ class MeanClassAccuracy(Metric):
     from ``[B, num_classes]`` comparisons with the class indices (one-hot), summed over the batch."""
 
     full_state_update = False
+    # States made by add_state, and a buffer: nn.Module's attribute lookup alone would type them as Tensor | Module.
+    tp: torch.Tensor
+    fn: torch.Tensor
+    fp: torch.Tensor
+    classes: torch.Tensor
 
     def __init__(self, num_classes: int):
         super().__init__()
@@ -90,8 +98,11 @@ class WeightedMean(Metric):
     Python weight into a device tensor (a copy); here the weight multiplies on the device."""
 
     full_state_update = False
+    # States made by add_state: nn.Module's attribute lookup alone would type them as Tensor | Module.
+    total: torch.Tensor
+    weight: torch.Tensor
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")

@@ -3,15 +3,15 @@ paper's metrics (top-1 and top-5 error in %) for train / val / test."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.enums import GradClipAlgorithmType
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
@@ -28,8 +28,6 @@ from zfexp.resuming import ExactResume
 # The paper anneals "manually when the validation error plateaus": ReduceLROnPlateau on val/top1_err (in points).
 LR_PLATEAU = MappingProxyType({"factor": 0.1, "patience": 2, "threshold": 0.1, "threshold_mode": "abs",
                                "min_lr": 1e-5})
-# Set while load_from_checkpoint builds a module: a network config naming no LRN convention is then an old one.
-_READING_CHECKPOINT: ContextVar[bool] = ContextVar("reading_checkpoint", default=False)
 
 
 def frozen_children(net: nn.Module, freeze: str | None) -> list[str]:
@@ -65,6 +63,10 @@ class ImageClassifier(StopOnDivergence, ExactResume, L.LightningModule):
         freeze: a paper layer name (``fc7``: layers 1-7); that layer and all before it are fixed: no gradient,
             not in the optimizer, and kept in eval mode (batch-norm statistics and dropout frozen too), as the
             paper's transfer experiments keep layers 1-7 fixed and train a new softmax.
+        from_checkpoint: the module is rebuilt from a checkpoint (``load_from_checkpoint`` passes ``True``): no
+            named weights are loaded (the checkpoint's come next), and a network config naming no LRN convention
+            is one saved before the convention was a key (:func:`~zfexp.models.classifiers.with_lrn_convention`).
+            Not a hyperparameter: never saved.
 
     Batches are ``(images [B, C, S, S], labels [B])``; evaluation images may be ``[B, n_crops, C, S, S]``,
     in which case the softmax is averaged over the crops (the paper's 10-crop evaluation).
@@ -88,13 +90,14 @@ class ImageClassifier(StopOnDivergence, ExactResume, L.LightningModule):
         channels_last: bool | str = "auto",
         freeze: str | None = None,
         compile: bool = False,
+        from_checkpoint: bool = False,
     ):
         super().__init__()
         self.frozen: list[str] = []
         if isinstance(net, DictConfig):
-            net = OmegaConf.to_container(net, resolve=True)
+            net = cast("dict[str, Any]", OmegaConf.to_container(net, resolve=True))  # a DictConfig's: a dict
         # Saved explicitly, so that the checkpoint says which formula it was trained with (see with_lrn_convention).
-        net = with_lrn_convention(net, "torch" if _READING_CHECKPOINT.get() else "paper")
+        net = with_lrn_convention(net, "torch" if from_checkpoint else "paper")
         positive_number("module.lr", lr, paper="0.01")
         number_in("module.momentum", momentum, 0, 1)
         number_in("module.weight_decay", weight_decay, 0, float("inf"))
@@ -107,12 +110,13 @@ class ImageClassifier(StopOnDivergence, ExactResume, L.LightningModule):
                                    "lr_plateau": dict(lr_plateau) if lr_plateau is not None else None,
                                    "channels_last": channels_last, "freeze": freeze, "compile": compile})
         self.net: nn.Module = build_classifier(net, num_classes, in_channels, input_size,
-                                               from_checkpoint=_READING_CHECKPOINT.get())
+                                               from_checkpoint=from_checkpoint)
         # One input of the network's size: Lightning's model summary runs it to list every layer's output size
         # and FLOPs (for ZFNet the feature-map sizes of the paper's Fig. 3).
         self.example_input_array = torch.zeros(1, in_channels, input_size, input_size)
         self.channels_last = False  # decided in setup() for "auto"
-        self._compiled_net: nn.Module | None = None  # made at the first step; see _step_net
+        # torch.compile's wrapper of the network, made at the first step (see _step_net).
+        self._compiled_net: Callable[[torch.Tensor], torch.Tensor] | None = None
         if channels_last is True:
             self._use_channels_last()
         self.frozen = frozen_children(self.net, freeze)
@@ -134,23 +138,19 @@ class ImageClassifier(StopOnDivergence, ExactResume, L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None,
-                             weights_only: bool = True, **kwargs):
+                             weights_only: bool | None = True, **kwargs):
         """Lightning's, reading safely by default (``weights_only=True``: tensors and plain values, never code;
         ``False`` only for a file you trust), with the network config of checkpoints older than
         ``model.lrn.convention`` read as they were trained (:func:`~zfexp.models.classifiers.with_lrn_convention`)."""
-        token = _READING_CHECKPOINT.set(True)
-        try:
-            return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
-                                                strict=strict, weights_only=weights_only, **kwargs)
-        finally:
-            _READING_CHECKPOINT.reset(token)
+        return super().load_from_checkpoint(checkpoint_path, map_location=map_location, hparams_file=hparams_file,
+                                            strict=strict, weights_only=weights_only, from_checkpoint=True, **kwargs)
 
     def _use_channels_last(self) -> None:
         self.channels_last = True
         self.net = self.net.to(memory_format=torch.channels_last)
 
     def setup(self, stage: str) -> None:
-        if self.hparams.channels_last == "auto" and self.trainer.strategy.root_device.type == "cuda":
+        if self.hparams["channels_last"] == "auto" and self.trainer.strategy.root_device.type == "cuda":
             self._use_channels_last()
 
     def train(self, mode: bool = True) -> ImageClassifier:
@@ -172,14 +172,15 @@ class ImageClassifier(StopOnDivergence, ExactResume, L.LightningModule):
 
         The compiled wrapper is stored past ``nn.Module.__setattr__``, so it is no child: no ``_orig_mod.`` keys in
         ``state_dict``, and ``.to()``/``train()`` reach the network it wraps through ``self.net``."""
-        if not self.hparams.compile:
+        if not self.hparams["compile"]:
             return self(images)
-        if self._compiled_net is None:
+        compiled = self._compiled_net
+        if compiled is None:
             # fallback_random: dropout draws its masks from torch's generator, as in eager mode, so compiling
             # changes the speed of a run and not its numbers (inductor's own RNG would draw other masks).
             compiled = torch.compile(self.net, options={"fallback_random": True})
             object.__setattr__(self, "_compiled_net", compiled)
-        return self._compiled_net(self._input_layout(images))
+        return compiled(self._input_layout(images))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
@@ -242,6 +243,7 @@ class ImageClassifier(StopOnDivergence, ExactResume, L.LightningModule):
             return
         for config in trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, ReduceLROnPlateau):
+                assert config.monitor is not None, "Lightning requires a monitor for ReduceLROnPlateau"
                 config.scheduler.step(self.val_metrics.compute()[config.monitor])
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
@@ -254,12 +256,12 @@ class ImageClassifier(StopOnDivergence, ExactResume, L.LightningModule):
         trainable = [p for p in self.parameters() if p.requires_grad]
         # Fused: it takes the divergence flag as found_inf and skips a diverged step's update on the device. On a CPU
         # the same numbers as the default (foreach) SGD, bit for bit (measured).
-        optimizer = torch.optim.SGD(trainable, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+        optimizer = torch.optim.SGD(trainable, lr=hp["lr"], momentum=hp["momentum"], weight_decay=hp["weight_decay"],
                                     fused=True)
-        if not hp.lr_plateau:
+        if not hp["lr_plateau"]:
             return optimizer
         # The paper anneals "manually when the validation error plateaus": automated here.
-        scheduler = ReduceLROnPlateau(optimizer, mode="min", **hp.lr_plateau)
+        scheduler = ReduceLROnPlateau(optimizer, mode="min", **hp["lr_plateau"])
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": "val/top1_err", "interval": "epoch"}}
 
@@ -269,7 +271,9 @@ class ImageClassifier(StopOnDivergence, ExactResume, L.LightningModule):
         to clip for an optimizer that unscales AMP's gradients itself, which matters only under fp16's loss scale."""
         plugin = self.trainer.precision_plugin
         if gradient_clip_val and getattr(plugin, "scaler", None) is None:
-            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+            # As Lightning's clip_gradients reads the algorithm (the trainer gives it as the enum already).
+            algorithm = GradClipAlgorithmType((gradient_clip_algorithm or "norm").lower())
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -109,7 +109,7 @@ def build_module(cfg: DictConfig, datamodule, trusted: bool = False) -> ImageCla
     fc8 for this data's classes, its other weights loaded and layers up to ``freeze`` fixed (``from_scratch``:
     the same network randomly initialised, every layer trained). ``trusted``: the user's opt-in to unpickling
     the checkpoint in full."""
-    options = OmegaConf.to_container(cfg.module, resolve=True)
+    options = cast("dict[str, Any]", OmegaConf.to_container(cfg.module, resolve=True))  # a DictConfig's: a dict
     dims = {"num_classes": datamodule.num_classes, "in_channels": datamodule.num_channels,
             "input_size": datamodule.input_size}
     if not cfg.get("pretrained_ckpt"):

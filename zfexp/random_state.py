@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -16,7 +16,10 @@ def random_state() -> dict[str, Any]:
     """The state of every global generator this process draws from during training. CUDA: the current
     device's only; under DDP every rank draws the same numbers (one seed, the same shapes), so rank zero's
     states are every rank's."""
-    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    # The legacy tuple: numpy types it as a dict or the tuple (a dict for other bit generators), and the global
+    # generator is always an MT19937.
+    state_tuple = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state(legacy=True))
+    name, keys, pos, has_gauss, cached_gaussian = state_tuple
     # Tensors and plain numbers only: checkpoints must load with torch.load(weights_only=True).
     numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}

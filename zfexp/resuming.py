@@ -6,12 +6,21 @@ have drawn and reports the same epoch metrics."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
+from torchmetrics import Metric, MetricCollection
 
 from zfexp.random_state import random_state, set_random_state
+
+if TYPE_CHECKING:
+    # The host class, for the type checker alone: at runtime the mixin derives from object, and L.LightningModule
+    # comes after it in the module's bases.
+    from lightning.pytorch import LightningModule as _Host
+
+    from zfexp.metrics import WeightedMean
+else:
+    _Host = object
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +29,14 @@ log = logging.getLogger(__name__)
 RESUMABLE_SETTINGS = ("lr", "momentum", "weight_decay")
 
 
-class ExactResume:
+class ExactResume(_Host):
     """LightningModule hooks for an exact resume, mixed in before ``L.LightningModule``. The module has
     ``train_metrics`` (a torchmetrics collection), ``train_loss`` (a metric) and the hyperparameters
     :data:`RESUMABLE_SETTINGS`."""
 
+    # The module's, set in its __init__.
+    train_metrics: MetricCollection
+    train_loss: WeightedMean
     _restored: dict[str, Any] | None = None  # what on_load_checkpoint read, applied at on_train_start
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -70,7 +82,7 @@ class ExactResume:
             log.info("module.%s=%g replaces the checkpoint's %g (its optimizer was at %g)", key, new, old, current)
 
 
-def _metric_states(metric: nn.Module, strategy: Any = None) -> dict[str, Any]:
+def _metric_states(metric: Metric | MetricCollection, strategy: Any = None) -> dict[str, Any]:
     """A torchmetrics metric's (or collection's) accumulated states, which its ``state_dict`` leaves out; with a
     DDP ``strategy``, summed over the ranks (a collective: every rank calls it). Every state of our metrics is a
     sum (:mod:`zfexp.metrics`)."""
@@ -85,7 +97,7 @@ def _metric_states(metric: nn.Module, strategy: Any = None) -> dict[str, Any]:
     return states
 
 
-def _load_metric_states(metric: nn.Module, states: dict[str, Any]) -> None:
+def _load_metric_states(metric: Metric | MetricCollection, states: dict[str, Any]) -> None:
     metric.persistent(True)
     try:
         metric.load_state_dict(states, strict=False)

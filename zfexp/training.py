@@ -10,6 +10,7 @@ the W&B run's name and continuation in :mod:`zfexp.runs.loggers`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -36,7 +37,7 @@ from zfexp.safe_load import trust_option
 log = logging.getLogger(__name__)
 
 
-def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+def _floats(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, torch.Tensor))}
 
 
@@ -55,7 +56,7 @@ def train(cfg: DictConfig, run: Run) -> None:
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, datamodule, trust)
-    if resumed is not None:
+    if ckpt_path and resumed is not None:  # resumed: what ckpt_path holds
         check_resumes(resumed, module, ckpt_path)
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callback") + [WandbRunInCheckpoint()]
     name_wandb_run(cfg, run.dir)

@@ -5,7 +5,7 @@ Each engine returns a result type named for it (``OcclusionResult``, ``Invarianc
 ``geometry``.
 """
 
-from zfexp.analysis.activations import eval_mode, feature_layers, layer_activations, layer_outputs
+from zfexp.analysis.activations import feature_layers, layer_activations, layer_outputs
 from zfexp.analysis.correspondence import CorrespondenceResult, correspondence, occlude_boxes, pairwise_sign_hamming
 from zfexp.analysis.deconv import RULES, DeconvNet
 from zfexp.analysis.filter_norms import (
@@ -18,6 +18,7 @@ from zfexp.analysis.filter_norms import (
 from zfexp.analysis.geometry import forward_prefix, receptive_field, receptive_field_size
 from zfexp.analysis.invariance import TRANSFORMS, InvarianceResult, default_values, invariance_curves, transformed
 from zfexp.analysis.map_choice import chosen_maps, random_maps
+from zfexp.analysis.network import eval_mode
 from zfexp.analysis.occlusion import OcclusionResult, occluder_positions, occlusion_maps
 from zfexp.analysis.top_k import TopActivationsResult, top_activations, top_activations_by_layer
 

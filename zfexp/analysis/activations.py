@@ -1,6 +1,7 @@
 """Reading a network's activations: the output of named conv or linear layers, after their ReLU, from one
-forward pass with hooks. The one way every engine reads activations, for any network (ZFNet, torchvision's
-AlexNet and VGG): the model runs its own ``forward``, in eval mode, and is left in the mode it was in."""
+forward pass, for any network: hooks on the modules along a chain of them (ZFNet, torchvision's AlexNet and
+VGG), the watched forward of :mod:`~zfexp.analysis.graph` elsewhere. The model runs its own ``forward``, in eval
+mode, and is left in the mode it was in."""
 
 from __future__ import annotations
 
@@ -10,16 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from zfexp.analysis.geometry import leaf_modules
 from zfexp.analysis.graph import features_end, is_plain_chain, watch
-from zfexp.analysis.network import eval_mode
-from zfexp.errors import InvalidValueError
+from zfexp.analysis.network import StopForward, eval_mode, invalid_layer, leaf_modules
 
 NAMED = (nn.Conv2d, nn.Linear)
-
-
-class _Caught(Exception):
-    """Raised by the last hook needed: the rest of the forward pass is not computed."""
 
 
 def feature_layers(model: nn.Module) -> list[str]:
@@ -32,22 +27,18 @@ def _output_module(model: nn.Module, layer: str) -> nn.Module:
     leaves = leaf_modules(model)
     names = [name for name, _ in leaves]
     if layer not in names or not isinstance(leaves[names.index(layer)][1], NAMED):
-        raise InvalidValueError(f"layer={layer!r} is not a conv or linear layer of the model; valid: "
-                                f"{', '.join(feature_layers(model))}")
+        raise invalid_layer(model, layer, NAMED)
     return leaves[features_end(leaves, names.index(layer))][1]
 
 
-def check_feature_layers(model: nn.Module, layers: Sequence[str]) -> None:
-    """Raise :class:`InvalidValueError` naming the valid layers if one of ``layers`` is not a conv or linear
-    layer, or a block (a module with children, a ResNet's ``layer3.1``)."""
+def check_feature_layers(model: nn.Module, layers: Sequence[str], key: str | None = None) -> None:
+    """Raise :class:`InvalidValueError` (prefixed by the config ``key``) naming the valid layers if one of
+    ``layers`` is not a conv or linear layer, or a block (a module with children, a ResNet's ``layer3.1``)."""
     modules = dict(model.named_modules())
     for layer in layers:
         module = modules.get(layer) if layer else None
         if module is None or not (isinstance(module, NAMED) or list(module.children())):
-            convs = feature_layers(model)
-            more = ", ..." if len(convs) > 16 else ""
-            raise InvalidValueError(f"layer={layer!r} is not a conv or linear layer of the model; valid: "
-                                    f"{', '.join(convs[:16])}{more}, or a block (a module with children)")
+            raise invalid_layer(model, layer, NAMED, blocks=True, key=key)
 
 
 def _in_chain(model: nn.Module, layer: str, images: torch.Tensor) -> bool:
@@ -68,15 +59,17 @@ def layer_activations(model: nn.Module, images: torch.Tensor, layers: Sequence[s
     check_feature_layers(model, layers)
     if not all(_in_chain(model, layer, images) for layer in layers):
         with eval_mode(model):
-            features, out = watch(model, images, layers, logits=logits)
-        return {**features, **({"logits": out} if logits else {})}
+            if not logits:
+                return watch(model, images, layers)[0]
+            features, out = watch(model, images, layers, logits=True)
+        return {**features, "logits": out}
     modules = {layer: _output_module(model, layer) for layer in layers}
     caught: dict[str, torch.Tensor] = {}
 
     def keep(layer: str, out: torch.Tensor) -> None:
         caught[layer] = out.clone()  # a later in-place module (ReLU(inplace=True)) must not change it
         if not logits and len(caught) == len(modules):
-            raise _Caught
+            raise StopForward
 
     handles = [m.register_forward_hook(lambda mod, inp, out, layer=layer: keep(layer, out))
                for layer, m in modules.items()]
@@ -85,7 +78,7 @@ def layer_activations(model: nn.Module, images: torch.Tensor, layers: Sequence[s
             out = model(images)
         if logits:
             caught["logits"] = out
-    except _Caught:
+    except StopForward:
         pass
     finally:
         for h in handles:

@@ -38,10 +38,9 @@ from zfexp.analysis.deconv_record import (
 )
 from zfexp.analysis.deconv_windows import project_unit_windows, windows_pay_off
 from zfexp.analysis.geometry import geometry
+from zfexp.analysis.network import RULES, relu_rule
 from zfexp.checks import one_of
 from zfexp.errors import InvalidValueError
-
-RULES = ("deconvnet", "guided", "gradient")
 
 
 class DeconvNet:
@@ -161,7 +160,7 @@ class DeconvNet:
         conv_step = steps[top]
         # The chosen layer's transposed filter, one group per chosen channel: every other channel is zero,
         # so only the K filters that matter are applied and the C_l-wide zero tensor is never built.
-        weight = conv_step.module.weight[chan]  # [K, C_in, kh, kw]
+        weight = conv_step.module_as(nn.Conv2d).weight[chan]  # [K, C_in, kh, kw]
         x = self._conv_transpose(selected, weight, conv_step, groups=k)  # [N, K * C_in, H, W]
         # reshape, not view: a network kept channels-last (as the GPU path trains it) gives outputs in that
         # layout whatever the images' layout, and regrouping channels then needs a copy.
@@ -174,8 +173,7 @@ class DeconvNet:
 
     @staticmethod
     def _conv_transpose(x: torch.Tensor, weight: torch.Tensor, step: RecordedStep, groups: int = 1) -> torch.Tensor:
-        conv: nn.Conv2d = step.module
-        _, stride, padding, dilation = geometry(conv)
+        _, stride, padding, dilation = geometry(step.module_as(nn.Conv2d))
         kernel = weight.shape[-2:]
         out_pad = []
         for d in range(2):
@@ -189,17 +187,14 @@ class DeconvNet:
         module = step.module
         if isinstance(module, nn.Conv2d):
             return DeconvNet._conv_transpose(x, module.weight, step)
-        if isinstance(module, nn.ReLU):
-            if rule != "gradient":
-                x = F.relu(x)
-            if rule == "deconvnet":
-                return x
-            return (x.reshape(n, k, *x.shape[1:]) * step.active.unsqueeze(1)).reshape(x.shape)
+        if isinstance(module, nn.ReLU):  # the forward's mask [N, C, H, W] over the K maps of each image
+            down = relu_rule(x.reshape(n, k, *x.shape[1:]), rule, lambda: step.relu_mask().unsqueeze(1))
+            return down.reshape(x.shape)
         if isinstance(module, nn.MaxPool2d):
             # Unpool: each pooled value goes back to its switch; where windows overlap and share a switch,
             # their values add (scatter_add), which is also what the max-pool gradient does.
             _, c, h_in, w_in = step.in_shape
-            switches = step.switches.flatten(2).unsqueeze(1).expand(n, k, c, -1)  # a view: no copy per map
+            switches = step.pool_switches().flatten(2).unsqueeze(1).expand(n, k, c, -1)  # a view: no copy per map
             flat = x.new_zeros((n, k, c, h_in * w_in))
             flat.scatter_add_(3, switches, x.reshape(n, k, c, -1))
             return flat.view(n * k, c, h_in, w_in)

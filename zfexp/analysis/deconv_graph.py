@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zfexp.analysis.activations import eval_mode
 from zfexp.analysis.graph import watch_sites
+from zfexp.analysis.network import eval_mode
 from zfexp.errors import InvalidValueError
 
 
@@ -35,8 +35,8 @@ def recorded_features(model: nn.Module, images: torch.Tensor, layer: str, rule: 
     return maps, x, sites.total
 
 
-def project_graph(model: nn.Module, images: torch.Tensor, layer: str, channels: torch.Tensor | None, mode: str,
-                  rule: str, max_elements: int) -> torch.Tensor:
+def project_graph(model: nn.Module, images: torch.Tensor, layer: str, channels: list[int] | torch.Tensor | None,
+                  mode: str, rule: str, max_elements: int) -> torch.Tensor:
     """``images [N, C, H, W]`` -> ``[N, K, C, H, W]``: for each chosen channel its strongest unit (``mode="max"``)
     or its whole map (``"map"``), every other activation of the layer zeroed, sent down to the pixels."""
     with eval_mode(model), torch.enable_grad():
@@ -76,7 +76,7 @@ def project_units_graph(model: nn.Module, images: torch.Tensor, layer: str, chan
     return grads
 
 
-def _checked_channels(channels, maps: torch.Tensor, layer: str) -> torch.Tensor:
+def _checked_channels(channels: list[int] | torch.Tensor | None, maps: torch.Tensor, layer: str) -> torch.Tensor:
     c_l = maps.shape[1]
     chan = torch.arange(c_l) if channels is None else torch.as_tensor(channels, dtype=torch.long).flatten()
     if chan.numel() and (chan.min() < 0 or chan.max() >= c_l):

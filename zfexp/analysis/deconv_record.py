@@ -5,21 +5,23 @@ active). Which layers may be projected at all, in any network: :func:`check_proj
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from zfexp.analysis.activations import eval_mode
 from zfexp.analysis.geometry import forward_prefix
 from zfexp.analysis.graph import is_plain_chain
-from zfexp.errors import InvalidValueError
+from zfexp.analysis.network import eval_mode, invalid_layer
 from zfexp.models.contrast_norm import LocalContrastNorm
 
 PASS_THROUGH = (nn.LocalResponseNorm, LocalContrastNorm, nn.Dropout, nn.Dropout2d, nn.Identity)
 # Batch norm in eval mode is a per-channel scale (and shift) going up, so a scale of the signal coming down: its
 # true backward, as if folded into the filters of the conv before it.
 INVERTIBLE = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.BatchNorm2d) + PASS_THROUGH
+
+_M = TypeVar("_M", bound=nn.Module)
 
 
 @dataclass
@@ -32,16 +34,30 @@ class RecordedStep:
     switches: torch.Tensor | None = None  # [N, C, H_out, W_out] flat argmax indices into H_in * W_in
     active: torch.Tensor | None = None  # [N, C, H, W] bool: where a ReLU's output was positive (guided, gradient)
 
+    def module_as(self, kind: type[_M]) -> _M:
+        """The module, for a step known to be a ``kind`` (the projected conv, :func:`top_conv`; a max-pool)."""
+        assert isinstance(self.module, kind), f"step {self.name!r}: {type(self.module).__name__}, not {kind.__name__}"
+        return self.module
 
-def check_projectable(model: nn.Module, layer: str) -> None:
+    def pool_switches(self) -> torch.Tensor:
+        """``switches``, which :func:`record_forward` records at every max-pool."""
+        assert self.switches is not None, f"step {self.name!r} has no switches: not a max-pool"
+        return self.switches
+
+    def relu_mask(self) -> torch.Tensor:
+        """``active``, which :func:`record_forward` records at every ReLU with ``keep_active`` (for the rules that
+        mask: guided, gradient)."""
+        assert self.active is not None, f"step {self.name!r} has no mask: not a ReLU, or recorded without keep_active"
+        return self.active
+
+
+def check_projectable(model: nn.Module, layer: str, key: str | None = None) -> None:
     """``layer`` names a conv layer of ``model`` or a block (a module with children, a ResNet's ``layer3.1``):
-    what the deconvnet projects. Else an :class:`InvalidValueError` naming the valid ones."""
+    what the deconvnet projects. Else an :class:`InvalidValueError` naming the valid ones (and the config
+    ``key`` that gave it)."""
     module = dict(model.named_modules()).get(layer) if layer else None
     if module is None or not (isinstance(module, nn.Conv2d) or list(module.children())):
-        convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-        more = ", ..." if len(convs) > 16 else ""
-        raise InvalidValueError(f"layer={layer!r} is not a conv layer of the model; valid: {', '.join(convs[:16])}"
-                                f"{more}, or a block whose output is maps (a module with children)")
+        raise invalid_layer(model, layer, blocks=True, key=key)
 
 
 def chain_prefix(model: nn.Module, layer: str, images: torch.Tensor) -> list[tuple[str, nn.Module]] | None:
@@ -62,7 +78,9 @@ def chain_prefix(model: nn.Module, layer: str, images: torch.Tensor) -> list[tup
 
 
 def batch_norm_scale(norm: nn.BatchNorm2d) -> torch.Tensor:
-    """``[C]``: what batch norm in eval mode multiplies each channel by (``weight / sqrt(running_var + eps)``)."""
+    """``[C]``: what batch norm in eval mode multiplies each channel by (``weight / sqrt(running_var + eps)``).
+    ``norm`` keeps running statistics (:func:`chain_prefix` lets no other batch norm in)."""
+    assert norm.running_var is not None, "a batch norm without running statistics has no fixed scale"
     scale = torch.rsqrt(norm.running_var + norm.eps)
     return scale * norm.weight if norm.weight is not None else scale
 
@@ -94,7 +112,8 @@ def scale_above_conv(steps: list[RecordedStep]) -> torch.Tensor:
     """``[C_l]``: what the batch norms between the projected conv and its ReLU (VGG-BN's) multiply each map by:
     the kept activations go down to the conv scaled by it (ones where there is none)."""
     top = top_conv(steps)
-    scale = torch.ones(steps[top].module.out_channels, device=steps[top].module.weight.device)
+    conv = steps[top].module_as(nn.Conv2d)
+    scale = torch.ones(conv.out_channels, device=conv.weight.device)
     for step in steps[top + 1:]:
         if isinstance(step.module, nn.BatchNorm2d):
             scale = scale * batch_norm_scale(step.module)

@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 from zfexp.analysis.deconv_record import RecordedStep, batch_norm_scale, top_conv
 from zfexp.analysis.geometry import geometry, input_window, unit_windows
+from zfexp.analysis.network import relu_rule
 
 
 def windows_pay_off(steps: list[RecordedStep]) -> bool:
@@ -66,7 +67,7 @@ def project_unit_windows(steps: list[RecordedStep], image: torch.Tensor, chan: t
 def _top_windows(step: RecordedStep, chan, row, col, value):
     """The chosen units through their transposed conv: each is its own filter scaled by its value (spread
     by the dilation), a copy rather than a convolution. ``[B, C_in, kh', kw']`` and the window offsets."""
-    conv: nn.Conv2d = step.module
+    conv = step.module_as(nn.Conv2d)
     g = geometry(conv)
     b, (kh, kw), dilation = len(chan), g.kernel, g.dilation
     x = conv.weight.new_zeros((b, conv.in_channels, (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1))
@@ -83,16 +84,13 @@ def _invert_window(step: RecordedStep, x: torch.Tensor, lo, image: torch.Tensor,
     if isinstance(module, nn.Conv2d):
         g = geometry(module)
         # Padding 0: the window keeps every position the filters reach; the map's border is cut by the mask.
-        lo, _ = input_window(module, lo, x.shape[2:])
+        lo, _ = input_window(module, lo, (x.shape[2], x.shape[3]))
         x = _full_conv_transpose(x.contiguous(memory_format=torch.channels_last), module.weight, g.stride, g.dilation)
         return _zero_outside(x, lo, step.in_shape), lo
     if isinstance(module, nn.ReLU):  # every window is the engine's own tensor: in place is safe
-        if rule != "gradient":
-            x.relu_()
-        if rule != "deconvnet":
-            x.mul_(_window_of(step.active, image, lo, x.shape[2:]))
-        return x, lo
+        return relu_rule(x, rule, lambda: _window_of(step.relu_mask(), image, lo, x.shape[2:]), in_place=True), lo
     if isinstance(module, nn.MaxPool2d):
+        assert switch_offsets is not None, "the caller gives every max-pool its switch offsets"
         stride = geometry(module).stride
         b, c, h, w = x.shape
         h_out, w_out = switch_offsets.shape[1:3]
@@ -139,9 +137,9 @@ def _buffer(workspace: dict[tuple, torch.Tensor], key: tuple, shape: tuple[int, 
 def _switch_offsets(step: RecordedStep, window: tuple[int, int]) -> torch.Tensor:
     """``[N, H_out, W_out, C]``: each switch of a max-pool as a flat offset from its pooling window's corner,
     in an unpooled window of width ``window[1]``."""
-    _, stride, padding, _ = geometry(step.module)
+    _, stride, padding, _ = geometry(step.module_as(nn.MaxPool2d))
     w_in = step.in_shape[3]
-    switches = step.switches.permute(0, 2, 3, 1)  # [N, H_out, W_out, C]
+    switches = step.pool_switches().permute(0, 2, 3, 1)  # [N, H_out, W_out, C]
     h_out, w_out = switches.shape[1:3]
     top = (torch.arange(h_out, device=switches.device) * stride[0] - padding[0]).view(1, -1, 1, 1)
     left = (torch.arange(w_out, device=switches.device) * stride[1] - padding[1]).view(1, 1, -1, 1)

@@ -8,19 +8,21 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from zfexp.analysis.network import invalid_layer
 from zfexp.errors import InvalidValueError
 
 
-def conv_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Conv2d]:
-    """The model's ``Conv2d`` modules by name; ``layers`` selects some by ``get_submodule`` name."""
+def conv_layers(model: nn.Module, layers: Iterable[str] | None = None, key: str | None = None,
+                ) -> dict[str, nn.Conv2d]:
+    """The model's ``Conv2d`` modules by name; ``layers`` selects some by ``get_submodule`` name (one that is not
+    a conv is an error naming the config ``key`` that gave it)."""
     convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     if layers is None:
         return convs
     chosen = {}
     for name in layers:
         if name not in convs:
-            raise InvalidValueError(f"layers: {name!r} is not a conv layer of the model; valid: "
-                                    f"{', '.join(convs) or 'none'}")
+            raise invalid_layer(model, name, key=key)
         chosen[name] = convs[name]
     return chosen
 

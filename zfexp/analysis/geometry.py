@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from zfexp.analysis.graph import features_end, is_plain_chain
+from zfexp.analysis.network import invalid_layer, leaf_modules
 from zfexp.analysis.receptive_field import field_geometry
 from zfexp.errors import InvalidValueError
 
@@ -43,12 +44,6 @@ def geometry(module: nn.Conv2d | nn.MaxPool2d) -> Geometry:
     return Geometry(pair(module.kernel_size), pair(stride), pair(module.padding), pair(module.dilation))
 
 
-def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every module without children, in registration order (the forward order of the
-    networks this project analyses: ZFNet, torchvision's AlexNet and VGG)."""
-    return [(name, m) for name, m in model.named_modules() if name and not list(m.children())]
-
-
 def forward_prefix(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
     """The leaf modules from the input up to conv ``layer``'s ReLU, in forward order.
 
@@ -57,9 +52,8 @@ def forward_prefix(model: nn.Module, layer: str) -> list[tuple[str, nn.Module]]:
     post-ReLU."""
     leaves = leaf_modules(model)
     names = [name for name, _ in leaves]
-    convs = [name for name, m in leaves if isinstance(m, nn.Conv2d)]
-    if layer not in convs:
-        raise InvalidValueError(f"layer={layer!r} is not a conv layer of the model; valid: {', '.join(convs)}")
+    if layer not in names or not isinstance(leaves[names.index(layer)][1], nn.Conv2d):
+        raise invalid_layer(model, layer)
     return leaves[: features_end(leaves, names.index(layer)) + 1]
 
 
@@ -96,8 +90,9 @@ def unit_windows(modules: list[nn.Module]) -> list[tuple[int, int]]:
     sizes = [(1, 1)] * len(modules)
     size = (1, 1)
     for i in range(top, -1, -1):
-        if isinstance(modules[i], SPATIAL):
-            _, size = input_window(modules[i], (0, 0), size)
+        module = modules[i]
+        if isinstance(module, SPATIAL):
+            _, size = input_window(module, (0, 0), size)
         sizes[i] = size
     return sizes
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Sequence
+from typing import Literal, overload
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from zfexp.errors import InvalidValueError
+from zfexp.analysis.network import StopForward, eval_mode, invalid_layer, leaf_modules, relu_rule
 from zfexp.models.contrast_norm import LocalContrastNorm
 
 log = logging.getLogger(__name__)
@@ -50,11 +51,7 @@ class RuleReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (out,) = ctx.saved_tensors
-        if ctx.rule == "deconvnet":
-            return grad.clamp_min(0), None
-        if ctx.rule == "guided":
-            return grad.clamp_min(0) * (out > 0), None
-        return grad * (out > 0), None
+        return relu_rule(grad, ctx.rule, lambda: out > 0), None
 
 
 class PassThrough(torch.autograd.Function):
@@ -73,10 +70,6 @@ class PassThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         return grad, None
-
-
-class _Caught(Exception):
-    """Raised once every layer is taken: the rest of the forward pass is not computed."""
 
 
 def feature_module_types() -> tuple[type, ...]:
@@ -101,7 +94,7 @@ class FeatureSites(TorchFunctionMode):
         modules = dict(model.named_modules())
         missing = [layer for layer in layers if layer not in modules or not layer]
         if missing:
-            raise InvalidValueError(f"layer={missing[0]!r} is not a module of the model; valid: {valid_layers(model)}")
+            raise invalid_layer(model, missing[0], (nn.Conv2d, nn.Linear), blocks=True)
         self.layers, self.rule, self.stop = list(layers), rule, stop
         self.features: dict[str, torch.Tensor] = {}
         self._pending: dict[str, torch.Tensor] = {}  # conv / linear outputs waiting for their ReLU
@@ -129,7 +122,7 @@ class FeatureSites(TorchFunctionMode):
         self._pending.pop(layer, None)
         self._derived.pop(layer, None)
         if self.stop and len(self.features) == len(self.layers):
-            raise _Caught
+            raise StopForward
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -165,10 +158,21 @@ class FeatureSites(TorchFunctionMode):
         return self.features
 
 
+@overload
+def watch(model: nn.Module, images: torch.Tensor, layers: Sequence[str], rule: str | None = None, *,
+          logits: Literal[True]) -> tuple[dict[str, torch.Tensor], torch.Tensor]: ...
+
+
+@overload
+def watch(model: nn.Module, images: torch.Tensor, layers: Sequence[str], rule: str | None = None,
+          logits: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]: ...
+
+
 def watch(model: nn.Module, images: torch.Tensor, layers: Sequence[str], rule: str | None = None,
           logits: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Run ``model`` on ``images`` watched by :class:`FeatureSites`: ``(features, logits)``; the forward stops at
-    the last layer needed unless ``logits``."""
+    the last layer needed unless ``logits`` (the logits are then ``None``; with ``logits=True`` the forward runs
+    to its end and gives them)."""
     sites, out = watch_sites(model, images, layers, rule, logits)
     return sites.features, out
 
@@ -181,18 +185,11 @@ def watch_sites(model: nn.Module, images: torch.Tensor, layers: Sequence[str], r
     try:
         with sites:
             out = model(images)
-    except _Caught:
+    except StopForward:
         pass
     finally:
         sites.finish()
     return sites, out
-
-
-def valid_layers(model: nn.Module) -> str:
-    """What a layer may be, in a message: the model's convs (the first ones named), linear layers, blocks."""
-    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    more = ", ..." if len(convs) > 12 else ""
-    return f"its convs ({', '.join(convs[:12])}{more}), linear layers and blocks (any module with children)"
 
 
 def features_end(leaves: list[tuple[str, nn.Module]], index: int) -> int:
@@ -221,7 +218,7 @@ def is_plain_chain(model: nn.Module, layer: str, images: torch.Tensor) -> bool:
 
 
 def _check_chain(model: nn.Module, layer: str, probe: torch.Tensor) -> bool:
-    leaves = [(name, m) for name, m in model.named_modules() if name and not list(m.children())]
+    leaves = leaf_modules(model)
     names = [name for name, _ in leaves]
     if layer not in names:
         return False
@@ -232,24 +229,20 @@ def _check_chain(model: nn.Module, layer: str, probe: torch.Tensor) -> bool:
         def hook(_module, inputs, output):
             calls.append((name, inputs[0], output))
             if name == names[end]:
-                raise _Caught
+                raise StopForward
         return hook
 
     handles = [m.register_forward_hook(record(name)) for name, m in leaves[: end + 1]]
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(probe)
-    except _Caught:
+    except StopForward:
         pass
     except RuntimeError:  # the network does not take an input of this size: read it the general way
         return False
     finally:
         for handle in handles:
             handle.remove()
-        for m, training in modes:
-            m.training = training
     if [name for name, _, _ in calls] != names[: end + 1] or calls[0][1] is not probe:
         return False
     # Each leaf on the previous one's output: no operation between them (an addition, torch.flatten, F.relu).

@@ -88,7 +88,7 @@ def invariance_curves(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     values = default_values(transform, images.shape[-1]) if values is None else torch.as_tensor(values).float()
     probabilities = probabilities or (lambda logits: logits.softmax(-1))
     _, reference = layer_outputs(model, images, layers)
-    distance = {layer: [] for layer in layers}
+    distance: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}  # per layer, [N] per value
     prob_true, top_label = [], []
     for value in values.tolist():
         logits, feats = layer_outputs(model, transformed(images, transform, value, fill), layers)

@@ -19,7 +19,7 @@ from zfexp.analysis.receptive_field import field_geometry
 from zfexp.errors import InvalidValueError
 from zfexp.models.zfnet import CONV_NAMES
 
-ImageShape = tuple[int, ...]  # (channels, height, width) of the images the analysis uses
+ImageShape = tuple[int, int, int]  # (channels, height, width) of the images the analysis uses
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ def conv_maps(net: nn.Module, image_shape: ImageShape) -> ConvMaps:
     """Run ``net`` (eval mode, no grad) on one blank image of ``image_shape`` and on one of twice its side: the
     convs that ran and their map sizes. A network that takes only one size (a ViT) is read from the first: its
     1x1 maps count as global. Cached per network and image shape."""
-    known, image_shape = _MAPS.setdefault(net, {}), tuple(int(v) for v in image_shape)
+    channels, height, width = image_shape
+    known, image_shape = _MAPS.setdefault(net, {}), (int(channels), int(height), int(width))  # a hashable key
     if image_shape not in known:
         known[image_shape] = _conv_maps(net, image_shape)
     return known[image_shape]
@@ -73,7 +74,7 @@ def _ran(net: nn.Module, image_shape: ImageShape) -> dict[str, tuple[int, int] |
         if isinstance(module, nn.Linear):
             sizes.setdefault(names[module], None)
         elif isinstance(out, torch.Tensor) and out.dim() == 4:
-            sizes.setdefault(names[module], tuple(out.shape[-2:]))
+            sizes.setdefault(names[module], (out.shape[-2], out.shape[-1]))
 
     _blank_forward(net, image_shape, names, record)
     return sizes
@@ -125,10 +126,7 @@ def check_drawn_layers(key: str, net: nn.Module, layers: Sequence[str], image_sh
     ``image_shape`` (the crops and projections of Figs. 2 and 4 need one): else one error naming ``key``, the
     layer, why, and the layers that can be drawn."""
     for layer in layers:
-        try:
-            check_projectable(net, layer)  # its message lists the convs and blocks there are
-        except InvalidValueError as err:
-            raise InvalidValueError(f"{key}: {err}") from err
+        check_projectable(net, layer, key)  # its message lists the convs and blocks there are
         maps = conv_maps(net, image_shape)
         try:
             if isinstance(net.get_submodule(layer), nn.Conv2d) and layer not in maps.sizes:
@@ -143,10 +141,7 @@ def check_drawn_layers(key: str, net: nn.Module, layers: Sequence[str], image_sh
 
 def check_read_layers(key: str, net: nn.Module, layers: Sequence[str], image_shape: ImageShape) -> None:
     """Each of ``layers`` is a conv, linear layer or block that the forward runs on images of ``image_shape``."""
-    try:
-        check_feature_layers(net, layers)
-    except ValueError as err:
-        raise InvalidValueError(f"{key}: {err}") from err
+    check_feature_layers(net, layers, key)
     names = {net.get_submodule(layer): layer for layer in layers}
     ran: set[str] = set()
     _blank_forward(net, image_shape, names, lambda module, *_: ran.add(names[module]))

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zfexp.analysis.activations import eval_mode, layer_activations, map_totals
+from zfexp.analysis.activations import layer_activations, map_totals
 from zfexp.analysis.deconv import DeconvNet
 from zfexp.analysis.deconv_record import check_projectable
 from zfexp.analysis.geometry import forward_prefix
+from zfexp.analysis.network import eval_mode
 from zfexp.analysis.occlusion_incremental import IncrementalRun, sequential_leaves
 from zfexp.checks import positive_int
 from zfexp.errors import InvalidValueError

@@ -21,7 +21,7 @@ POINTWISE = (nn.ReLU, nn.BatchNorm2d, nn.LocalResponseNorm, LocalContrastNorm, n
 def sequential_leaves(model: nn.Module) -> list[nn.Module] | None:
     """The leaf modules in forward order when ``model`` is nested ``nn.Sequential`` with the stock forward
     (and convs that pad with zeros); else ``None``."""
-    if type(model).forward is not nn.Sequential.forward:
+    if not isinstance(model, nn.Sequential) or type(model).forward is not nn.Sequential.forward:
         return None
     leaves = []
     for child in model:
@@ -63,7 +63,7 @@ class IncrementalRun:
                        for i, m in enumerate(leaves) if isinstance(m, SPATIAL)}
 
     @staticmethod
-    def _margin(module: nn.Module) -> tuple[int, float]:
+    def _margin(module: nn.Conv2d | nn.MaxPool2d) -> tuple[int, float]:
         """How wide a border ``module``'s padded input gets, and its value."""
         g = geometry(module)
         return max(g.padding) + max(g.stride), float("-inf") if isinstance(module, nn.MaxPool2d) else 0.0
@@ -80,10 +80,9 @@ class IncrementalRun:
         activity = None
         for i, module in enumerate(self.leaves):
             if full is None:
-                spatial = isinstance(module, SPATIAL)
-                if spatial:
+                if isinstance(module, SPATIAL):
                     out_shape = self.outputs[i].shape  # [N, H, W, C]
-                    out_lo, out_size = footprint(module, lo, size, out_shape[1:3])
+                    out_lo, out_size = footprint(module, lo, size, (out_shape[1], out_shape[2]))
                     # A pool is cheap on a window whatever its size; a conv only while the window is small.
                     limit = self.FULL_AT if isinstance(module, nn.Conv2d) else 1.0
                     if out_size[0] * out_size[1] < limit * out_shape[1] * out_shape[2]:

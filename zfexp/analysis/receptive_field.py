@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
 from zfexp.analysis.graph import OTHER_ACTIVATIONS, RELUS
-from zfexp.analysis.network import eval_mode
+from zfexp.analysis.network import StopForward, eval_mode
 from zfexp.errors import InvalidValueError
 
 NORMS = {F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm, F.dropout, F.dropout2d}
@@ -26,10 +26,6 @@ NORMS = {F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm, F.dropout, F
 
 class GlobalLayerError(InvalidValueError):
     """A layer whose maps do not grow with the image: it works on globally pooled features."""
-
-
-class _Reached(Exception):
-    """Raised by the probed layer's hook: the forward needs to go no further."""
 
 
 class _Reach(TorchFunctionMode):
@@ -45,10 +41,10 @@ class _Reach(TorchFunctionMode):
             x, weight, *rest = args
             rest = rest[1:] if rest else []  # the bias
             kwargs = {k: v for k, v in kwargs.items() if k != "bias"}
-            return F.conv2d(x, _average(weight, x, weight[0].numel()), None, *rest, **kwargs)
+            return _average_conv(x, weight.shape, *rest, **kwargs)
         if func is F.linear:
             x, weight = args[0], args[1] if len(args) > 1 else kwargs["weight"]
-            return F.linear(x, _average(weight, x, weight.shape[1]))
+            return x.mean(-1, keepdim=True).expand(*x.shape[:-1], weight.shape[0]).contiguous()  # in-place ops follow
         if func in NORMS or func in RELUS or func in OTHER_ACTIVATIONS:
             return args[0]
         if func in (F.max_pool2d, F.max_pool2d_with_indices, torch.max_pool2d):
@@ -61,8 +57,17 @@ class _Reach(TorchFunctionMode):
         return out
 
 
-def _average(weight: torch.Tensor, x: torch.Tensor, fan_in: int) -> torch.Tensor:
-    return torch.full(weight.shape, 1.0 / fan_in, dtype=x.dtype, device=x.device)
+def _average_conv(x: torch.Tensor, weight_shape: torch.Size, stride=1, padding=0, dilation=1, groups=1,
+                  ) -> torch.Tensor:
+    """``F.conv2d(x, w)`` for ``w`` of ``weight_shape`` ``[C_out, C_in / groups, kh, kw]`` with every weight
+    ``1 / (C_in / groups * kh * kw)``, without ``w``: each group's channels summed, one box filter per group,
+    its map repeated for the group's outputs. No weight-sized tensor is made, in the forward or the gradient (a
+    float64 copy of a 600M-parameter RegNet's weights would be 5 GB). ``x``: ``[N, C_in, H, W]``."""
+    out_channels, per_group, kh, kw = weight_shape
+    summed = x.unflatten(1, (groups, per_group)).sum(2)  # [N, groups, H, W]
+    box = torch.full((groups, 1, kh, kw), 1.0 / (per_group * kh * kw), dtype=x.dtype, device=x.device)
+    maps = F.conv2d(summed, box, None, stride, padding, dilation, groups)  # [N, groups, H', W']
+    return maps.repeat_interleave(out_channels // groups, dim=1)  # [N, C_out, H', W'], a group's outputs together
 
 
 def _average_pool(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -129,13 +134,14 @@ def field_geometry(model: nn.Module, layer: str, in_channels: int, image_size: t
     return field
 
 
-def _probe_field(model: nn.Module, layer: str, in_channels: int, image_size: tuple[int, int]):
+def _probe_field(model: nn.Module, layer: str, in_channels: int, image_size: tuple[int, int],
+                 ) -> Field | ClippedField:
     module = dict(model.named_modules())[layer]
     side, previous = max(image_size), None
     while side <= PROBED_SIDES * max(image_size):
         try:
             probe = _Probe(model, module, in_channels, (side, side))
-        except (InvalidValueError, _Reached):
+        except (InvalidValueError, StopForward):
             raise
         except Exception as err:  # the network does not take this size
             if previous is None:
@@ -167,39 +173,47 @@ class _Probe:
 
         def hook(_module, _inputs, output):
             caught["out"] = output
-            raise _Reached
+            raise StopForward
 
         handle = module.register_forward_hook(hook)
         with eval_mode(model), torch.enable_grad():  # also inside an analysis's no_grad
             try:
                 with _Reach():
                     model(self.x)
-            except _Reached:
+            except StopForward:
                 pass
             finally:
                 handle.remove()
         out = caught.get("out")
         self.out = out if isinstance(out, torch.Tensor) and out.dim() == 4 else None
         self.kind = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        self.shape = None if self.out is None else tuple(self.out.shape[-2:])
+        self.shape: tuple[int, int] | None = None if self.out is None else (self.out.shape[-2], self.out.shape[-1])
+
+    def _maps(self) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The output maps ``[1, C, H, W]`` and their ``(H, W)``: asked for only once the layer is known to give
+        maps (``shape`` is not ``None``, checked by :func:`_probe_field`)."""
+        assert self.out is not None and self.shape is not None, "the layer gives no maps [N, C, H, W]"
+        return self.out, self.shape
 
     def _support(self, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The input rows and columns the gradient of ``seed``'s units reaches."""
+        out, _ = self._maps()
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(self.out, self.x, seed, retain_graph=True)
+            (grad,) = torch.autograd.grad(out, self.x, seed, retain_graph=True)
         reached = grad.abs().sum((0, 1))
         return reached.sum(1).nonzero().flatten(), reached.sum(0).nonzero().flatten()
 
     def middle_field(self) -> Field | None:
         """The :class:`Field` from the two units left of and above the middle, ``None`` when a box touches the
         input's border (the input is too small to hold it) or the map is smaller than 2x2."""
-        if min(self.shape) < 2:
+        out, shape = self._maps()
+        if min(shape) < 2:
             return None
         height, width = self.x.shape[-2:]
-        middle = (self.shape[0] // 2, self.shape[1] // 2)
+        middle = (shape[0] // 2, shape[1] // 2)
         boxes = []
         for row, col in ((middle[0] - 1, middle[1] - 1), middle):
-            seed = torch.zeros_like(self.out)
+            seed = torch.zeros_like(out)
             seed[0, :, row, col] = 1
             rows, cols = self._support(seed)
             if not len(rows) or rows[0] == 0 or cols[0] == 0 or rows[-1] == height - 1 or cols[-1] == width - 1:
@@ -212,14 +226,15 @@ class _Probe:
     def clipped_field(self) -> ClippedField:
         """Each row's and each column's input extent on this input: a row of units seeded together reaches the
         rows each of them reaches."""
+        out, shape = self._maps()
         height, width = self.x.shape[-2:]
         rows, cols = [], []
-        for row in range(self.shape[0]):
-            seed = torch.zeros_like(self.out)
+        for row in range(shape[0]):
+            seed = torch.zeros_like(out)
             seed[0, :, row] = 1
             rows.append(_extent(self._support(seed)[0], height))
-        for col in range(self.shape[1]):
-            seed = torch.zeros_like(self.out)
+        for col in range(shape[1]):
+            seed = torch.zeros_like(out)
             seed[0, :, :, col] = 1
             cols.append(_extent(self._support(seed)[1], width))
         return ClippedField((height, width), tuple(rows), tuple(cols))

@@ -34,8 +34,9 @@ class RunningTopK:
 
     def __init__(self, channels: list[int] | None, k: int):
         self.channels, self.k = channels, k
-        self.chan: torch.Tensor | None = None
-        self.values = self.indices = self.positions = None
+        self.chan: torch.Tensor | None = None  # [K], from the first batch
+        # (values, positions, indices) so far, each [k, K]: None before the first batch
+        self.top: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.width = 0
 
     def update(self, acts: torch.Tensor, first_index: int) -> None:
@@ -45,17 +46,20 @@ class RunningTopK:
             self.chan = chan.to(device=acts.device, dtype=torch.long)
         val, pos = acts[:, self.chan].flatten(2).max(2)  # [B, K]
         idx = torch.arange(first_index, first_index + acts.shape[0], device=acts.device)[:, None].expand_as(val)
-        if self.values is not None:
-            val, pos, idx = (torch.cat([self.values, val]), torch.cat([self.positions, pos]),
-                             torch.cat([self.indices, idx]))
+        if self.top is not None:
+            values, positions, indices = self.top
+            val, pos, idx = torch.cat([values, val]), torch.cat([positions, pos]), torch.cat([indices, idx])
         order = val.topk(min(self.k, val.shape[0]), dim=0).indices  # [k, K]
-        self.values, self.positions, self.indices = val.gather(0, order), pos.gather(0, order), idx.gather(0, order)
+        self.top = val.gather(0, order), pos.gather(0, order), idx.gather(0, order)
         self.width = acts.shape[-1]
 
     def result(self) -> TopActivationsResult:
-        positions = torch.stack([self.positions // self.width, self.positions % self.width], -1)  # [k, K, 2]
-        return TopActivationsResult(channels=self.chan.cpu(), indices=self.indices.T.cpu(),
-                                    positions=positions.transpose(0, 1).cpu(), values=self.values.T.cpu())
+        """The top-``k`` of the batches so far: asked for after one at least (an empty dataloader is refused)."""
+        assert self.chan is not None and self.top is not None, "RunningTopK.result() before any update"
+        values, positions, indices = self.top
+        rows_cols = torch.stack([positions // self.width, positions % self.width], -1)  # [k, K, 2]
+        return TopActivationsResult(channels=self.chan.cpu(), indices=indices.T.cpu(),
+                                    positions=rows_cols.transpose(0, 1).cpu(), values=values.T.cpu())
 
 
 @torch.no_grad()

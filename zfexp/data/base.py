@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -28,7 +28,7 @@ from torchvision.transforms import v2
 
 from zfexp.checks import integer, one_of, positive_int
 from zfexp.data.batch_preprocessing import BatchPreprocessing
-from zfexp.data.classes import ClassSubset, dataset_targets, select_classes
+from zfexp.data.classes import ClassSubset, dataset_size, dataset_targets, select_classes
 from zfexp.data.device_copy import CopyOnSideStream
 from zfexp.data.loaders import SeededLoaders
 from zfexp.data.mean_image import MeanImage
@@ -111,13 +111,17 @@ class ImageClassificationDataModule(CopyOnSideStream, MeanImage, SeededLoaders, 
         self.exclude_classes = list(exclude_classes or [])
         self.mean: torch.Tensor | None = None
         self.seed: int | None = None  # the data seed; set when the training loader is first made
-        self.data_train: Dataset | None = None
+        self.data_train: Subset | None = None
         self.data_val: Dataset | None = None
         self.data_test: Dataset | None = None
         self._analysis_splits: tuple[Dataset, Dataset] | None = None
 
     # -- what subclasses provide -------------------------------------------------------------------
-    all_classes: list[str]  # the dataset's class names, index = the dataset's label
+    if TYPE_CHECKING:  # read-only: a class attribute, or a property when the names are read from the files
+        @property
+        def all_classes(self) -> list[str]:
+            """The dataset's class names, index = the dataset's label."""
+
     num_channels: int
     image_size: int | None = None  # the side of every image, for datasets of one size (checked against preprocess)
     decoders: tuple[str, ...] = ("cpu",)  # the values of ``decoder`` this dataset can take
@@ -179,10 +183,11 @@ class ImageClassificationDataModule(CopyOnSideStream, MeanImage, SeededLoaders, 
 
     def _subset(self, dataset: Dataset, seed_offset: int = 1) -> Dataset:
         n = self.hparams.subset_size
-        if not n or n >= len(dataset):
+        size = dataset_size(dataset)
+        if not n or n >= size:
             return dataset
         g = torch.Generator().manual_seed(self.hparams.split_seed + seed_offset)
-        return Subset(dataset, sorted(torch.randperm(len(dataset), generator=g)[:n].tolist()))
+        return Subset(dataset, sorted(torch.randperm(size, generator=g)[:n].tolist()))
 
     # -- Lightning hooks ---------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -214,9 +219,12 @@ class ImageClassificationDataModule(CopyOnSideStream, MeanImage, SeededLoaders, 
         self.augment_on = self.resolve_augment_on()
         self._ensure_mean()
         train_full = self._split("train", self._loader_transform(train=True))
-        train_idx, _ = self._split_indices(len(train_full))
-        self.data_train = Subset(train_full, train_idx)
+        self.data_train = Subset(train_full, self._train_indices(dataset_size(train_full)))
         self.data_val, self.data_test = self._eval_splits(self._loader_transform(train=False))
+
+    def _train_indices(self, n_train_full: int) -> list[int]:
+        """The training images: indices into the full training split of ``n_train_full`` images."""
+        return self._split_indices(n_train_full)[0]
 
     def _loader_transform(self, train: bool) -> v2.Compose:
         """What the loader workers do to each image: everything (``augment_on="workers"``), or decode and cut to
@@ -232,6 +240,7 @@ class ImageClassificationDataModule(CopyOnSideStream, MeanImage, SeededLoaders, 
         A lone tensor is the module's ``example_input_array`` (the model summary's): already network input."""
         if self.augment_on == "workers" or isinstance(batch, torch.Tensor):
             return batch
+        assert self.batch_preprocessing is not None, "setup() makes it for augment_on=device"
         return self.batch_preprocessing(batch)
 
     def _eval_splits(self, transform) -> tuple[Dataset, Dataset]:
@@ -240,7 +249,7 @@ class ImageClassificationDataModule(CopyOnSideStream, MeanImage, SeededLoaders, 
             val = self._subset(self._split("val", transform))
         else:
             train_full = self._split("train", transform)
-            val = Subset(train_full, self._split_indices(len(train_full))[1])
+            val = Subset(train_full, self._split_indices(dataset_size(train_full))[1])
         return val, self._subset(self._split("test", transform), seed_offset=2)
 
     def analysis_dataset(self, split: str = "val") -> Dataset:
@@ -250,7 +259,7 @@ class ImageClassificationDataModule(CopyOnSideStream, MeanImage, SeededLoaders, 
         if self.data_train is None:
             self.setup("fit")
         if not self.preprocess.ten_crop and self.augment_on == "workers":
-            return self.data_val if split == "val" else self.data_test
+            return self._made_split(split)
         if self._analysis_splits is None:
             single = paper_transform(dataclasses.replace(self.preprocess, ten_crop=False), self.mean, train=False)
             self._analysis_splits = self._eval_splits(single)

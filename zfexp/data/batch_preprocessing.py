@@ -78,13 +78,16 @@ class BatchPreprocessing(nn.Module):
         mean: the mean image ``[C, S, S]`` in [0, 1], when ``preprocess.mean_image``.
     """
 
+    mean: torch.Tensor | None  # a buffer, None without mean_image; typed here as in SubtractMeanImage
+
     def __init__(self, preprocess: Preprocessing, mean: torch.Tensor | None):
         super().__init__()
         if preprocess.mean_image and mean is None:
-            raise InvalidValueError("preprocess.mean_image=true but no mean image was computed (call prepare_data "
+            raise InvalidValueError("data.preprocess.mean_image=true but no mean image was computed (call prepare_data "
                                     "first)")
         self.preprocess = preprocess
-        self.register_buffer("mean", mean.float() if preprocess.mean_image else None, persistent=False)
+        self.register_buffer("mean", mean.float() if preprocess.mean_image and mean is not None else None,
+                             persistent=False)
 
     def _mean_on(self, device: torch.device) -> torch.Tensor | None:
         if self.mean is not None and self.mean.device != device:
@@ -106,10 +109,10 @@ class BatchPreprocessing(nn.Module):
     def train_batch(self, images: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
         """``[B, C, S, S]`` uint8 and ``[B, 3]`` crops -> ``[B, C, s, s]`` float training inputs."""
         size = self.preprocess.input_size
-        mean = None
-        if self.mean is not None:
+        mean = self._mean_on(images.device)
+        if mean is not None:
             # The mean cut at each image's crop: the same pixels the full-size subtraction would leave.
-            mean = crop_flip(self._mean_on(images.device).expand(images.shape[0], -1, -1, -1), crops, size)
+            mean = crop_flip(mean.expand(images.shape[0], -1, -1, -1), crops, size)
         return self._normalise(crop_flip(images, crops, size), mean)
 
     def eval_batch(self, images: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@ five, leaving out Caltech-256's clutter class."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 
 import torch
 from torch.utils.data import Dataset
@@ -55,6 +55,14 @@ def dataset_targets(dataset: Dataset) -> list[int]:
         if targets is not None:
             return targets.tolist() if isinstance(targets, torch.Tensor) else [int(t) for t in targets]
     raise TypeError(f"{type(dataset).__name__} has no 'targets' or 'y' list of labels; cannot select classes")
+
+
+def dataset_size(dataset: Dataset) -> int:
+    """``len(dataset)``, checked: every dataset of the datamodules has a length (torchvision's, ``Subset``,
+    :class:`ClassSubset`), though torch's ``Dataset`` declares no ``__len__`` (an iterable-style one may have none)."""
+    if not isinstance(dataset, Sized):
+        raise TypeError(f"{type(dataset).__name__} has no len(): the datamodules need datasets of known size")
+    return len(dataset)
 
 
 class ClassSubset(Dataset):

@@ -134,6 +134,7 @@ class CropBatches:
 def seeded_crop(seed: int, p: Preprocessing) -> torch.Tensor:
     """The training crop and flip ``[3]`` the default path draws for an image seeded with ``seed``
     (:class:`~zfexp.data.sampling.SeededItems` then :class:`~zfexp.data.batch_preprocessing.WithCrops`)."""
+    assert p.crop is not None, "build_pipeline cuts every image to data.preprocess.crop, and checks it is set"
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         return draw_crop_flip(p.crop, p.crop, p.input_size, p.hflip)

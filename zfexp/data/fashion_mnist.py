@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from functools import partial
 from pathlib import Path
 
 from torchvision.datasets import FashionMNIST
@@ -55,7 +56,7 @@ class FashionMNISTDataModule(ImageClassificationDataModule):
                 src, dst = self.debian_dir / name, self.raw_dir / name.removesuffix(".gz")
                 if src.exists() and not dst.exists():
                     # An interrupted copy never looks complete.
-                    write_atomic(dst, lambda tmp, src=src: _gunzip(src, tmp))
+                    write_atomic(dst, partial(_gunzip, src))
         missing = [str(self.raw_dir / n) for n in self.RAW_SHAPES if not (self.raw_dir / n).exists()]
         if missing:
             if not self.download:

@@ -93,17 +93,8 @@ class FewShotDataModule(ImageClassificationDataModule):
         single = dataclasses.replace(self.preprocess, ten_crop=False)
         return self._split("train", paper_transform(single, self.mean, train=False))
 
-    def _val_dataset(self, transform) -> Dataset:  # the base asks for it only through _eval_splits
-        raise NotImplementedError
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.data_train is not None:
-            return
-        self.augment_on = self.resolve_augment_on()
-        self._ensure_mean()  # over the whole pool: no labels involved
-        train_idx, _ = self.split_indices
-        self.data_train = Subset(self._split("train", self._loader_transform(train=True)), train_idx)
-        self.data_val, self.data_test = self._eval_splits(self._loader_transform(train=False))
+    def _train_indices(self, n_train_full: int) -> list[int]:
+        return self.split_indices[0]
 
     def _eval_splits(self, transform) -> tuple[Dataset, Dataset]:
         test = Subset(self._split("train", transform), self.split_indices[1])

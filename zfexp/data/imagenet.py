@@ -131,7 +131,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cuda", 0)
         check_dali_device(device)
-        dataset = {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]
+        dataset = self._made_split(split)
         sampler = self.train_sampler() if split == "train" else self.evaluation_sampler(dataset)
         return DaliLoader(DaliSplit(image_files(dataset), self.preprocess, self.hparams.batch_size,
                                     train=split == "train", device="gpu", device_id=device.index or 0,

@@ -4,12 +4,13 @@ DDP ranks with every image once."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from zfexp.data.batch_preprocessing import WithCrops
+from zfexp.data.classes import dataset_size
 from zfexp.data.sampling import (
     SEED_BITS,
     EvaluationShards,
@@ -18,12 +19,31 @@ from zfexp.data.sampling import (
     SeededSampler,
     private_generator,
 )
+from zfexp.data.transforms import Preprocessing
+
+# To the type checker the mixin is the LightningDataModule it is mixed into (whose trainer, hparams and state_dict
+# it uses); at runtime a plain class, ahead of LightningDataModule in the datamodule's bases.
+if TYPE_CHECKING:
+    from lightning import LightningDataModule as _DataModule
+    from lightning.fabric.utilities.data import AttributeDict
+else:
+    _DataModule = object
 
 
-class SeededLoaders:
+class SeededLoaders(_DataModule):
     """The loaders of :class:`~zfexp.data.base.ImageClassificationDataModule` (mixed into it; they read its
     ``hparams``, ``trainer``, ``augment_on``, ``preprocess``, ``data_*`` splits, ``mean`` and ``seed``), and the
     state it keeps in checkpoints."""
+
+    # The datamodule's attributes they read (the splits are None until its setup()).
+    augment_on: str
+    preprocess: Preprocessing
+    seed: int | None
+    data_train: Subset | None
+    data_val: Dataset | None
+    data_test: Dataset | None
+    if TYPE_CHECKING:  # for the type checker only: at runtime LightningDataModule's property
+        hparams: AttributeDict  # which save_hyperparameters() fills with one
 
     def _loader_options(self) -> dict[str, Any]:
         workers = self.hparams.num_workers
@@ -49,22 +69,31 @@ class SeededLoaders:
         """This rank's training order and the images' seeds (:class:`SeededSampler`)."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = SeededSampler(len(self.data_train), self.data_seed, epoch_size=self.train_epoch_size(),
-                                num_replicas=world, rank=rank)
+        sampler = SeededSampler(dataset_size(self._made_split("train")), self.data_seed,
+                                epoch_size=self.train_epoch_size(), num_replicas=world, rank=rank)
         if trainer is not None:
             # The epoch Lightning passes to set_epoch before each epoch; a resumed run makes its first iterator
             # (the one that skips to the checkpoint's position) before that call, so it is set here already.
-            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+            # Lightning annotates the tracker as its base class, which has no "processed"; the fit loop's has.
+            sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)  # type: ignore[attr-defined]
         return sampler
 
     def evaluation_sampler(self, dataset: Dataset) -> EvaluationShards:
         """This rank's share of an evaluation set, every image once (:class:`EvaluationShards`)."""
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        return EvaluationShards(len(dataset), world, rank)
+        return EvaluationShards(dataset_size(dataset), world, rank)
+
+    def _made_split(self, split: str) -> Dataset:
+        """The ``split`` ("train", "val" or "test") that ``setup()`` made: Lightning calls it before it asks for
+        the loaders."""
+        dataset = {"train": self.data_train, "val": self.data_val, "test": self.data_test}[split]
+        assert dataset is not None, f"no {split} split before the datamodule's setup()"
+        return dataset
 
     def train_dataloader(self) -> ResumableLoader:
-        items = self.data_train if self.augment_on == "workers" else WithCrops(self.data_train, self.preprocess)
+        train = self._made_split("train")
+        items = train if self.augment_on == "workers" else WithCrops(train, self.preprocess)
         return ResumableLoader(SeededItems(items), sampler=self.train_sampler(), **self._loader_options())
 
     def state_dict(self) -> dict[str, Any]:
@@ -78,10 +107,10 @@ class SeededLoaders:
             self.seed = int(state_dict["data_seed"])
 
     def val_dataloader(self) -> DataLoader:
-        return self._evaluation_loader(self.data_val)
+        return self._evaluation_loader(self._made_split("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._evaluation_loader(self.data_test)
+        return self._evaluation_loader(self._made_split("test"))
 
     def _evaluation_loader(self, dataset: Dataset) -> DataLoader:
         """In order; under DDP each rank's share of it, every image once (a ``DistributedSampler``, which

@@ -7,17 +7,26 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from zfexp.data.classes import dataset_size
 from zfexp.data.files import write_atomic
 from zfexp.data.sampling import private_generator
-from zfexp.data.transforms import pixels_transform
+from zfexp.data.transforms import Preprocessing, pixels_transform
 from zfexp.errors import CheckpointError, InvalidValueError, UnsafeFileError
 from zfexp.runs.progress import progress
 from zfexp.safe_load import load_torch_file
+
+# To the type checker the mixin is the LightningDataModule it is mixed into (whose trainer, hparams and state_dict
+# it uses); at runtime a plain class, ahead of LightningDataModule in the datamodule's bases.
+if TYPE_CHECKING:
+    from lightning import LightningDataModule as _DataModule
+    from lightning.fabric.utilities.data import AttributeDict
+else:
+    _DataModule = object
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +50,28 @@ def compute_mean_image(dataset: Dataset, batch_size: int = 256, num_workers: int
     return (total.to(torch.float64) / (scale * count)).float()
 
 
-class MeanImage:
+class MeanImage(_DataModule):
     """The datamodule's mean image (mixed into :class:`~zfexp.data.base.ImageClassificationDataModule`, whose
     ``root``, ``name``, ``preprocess``, ``hparams``, splits and classes it reads): ``self.mean`` ``[C, H, W]`` in
     [0, 1], from the cache or computed and cached, keyed by everything that changes it."""
+
+    # The datamodule's attributes it reads (and ``mean``, which it sets).
+    name: str
+    root: Path
+    preprocess: Preprocessing
+    mean: torch.Tensor | None
+    if TYPE_CHECKING:  # for the type checker only: at runtime the datamodule and LightningDataModule define them
+        hparams: AttributeDict  # LightningDataModule's property, which save_hyperparameters() fills with one
+
+        @property
+        def all_classes(self) -> list[str]: ...
+
+        @property
+        def kept_classes(self) -> list[int]: ...
+
+        def _split(self, split: str, transform) -> Dataset: ...
+
+        def _split_indices(self, n_train_full: int) -> tuple[list[int], list[int]]: ...
 
     @property
     def cache_dir(self) -> Path:
@@ -68,7 +95,7 @@ class MeanImage:
 
     def _load_or_compute_mean(self) -> torch.Tensor:
         train_full = self._split("train", pixels_transform(self.preprocess))
-        path = self._mean_cache_path(len(train_full))
+        path = self._mean_cache_path(dataset_size(train_full))
         if path.exists():
             try:
                 cached = load_torch_file(path, "mean image cache", what="a mean image cached by zfexp",
@@ -81,7 +108,7 @@ class MeanImage:
                 raise
             except CheckpointError as err:  # a truncated cache file: recompute rather than fail
                 log.warning("mean image cache %s is unreadable (%s); recomputing", path, err)
-        train_idx, _ = self._split_indices(len(train_full))
+        train_idx, _ = self._split_indices(dataset_size(train_full))
         mean = compute_mean_image(Subset(train_full, train_idx), num_workers=self.hparams.num_workers,
                                   desc=f"{self.name} mean image")
         write_atomic(path, lambda tmp: torch.save(mean, tmp))

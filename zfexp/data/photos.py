@@ -25,7 +25,7 @@ def photo_transform(preprocess: Preprocessing, mean: torch.Tensor | None, in_cha
               v2.CenterCrop(preprocess.crop or size), v2.ToDtype(torch.float32, scale=True)]
     if preprocess.mean_image:
         if mean is None:
-            raise InvalidValueError("preprocess.mean_image=true but the datamodule has no mean image (call setup "
+            raise InvalidValueError("data.preprocess.mean_image=true but the datamodule has no mean image (call setup "
                                     "first)")
         steps.append(SubtractMeanImage(mean))
     steps += [ScalePixels(preprocess.pixel_scale), v2.CenterCrop(size)]

@@ -59,8 +59,9 @@ class SeededSampler(DistributedSampler):
             raise InvalidValueError(f"SeededSampler: the dataset is empty (dataset_size={dataset_size})")
         self.dataset_size = dataset_size
         self.epoch_size = epoch_size or dataset_size
-        super().__init__(range(self.epoch_size), num_replicas=num_replicas, rank=rank, shuffle=True,
-                         seed=seed % 2**SEED_BITS, drop_last=False)
+        # DistributedSampler only takes the length of its dataset, though torch annotates it as a Dataset.
+        super().__init__(range(self.epoch_size), num_replicas=num_replicas, rank=rank,  # type: ignore[arg-type]
+                         shuffle=True, seed=seed % 2**SEED_BITS, drop_last=False)
         self.start = 0  # the position in the epoch the current iteration began at
         self._resumed: tuple[int, int] | None = None  # (epoch, position) of a resumed epoch
 
@@ -95,7 +96,9 @@ class EvaluationShards(DistributedSampler):
     at most one image, and the metrics sum every rank's counts."""
 
     def __init__(self, dataset_size: int, num_replicas: int, rank: int):
-        super().__init__(range(dataset_size), num_replicas=num_replicas, rank=rank, shuffle=False)
+        # As in SeededSampler: DistributedSampler only takes the range's length.
+        super().__init__(range(dataset_size), num_replicas=num_replicas, rank=rank,  # type: ignore[arg-type]
+                         shuffle=False)
         self.indices = range(rank, dataset_size, num_replicas)
         self.num_samples = len(self.indices)
 

@@ -66,6 +66,8 @@ class Preprocessing:
 class SubtractMeanImage(nn.Module):
     """``x - mean`` for an image ``[C, H, W]`` (or a batch) and a mean image ``[C, H, W]`` of the same size."""
 
+    mean: torch.Tensor  # a buffer, registered in __init__; typed here (nn.Module's __getattr__ says Tensor | Module)
+
     def __init__(self, mean: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", mean.float())
@@ -135,7 +137,7 @@ def paper_transform(p: Preprocessing, mean: torch.Tensor | None, train: bool) ->
     steps: list[nn.Module] = [base_transform(p)]
     if p.mean_image:
         if mean is None:
-            raise InvalidValueError("preprocess.mean_image=true but no mean image was computed (call prepare_data "
+            raise InvalidValueError("data.preprocess.mean_image=true but no mean image was computed (call prepare_data "
                                     "first)")
         steps.append(SubtractMeanImage(mean))
     steps.append(ScalePixels(p.pixel_scale))

@@ -16,9 +16,14 @@ from zfexp.analysis.top_k import TopActivationsResult
 from zfexp.figures.grid import crop_tiles, image_grid, side_by_side
 
 
+def _image_size(images: torch.Tensor) -> tuple[int, int]:
+    """``(H, W)`` of ``images [..., H, W]``."""
+    return images.shape[-2], images.shape[-1]
+
+
 def tile_size(net: nn.Module, layer: str, images: torch.Tensor) -> int:
     """Every crop of a layer is drawn at the size of its units' receptive field (at most the image)."""
-    return min(receptive_field_size(net, layer, tuple(images.shape[-2:])), max(images.shape[-2:]))
+    return min(receptive_field_size(net, layer, _image_size(images)), max(images.shape[-2:]))
 
 
 def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps: list[int],
@@ -34,7 +39,7 @@ def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps:
     boxes = []
     for j, b in enumerate(best.tolist()):
         row, col = divmod(int(where[b, j]), width)
-        boxes.append(receptive_field(net, layer, (row, col), tuple(images.shape[-2:])))
+        boxes.append(receptive_field(net, layer, (row, col), _image_size(images)))
     return crop_tiles(proj.cpu(), boxes, tile_size(net, layer, images))
 
 
@@ -51,7 +56,7 @@ def top_k_tiles(net: nn.Module, dataset, layer: str, top: TopActivationsResult,
         with torch.no_grad():
             predicted.append(net(images.to(device)).argmax(1).cpu())
         proj = deconv.project_units(images.to(device), layer, [channel] * len(images)).cpu()
-        boxes = [receptive_field(net, layer, tuple(p), tuple(images.shape[-2:])) for p in top.positions[j].tolist()]
+        boxes = [receptive_field(net, layer, tuple(p), _image_size(images)) for p in top.positions[j].tolist()]
         size = tile_size(net, layer, images)
         projections.append(crop_tiles(proj, boxes, size))
         patches.append(crop_tiles(images, boxes, size))

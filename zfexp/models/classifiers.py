@@ -10,13 +10,14 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 from torch import nn
 
+from zfexp.analysis.network import StopForward, eval_mode
 from zfexp.errors import InvalidValueError, UserError
 from zfexp.models.torchvision_weights import (
     build_pretrained,
@@ -83,7 +84,6 @@ def build_classifier(spec: Mapping[str, Any], num_classes: int, in_channels: int
 def check_forward(net: nn.Module, in_channels: int, input_size: int, num_classes: int, target: str) -> None:
     """Two blank images of the data's shape through ``net`` (eval mode, no grad): ``[2, num_classes]`` out, or
     an error saying what does not fit, before any training starts."""
-    was_training = net.training
     try:
         out = _forward(net, in_channels, input_size)
     except Exception as err:
@@ -93,16 +93,15 @@ def check_forward(net: nn.Module, in_channels: int, input_size: int, num_classes
         raise InvalidValueError(f"model._target_={target} does not take the data's {in_channels}-channel "
                                 f"{input_size} px images ({type(err).__name__}: {str(err).splitlines()[0]}); "
                                 f"{advice}, or use another network") from err
-    finally:
-        net.train(was_training)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InvalidValueError(f"model._target_={target} gives {shape} for 2 images, not logits [2, {num_classes}]")
 
 
 def _forward(net: nn.Module, in_channels: int, size: int):
-    with torch.no_grad():
-        return net.eval()(torch.zeros(2, in_channels, size, size))
+    """Two blank images of ``size`` px through ``net``, in eval mode (each module left in its mode)."""
+    with eval_mode(net), torch.no_grad():
+        return net(torch.zeros(2, in_channels, size, size))
 
 
 def _takes(net: nn.Module, in_channels: int, size: int) -> bool:
@@ -152,7 +151,7 @@ def replace_classifier(net: nn.Module, num_classes: int, name: str) -> str:
     if path is None:
         raise InvalidValueError(f"model.name={name}: no nn.Linear classifier to give {num_classes} outputs; train it "
                                 "with model.weights=null")
-    old = net.get_submodule(path)
+    old = cast(nn.Linear, net.get_submodule(path))  # classifier_name names an nn.Linear
     parent, _, attr = path.rpartition(".")
     setattr(net.get_submodule(parent) if parent else net, attr,
             nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
@@ -173,7 +172,9 @@ def adapt_input_channels(net: nn.Module, in_channels: int, input_size: int) -> s
         raise InvalidValueError(f"model: the network's first conv {path} ({type(conv).__name__}, "
                                 f"groups={conv.groups}) takes {conv.in_channels} channels and cannot be rebuilt for "
                                 f"the data's {in_channels}; use data with {conv.in_channels} channels")
-    new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+    # torch types a conv's sizes as tuple[int, ...] (_ConvNd's); a Conv2d's are the pairs Conv2d takes.
+    new = nn.Conv2d(in_channels, conv.out_channels,
+                    conv.kernel_size, conv.stride, conv.padding, conv.dilation,  # type: ignore[arg-type]
                     bias=conv.bias is not None, padding_mode=conv.padding_mode)
     with torch.no_grad():
         if in_channels == 1:
@@ -181,16 +182,12 @@ def adapt_input_channels(net: nn.Module, in_channels: int, input_size: int) -> s
             how = "its filters summed over the colour channels"
         else:
             how = "randomly initialised"
-        if conv.bias is not None:
+        if conv.bias is not None and new.bias is not None:  # new has a bias where conv has one
             new.bias.copy_(conv.bias)
     parent, _, attr = path.rpartition(".")
     setattr(net.get_submodule(parent) if parent else net, attr, new)
     log.info("model: the first conv %s takes %d channels instead of %d, %s", path, in_channels, conv.in_channels, how)
     return path
-
-
-class _Found(Exception):
-    pass
 
 
 def first_conv(net: nn.Module, input_size: int) -> tuple[str, nn.Conv2d]:
@@ -203,18 +200,16 @@ def first_conv(net: nn.Module, input_size: int) -> tuple[str, nn.Conv2d]:
 
     def stop(module, _inputs):
         found.append(module)
-        raise _Found
+        raise StopForward
 
     handles = [m.register_forward_pre_hook(stop) for m in convs]
     first = next(iter(convs))
-    was_training = net.training
     try:
-        with torch.no_grad():  # eval mode: a batch norm before the first conv keeps its statistics
-            net.eval()(first.weight.new_zeros(1, first.in_channels, input_size, input_size))
-    except Exception:  # _Found; or a forward that needs more than a conv's input: the registration order decides
+        with eval_mode(net), torch.no_grad():  # eval mode: a batch norm before the first conv keeps its statistics
+            net(first.weight.new_zeros(1, first.in_channels, input_size, input_size))
+    except Exception:  # StopForward; or a forward that needs more than a conv's input: the registration order decides
         pass
     finally:
-        net.train(was_training)
         for h in handles:
             h.remove()
     conv = found[0] if found else first

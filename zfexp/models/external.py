@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -92,7 +92,7 @@ def build_network(spec: str | Mapping[str, Any]) -> nn.Module:
     """``"vgg16"`` (a builder of ``torchvision.models``, no pretrained weights), ``"pkg.module.builder"``
     (called without arguments), or ``{_target_: ..., **kwargs}`` -> the network, in eval mode."""
     if isinstance(spec, DictConfig):
-        spec = OmegaConf.to_container(spec, resolve=True)
+        spec = cast("dict[str, Any]", OmegaConf.to_container(spec, resolve=True))  # a DictConfig's: a dict
     if isinstance(spec, Mapping):
         if "_target_" not in spec:
             raise InvalidValueError(f"network={dict(spec)}: a mapping needs _target_ (the builder's dotted path)")

@@ -5,7 +5,7 @@ model.name=resnet18``, with timm's pretrained weights read from the local Huggin
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from torch import nn
 
@@ -24,7 +24,7 @@ def timm_module():
     return timm
 
 
-def names_timm(network: Any) -> bool:
+def names_timm(network: object) -> TypeGuard[str]:
     """``network=timm/<name>``."""
     return isinstance(network, str) and network.startswith(PREFIX)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -35,9 +36,21 @@ FC_NAMES = ("fc6", "fc7", "fc8")
 LAYER_NAMES = CONV_NAMES + FC_NAMES
 NORMS = ("lrn", "batchnorm", "none")
 INITS = ("paper", "kaiming")
+
+
+class LRNOptions(TypedDict, total=False):
+    """``lrn``: the arguments of :class:`LocalContrastNorm`; those not given are :data:`DEFAULT_LRN`'s."""
+
+    size: int
+    alpha: float
+    beta: float
+    k: float
+    convention: str
+
+
 # Krizhevsky et al.'s contrast normalisation constants, in their formula (alpha times the window's sum of
 # squares); the paper does not give its own.
-DEFAULT_LRN = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "convention": "paper"}
+DEFAULT_LRN: LRNOptions = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0, "convention": "paper"}
 
 
 @dataclass(frozen=True)
@@ -101,21 +114,6 @@ class ZFNet(nn.Sequential):
         self.input_size = input_size
         self.layer_names = tuple(layer_names)
 
-    def feature_shapes(self, batch: int = 1) -> OrderedDict[str, tuple[int, ...]]:
-        """Output shape ``(C, H, W)`` or ``(F,)`` of every child, for a ``[batch, C, S, S]`` input."""
-        first_conv = next(m for m in self if isinstance(m, nn.Conv2d))
-        x = torch.zeros(batch, first_conv.in_channels, self.input_size, self.input_size,
-                        device=first_conv.weight.device)
-        shapes: OrderedDict[str, tuple[int, ...]] = OrderedDict()
-        was_training = self.training
-        self.eval()
-        with torch.no_grad():
-            for name, module in self.named_children():
-                x = module(x)
-                shapes[name] = tuple(x.shape[1:])
-        self.train(was_training)
-        return shapes
-
 
 def _apply_width_factors(arch: str, conv: Mapping[str, ConvSpec], fc: Mapping[str, int],
                          widths: dict[str, int], factors: Mapping[str, float]) -> dict[str, int]:
@@ -169,7 +167,7 @@ def build_zfnet_family(
     norm: str = "lrn",
     dropout: float = 0.5,
     init: str = "paper",
-    lrn: Mapping[str, float] | None = None,
+    lrn: LRNOptions | None = None,
 ) -> ZFNet:
     """Build a network of the family from per-layer specs, applying the ablation options.
 
@@ -183,7 +181,7 @@ def build_zfnet_family(
     _check_options(arch, LAYER_NAMES, remove, widths, norm, init, dropout)
     if num_classes < 1:
         raise InvalidValueError(f"num_classes={num_classes}: must be at least 1")
-    lrn_params = {**DEFAULT_LRN, **(lrn or {})}
+    lrn_params: LRNOptions = {**DEFAULT_LRN, **(lrn or {})}
 
     layers: OrderedDict[str, nn.Module] = OrderedDict()
     channels = in_channels
@@ -240,7 +238,8 @@ def _initialise_(model: nn.Module, init: str) -> None:
                 nn.init.normal_(m.weight, mean=0.0, std=0.01)
             else:
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:  # every conv and linear layer of the family has one
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

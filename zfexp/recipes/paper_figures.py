@@ -88,7 +88,7 @@ def invariance(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, trans
 def filters(net: nn.Module, layer: str, images: torch.Tensor, sink: Sink) -> dict[str, float]:
     """Fig. 6: ``layer``'s filters as image ``filters/<layer>``; per conv layer, the fraction of dead filters
     (never active on ``images``) and the filters' RMS, as scalars (returned too)."""
-    sink.image(f"filters/{layer}", filter_grid(net.get_submodule(layer).weight), f"{layer} filters")
+    sink.image(f"filters/{layer}", filter_grid(conv_layers(net, [layer])[layer].weight), f"{layer} filters")
     convs = conv_layers(net)
     acts = layer_activations(net, images, list(convs))  # one pass; [N, C, H, W] after each conv's ReLU
     stats = {}
@@ -100,7 +100,8 @@ def filters(net: nn.Module, layer: str, images: torch.Tensor, sink: Sink) -> dic
     return stats
 
 
-def correspondence_table(net: nn.Module, images: torch.Tensor, parts: Mapping[str, Sequence[tuple[int, ...]]],
+def correspondence_table(net: nn.Module, images: torch.Tensor,
+                         parts: Mapping[str, Sequence[tuple[int, int, int, int]]],
                          layers: Sequence[str], inputs: Inputs, sink: Sink, n_random: int = 10,
                          seed: int = 0) -> None:
     """Table 1: the same part occluded in every image (``parts``: name -> one box per image), against random

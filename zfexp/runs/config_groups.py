@@ -32,7 +32,8 @@ def instantiate_group(group: DictConfig | None, what: str) -> list[Any]:
     for key, conf in group.items():
         if isinstance(conf, DictConfig) and "_target_" in conf:
             log.info("instantiating %s %s <%s>", what, key, conf._target_)
-            token = _CONFIG_KEY.set(f"{group._get_full_key(None) or what}.{key}")
+            # str(): a config group's keys are the strings its YAML names them by (DictConfig types them wider)
+            token = _CONFIG_KEY.set(f"{group._get_full_key(None) or what}.{str(key)}")
             try:
                 objects.append(instantiate(conf))
             finally:

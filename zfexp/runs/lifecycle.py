@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -51,7 +51,8 @@ class Run:
     def open_loggers(self, cfg: DictConfig, hparams: dict[str, Any] | None = None) -> list[Logger]:
         """The config's ``logger`` group, with the resolved config (and ``hparams``) logged to each."""
         self.loggers = instantiate_group(cfg.get("logger"), "logger")
-        values = {**OmegaConf.to_container(cfg, resolve=True), **(hparams or {})}
+        config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=True))  # a DictConfig's: a dict
+        values = {**config, **(hparams or {})}
         for lg in self.loggers:
             lg.log_hyperparams(values)
         return self.loggers

@@ -27,7 +27,8 @@ def wandb_credentials_present() -> bool:
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return netrc.netrc().authenticators(host) is not None
+        # No host in the URL: the netrc's default entry, which it also gives for a host it does not list.
+        return netrc.netrc().authenticators(host or "default") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ def write_csv(path: Path, rows: Sequence[dict]) -> Path:
 
 
 def write_table(run_dir: str | Path, loggers: Sequence, key: str, rows: Sequence[dict], step: int,
-                file_name: str | None = None, images: dict[str, Sequence[torch.Tensor]] | None = None) -> Path:
+                file_name: str | None = None, images: Mapping[str, Sequence[torch.Tensor]] | None = None) -> Path:
     """``rows`` (dicts with the same keys) as ``<run_dir>/tables/<file_name>.csv`` (default: the key as a file
     name) and as a table under ``key`` in every logger that takes tables (a W&B table). ``images``: extra
     columns of images ``[C, H, W]`` in [0, 1], one per row, as image cells of the W&B table (a CSV file cannot

@@ -25,10 +25,11 @@ class ReportedError(CompactHydraException):
 def _causes(err: BaseException) -> Iterator[BaseException]:
     """``err`` and the exceptions it was raised from or during, outermost first."""
     seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def _without_worker_traceback(err: BaseException) -> str:

@@ -38,6 +38,7 @@ def rows(jobs: list[Job]) -> list[dict]:
     out = []
     for group in groups.values():
         first = group[0]
+        row: dict[str, str | int | float | None]  # a table row: text, counts, errors (None where missing)
         if len(group) == 1 and not seeded:
             row = {"job": first.path.name, "row": first.label(common), "overrides": " ".join(first.overrides),
                    "status": first.status}
@@ -93,10 +94,7 @@ def markdown(table: list[dict]) -> str:
 
 
 def bar_chart(table: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from zfexp.figures.plots import plt  # pyplot on the Agg backend: files only
 
     labels = [r["row"] for r in table]
     x = range(len(table))

@@ -4,10 +4,12 @@ and a summary logged to the sweep's W&B group. What the Table 3 and the transfer
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from zfexp.sweeps.paper_numbers import TABLE3, PaperRow
 
@@ -31,7 +33,7 @@ class Job:
     def paper(self) -> PaperRow | None:
         return TABLE3.get(self.table or "", {}).get(self.row or "")
 
-    def label(self, common: set[str] = frozenset(), without_seed: bool = False) -> str:
+    def label(self, common: Collection[str] = frozenset(), without_seed: bool = False) -> str:
         """The paper's wording of the row (else the row name), followed by the other overrides that set this
         job apart (``seed=2`` in ``'sweep=[table3_zfnet,seeds]'``, left out with ``without_seed``); else those
         overrides alone."""
@@ -46,6 +48,14 @@ class Job:
         return self.table, self.row, tuple(sorted(o for o in self.overrides if not o.startswith((SEED, "sweep="))))
 
 
+def _job_config(path: Path) -> DictConfig:
+    """A job's saved config, which Hydra writes as a mapping."""
+    cfg = OmegaConf.load(path)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError(f"{path}: a job's config is a mapping, not a {type(cfg).__name__}")
+    return cfg
+
+
 def read_job(path: Path) -> Job:
     overrides_file = path / ".hydra" / "overrides.yaml"
     overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
@@ -53,8 +63,8 @@ def read_job(path: Path) -> Job:
     table = row = None
     config: dict = {}
     if config_file.is_file():
-        cfg = OmegaConf.load(config_file)
-        config = OmegaConf.to_container(cfg, resolve=False)
+        cfg = _job_config(config_file)
+        config = cast("dict[str, Any]", OmegaConf.to_container(cfg, resolve=False))  # a DictConfig's: a dict
         ablation = cfg.get("ablation") or {}
         table, row = ablation.get("table") or cfg.get("sweep_name"), ablation.get("row")
         if isinstance(row, str) and row.startswith("${"):  # an unresolved config of a job that never started
@@ -91,7 +101,8 @@ def log_summary_to_wandb(sweep_dir: Path, table: list[dict], chart: str = "summa
 
     from zfexp.runs.loggers import finish_wandb, wandb_offline
 
-    first = OmegaConf.load(next(sweep_dir.glob("*/config.yaml"))) if any(sweep_dir.glob("*/config.yaml")) else {}
+    first: DictConfig | dict[str, Any] = (_job_config(next(sweep_dir.glob("*/config.yaml")))
+                                          if any(sweep_dir.glob("*/config.yaml")) else {})
     group = f"{first.get('sweep_name') or 'multirun'}-{sweep_dir.name}"
     run = wandb.init(project=(first.get("logger") or {}).get("wandb", {}).get("project", "zfexp"), group=group,
                      job_type="summary", name=f"{group} summary", dir=str(sweep_dir),

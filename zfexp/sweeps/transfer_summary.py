@@ -111,10 +111,7 @@ def markdown(rows: list[dict], dataset: str, failed) -> str:
 def curve(rows: list[dict], dataset: str, path: Path) -> Path:
     """Fig. 9: accuracy against training images per class, error bars = std over folds; the paper's points
     dashed where it has them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from zfexp.figures.plots import plt  # pyplot on the Agg backend: files only
 
     fig, ax = plt.subplots(figsize=(5.5, 4), dpi=100)
     xs = [r["images per class"] for r in rows]
@@ -127,7 +124,7 @@ def curve(rows: list[dict], dataset: str, path: Path) -> Path:
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                         color=colour, label=f"ours, {_header(mode)}")
-        paper = [(x, r.get(f"paper {mode}")) for x, r in zip(xs, rows, strict=True)
+        paper = [(x, r[f"paper {mode}"]) for x, r in zip(xs, rows, strict=True)
                  if r.get(f"paper {mode}") is not None]
         if paper:
             ax.plot([p[0] for p in paper], [p[1] for p in paper], "--", marker="x", color=colour,
