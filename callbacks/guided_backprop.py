@@ -4,16 +4,13 @@ docs/callbacks.md ("Write your own callback") walks through this file."""
 
 from collections.abc import Sequence
 
-import torch
-
 from callbacks.network_layers import evaluating, layers_or_defaults, network_of
 from callbacks.scheduled_analysis import ProbedAnalysis
-from callbacks.training_outputs import log_image
+from callbacks.training_outputs import TrainingSink
+from zfexp import recipes
 from zfexp.analysis.layer_choice import default_conv_layers
 from zfexp.analysis.map_choice import chosen_maps
 from zfexp.checks import positive_int
-from zfexp.figures.feature_tiles import strongest_unit_tiles
-from zfexp.figures.grid import image_grid
 
 
 def conv3_and_conv5(net, image_shape):
@@ -42,10 +39,7 @@ class GuidedBackpropSnapshots(ProbedAnalysis):
     def analyse(self, trainer, pl_module, epoch):  # on rank zero, at the scheduled epochs; epoch None = end
         net = network_of(pl_module)
         images, _ = self.probe_batch(trainer, pl_module.device)  # the same images every time
+        maps = chosen_maps(net, self.chosen_layers, self.maps_per_layer, self.seed)  # {layer: [map, ...]}
         with evaluating(net):  # eval mode, no grad; training mode restored afterwards
-            for layer, maps in chosen_maps(net, self.chosen_layers, self.maps_per_layer, self.seed).items():
-                tiles = [strongest_unit_tiles(net, images, layer, maps, rule=rule)  # [K, C, s, s] each
-                         for rule in ("deconvnet", "guided")]
-                log_image(trainer, f"guided_backprop/{layer}",  # one W&B key, stepped; files keep the epoch
-                          image_grid(torch.stack(tiles, dim=1)),  # rows = maps; deconvnet | guided
-                          caption=f"{layer} maps {maps}: deconvnet (left), guided backprop (right)", epoch=epoch)
+            # Image guided_backprop/<layer>: one W&B key, stepped by epoch; the run dir's files keep the epoch.
+            recipes.guided_backprop(net, images, maps, TrainingSink(trainer, epoch))

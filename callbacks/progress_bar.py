@@ -19,7 +19,7 @@ from zfexp.runs.progress import duration, on_terminal
 log = logging.getLogger("zfexp.progress")
 
 
-class TerminalProgressBar(RichProgressBar):
+class RichOrLogProgressBar(RichProgressBar):
     """The progress bar for where the job runs: Rich's live bar when stdout is a terminal, else the log lines
     of :class:`PlainProgressBar` (``terminal``: decide instead of looking at stdout). What ``callbacks=default``
     gives every run; ``every_n_steps`` is the interval of the lines."""

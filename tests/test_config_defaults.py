@@ -48,11 +48,38 @@ OUR_CALLBACKS = sorted(p for p in (CONF / "callbacks").glob("*.yaml")
                        if defines_its_defaults(str(OmegaConf.load(p).get(p.stem, {}).get("_target_", ""))))
 
 
+def shared_settings(path: Path) -> dict:
+    """The values a config file takes from ``conf/analysis/`` (its defaults list's ``/analysis/<name>@...``)."""
+    values: dict = {}
+    for entry in OmegaConf.to_container(OmegaConf.load(path)).get("defaults", []):
+        if isinstance(entry, str) and entry.lstrip("/").startswith("analysis/"):
+            values.update(yaml_values(CONF / (entry.lstrip("/").split("@")[0] + ".yaml")))
+    return values
+
+
 @pytest.mark.parametrize("path", OUR_CALLBACKS, ids=lambda p: p.stem)
 def test_a_callbacks_config_states_its_classs_own_defaults(path):
     node = OmegaConf.load(path)[path.stem]
     target = get_object(node._target_)
-    assert differences(yaml_values(path, path.stem), python_defaults(target)) == {}
+    values = {**shared_settings(path), **yaml_values(path, path.stem)}
+    assert differences(values, python_defaults(target)) == {}
+    assert set(values) <= set(python_defaults(target)), set(values) - set(python_defaults(target))
+
+
+def test_the_analyses_and_the_callbacks_share_their_figures_settings():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        analyze = compose("analyze", overrides=["ckpt_path=x.ckpt"])
+        train = compose("train", overrides=["callbacks=paper"])
+    pairs = {"deconv": ("deconv", "deconv_snapshots"), "top9": ("top9", "top_activations"),
+             "occlusion": ("occlusion", "occlusion_maps"), "invariance": ("invariance", "invariance_curves")}
+    assert {p.stem for p in (CONF / "analysis").glob("*.yaml")} == set(pairs)
+    for name, (analysis, callback) in pairs.items():
+        shared = yaml_values(CONF / "analysis" / f"{name}.yaml")
+        assert shared, name
+        for key, value in shared.items():  # one value, written once, in both entry points' configs
+            assert analyze[analysis][key] == train.callbacks[callback][key] == value, (name, key)
 
 
 @pytest.mark.parametrize("yaml_path, node, target", [

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import DATA_DIR, ROOT
-from zfexp.sweeps.summarize import summarize
+from zfexp.sweep_results.summarize import summarize
 
 pytestmark = pytest.mark.slow
 

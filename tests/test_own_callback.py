@@ -31,11 +31,11 @@ from callbacks import (
     TrainingSpeed,
     guided_backprop,
 )
-from callbacks.progress_bar import TerminalProgressBar
+from callbacks.progress_bar import RichOrLogProgressBar
 from callbacks.scheduled_analysis import ScheduledAnalysis
 from tests.conftest import ROOT, TINY_RUN, compose_train, train_cmd
 from tests.helpers.wandb_records import media_steps
-from zfexp.figures.feature_tiles import strongest_unit_tiles
+from zfexp.analysis.unit_crops import strongest_unit_tiles
 from zfexp.figures.grid import image_grid
 from zfexp.module import ImageClassifier
 from zfexp.runs.config_groups import instantiate_group
@@ -167,7 +167,7 @@ def test_a_bad_layer_stops_the_run_before_training(run_dir):
 
 
 # Under pytest stdout is no terminal: the plain progress lines rather than the rich bar.
-DEFAULT = {BestCheckpoint, ResumeCheckpoint, LearningRateMonitor, ModelSummary, TrainingSpeed, TerminalProgressBar,
+DEFAULT = {BestCheckpoint, ResumeCheckpoint, LearningRateMonitor, ModelSummary, TrainingSpeed, RichOrLogProgressBar,
            FilterRenorm}
 FIGURES = {DeconvSnapshots, TopActivations, FilterDiagnostics, OcclusionMaps, InvarianceCurves}
 

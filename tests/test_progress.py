@@ -12,7 +12,7 @@ import pytest
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities.model_summary import ModelSummary
 
-from callbacks.progress_bar import PlainProgressBar, TerminalProgressBar
+from callbacks.progress_bar import PlainProgressBar, RichOrLogProgressBar
 from tests.conftest import ROOT, TINY_RUN, train_cmd
 from zfexp.errors import InvalidValueError
 from zfexp.module import ImageClassifier
@@ -49,14 +49,14 @@ def test_a_run_off_a_terminal_logs_progress_and_one_line_per_epoch_to_train_log(
 
 
 def test_the_bar_follows_the_terminal():
-    live = TerminalProgressBar(terminal=True)
+    live = RichOrLogProgressBar(terminal=True)
     assert isinstance(live, RichProgressBar) and live.lines is None and live.is_enabled
-    plain = TerminalProgressBar(every_n_steps=7, terminal=False)
+    plain = RichOrLogProgressBar(every_n_steps=7, terminal=False)
     assert isinstance(plain.lines, PlainProgressBar) and plain.lines.every_n_steps == 7
     assert not plain.is_enabled  # Rich's bar draws nothing beside the lines
-    assert isinstance(TerminalProgressBar().lines, PlainProgressBar)  # under pytest stdout is captured
-    with pytest.raises(InvalidValueError, match=r"TerminalProgressBar.every_n_steps=0: must be a positive integer"):
-        TerminalProgressBar(every_n_steps=0, terminal=True)
+    assert isinstance(RichOrLogProgressBar().lines, PlainProgressBar)  # under pytest stdout is captured
+    with pytest.raises(InvalidValueError, match=r"RichOrLogProgressBar.every_n_steps=0: must be a positive integer"):
+        RichOrLogProgressBar(every_n_steps=0, terminal=True)
 
 
 def test_analysis_passes_log_about_ten_lines_off_a_terminal(caplog):

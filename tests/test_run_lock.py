@@ -11,7 +11,7 @@ import sys
 import time
 
 from tests.conftest import ROOT
-from zfexp.checkpoints import lock_holder, resolve_ckpt_path
+from zfexp.checkpoint_files import lock_holder, resolve_ckpt_path
 
 
 def test_last_passes_over_a_run_still_training_and_not_over_one_whose_process_is_gone(tiny_checkpoint, tmp_path,
@@ -26,7 +26,7 @@ def test_last_passes_over_a_run_still_training_and_not_over_one_whose_process_is
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 from pathlib import Path
-from zfexp.checkpoints import training_lock
+from zfexp.checkpoint_files import training_lock
 with training_lock(Path({str(training)!r})):
     print("held", flush=True)
     time.sleep(120)
@@ -34,7 +34,7 @@ with training_lock(Path({str(training)!r})):
     try:
         assert holder.stdout.readline().strip() == "held"
         assert lock_holder(training).startswith(f"pid {holder.pid} on ")
-        with caplog.at_level(logging.WARNING, logger="zfexp.checkpoints"):
+        with caplog.at_level(logging.WARNING, logger="zfexp.checkpoint_files"):
             chosen = resolve_ckpt_path("last", str(tmp_path / "logs"), "train", runs / "new")
         assert chosen == str(older / "checkpoints" / "last.ckpt")
         assert f"passes over {training}: it is still training (pid {holder.pid} on " in caplog.text

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import DATA_DIR, TINY_RUN, run_in_process
-from zfexp.checkpoints import check_checkpoint_file
+from zfexp.checkpoint_files import check_checkpoint_file
 from zfexp.errors import CheckpointError, UnsafeFileError
 from zfexp.safe_load import load_torch_file
 

@@ -15,8 +15,8 @@ from torch import nn
 from tests.conftest import ROOT
 from tests.helpers.multiruns import multirun_cmd, only_sweep
 from tests.helpers.wandb_records import history, run_info
-from zfexp.sweeps.paper_numbers import TABLE3
-from zfexp.sweeps.summarize import summarize
+from zfexp.sweep_results.paper_numbers import TABLE3
+from zfexp.sweep_results.summarize import summarize
 
 # One epoch on a slice of Fashion-MNIST; the analysis callbacks of the quickstart off, except where tested.
 FAST = ["experiment=quickstart", "data.subset_size=256", "data.num_workers=0", "data.batch_size=64",
@@ -199,7 +199,7 @@ def test_a_sweep_without_repeated_seeds_keeps_one_row_per_job(tmp_path):
 
 def test_the_sweep_summary_takes_wandbs_mode_as_the_runs_do(tmp_path, monkeypatch):
     from zfexp.runs.loggers import wandb_offline
-    from zfexp.sweeps.sweep_dir import log_summary_to_wandb
+    from zfexp.sweep_results.sweep_dir import log_summary_to_wandb
 
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # credentials, but WANDB_MODE says offline
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -215,3 +215,18 @@ def test_the_sweep_summary_takes_wandbs_mode_as_the_runs_do(tmp_path, monkeypatc
     summarize(sweep)  # writes summary.png
     log_summary_to_wandb(sweep, [{"row": "ZFNet", "val top-1": 10.0}])
     assert list(sweep.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_summarize_command_reports_a_wrong_directory_in_one_paragraph(tmp_path, capsys):
+    from zfexp.sweep_results.summarize import main
+
+    (tmp_path / "sweep" / "0" / ".hydra").mkdir(parents=True)
+    for given, said in ((tmp_path / "nowhere", "no such sweep directory; give logs/<task>/multiruns/<time>"),
+                        (tmp_path / "sweep" / "0", "no job directories (subfolders with .hydra/) in it; give the "
+                                                   "multirun's directory")):
+        with pytest.raises(SystemExit) as exit_:
+            main([str(given)])
+        message = str(exit_.value.code)  # SystemExit(str): Python prints it on stderr, exit status 1
+        assert message.startswith(f"Error: {given}: {said}")
+        assert "Traceback" not in message and "\n" not in message
+    assert capsys.readouterr().out == ""  # no summary printed

@@ -177,6 +177,7 @@ def paper_tree(tmp_path_factory) -> Path:
                            size=(300, 260))
 
 
+@pytest.mark.slow  # the paper's recipe end to end at 224 px (40 s on 2 cores); its parts are tested one by one
 def test_paper_imagenet_recipe_runs_one_epoch_on_a_tiny_tree(tmp_path, paper_tree):
     run = _paper_imagenet_epoch(paper_tree, tmp_path / "eager")
     metrics = read_metrics(run)

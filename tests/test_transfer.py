@@ -25,7 +25,7 @@ from zfexp.data import (
 from zfexp.data.classes import dataset_targets
 from zfexp.errors import DatasetNotFoundError
 from zfexp.module import ImageClassifier, MeanClassAccuracy
-from zfexp.sweeps.summarize import main, summarize
+from zfexp.sweep_results.summarize import main, summarize
 from zfexp.training import train
 
 SMALL = {"resize": 16, "crop": 16, "input_size": 12}
@@ -270,6 +270,7 @@ def test_transfer_summary_is_mean_and_std_over_folds(tmp_path):
     assert (tmp_path / "summary.png").stat().st_size > 0 and (tmp_path / "summary.csv").exists()
 
 
+@pytest.mark.slow  # the whole sweep, 8 jobs; test_transfer_summary_is_mean_and_std_over_folds checks its table
 def test_transfer_curve_sweep_runs_every_cell(tmp_path, pretrained_ckpt):
     import subprocess
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,8 @@ def test_mypy_is_clean_and_reports_a_planted_wrong_type(tmp_path):
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert clean.stdout.startswith("Success: no issues found")
 
-    planted = tmp_path / "planted.py"
+    # A module name of its own each run: mypy replays a cached module's errors with the path it had then.
+    planted = tmp_path / f"planted_{uuid.uuid4().hex[:12]}.py"
     planted.write_text(PLANTED)
     wrong = mypy(str(planted))
     assert wrong.returncode == 1

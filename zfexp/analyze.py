@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -39,50 +40,31 @@ from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.errors import InvalidValueError
 from zfexp.models.external import load_network, named_weights_input
-from zfexp.pretrained import Pretrained, load_pretrained, pretrained_network
-from zfexp.recipes import Inputs
+from zfexp.pretrained import Pretrained, load_pretrained, normalise_as_pretrained, pretrained_network
+from zfexp.recipes import Inputs, Sink
 from zfexp.runs.devices import check_device, device_of
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
-from zfexp.runs.outputs import write_figure, write_image, write_table
+from zfexp.runs.outputs import RunSink
 from zfexp.safe_load import trust_option
 
 log = logging.getLogger(__name__)
 
-ANALYSES = ("deconv", "top9", "occlusion", "invariance", "correspondence")
-
-
 class Analysis:
-    """What every analysis needs: the network, the images, where results go. It is the recipes' sink: each
-    image, figure and table is written under the run dir and to the run's loggers, and listed."""
+    """What every analysis needs: its settings, the network, the images, and the sink its results go to."""
 
-    def __init__(self, cfg: DictConfig, net: torch.nn.Module, dataset: Dataset, labelled: bool, run_dir: Path,
-                 loggers: list, device: torch.device, inputs: Inputs):
+    def __init__(self, cfg: DictConfig, net: torch.nn.Module, dataset: Dataset, labelled: bool, sink: Sink,
+                 device: torch.device, inputs: Inputs):
         self.cfg, self.net, self.dataset, self.labelled = cfg, net, dataset, labelled
-        self.run_dir, self.loggers, self.device, self.inputs = run_dir, loggers, device, inputs
-        self.written: list[str] = []
+        self.sink, self.device, self.inputs = sink, device, inputs
 
     @property
     def size(self) -> int:
         """How many images ``dataset`` has."""
         return dataset_size(self.dataset)
 
-    # -- the sink ---------------------------------------------------------------------------------------------
-    def image(self, key: str, image: torch.Tensor, caption: str) -> None:
-        self.written.append(str(write_image(self.run_dir, self.loggers, key, image, 0, caption)))
-
-    def figure(self, key: str, fig, caption: str) -> None:
-        self.written.append(str(write_figure(self.run_dir, self.loggers, key, fig, 0, caption)))
-
-    def table(self, key: str, rows: list[dict], images: dict[str, list[torch.Tensor]] | None = None) -> None:
-        self.written.append(str(write_table(self.run_dir, self.loggers, key, rows, 0, images=images)))
-
-    def scalars(self, stats: dict[str, float]) -> None:
-        for logger in self.loggers:
-            logger.log_metrics(stats, step=0)
-
     def batch(self, n: int, seed_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` images (a folder: its first ``n``; a split: ``n`` at random, seeded) and their labels; a folder's
-        images are labelled with the model's own prediction."""
+        """``n`` images ``[n, C, H, W]`` (a folder: its first ``n``; a split: ``n`` at random, seeded) and their
+        labels ``[n]``; a folder's images are labelled with the model's own prediction."""
         if self.labelled:
             indices = probe_indices(self.size, n, self.cfg.seed + seed_offset)
         else:
@@ -93,45 +75,55 @@ class Analysis:
             labels = self.net(images).argmax(1)
         return images, labels.to(self.device)
 
-    # -- the analyses: the recipes of zfexp.recipes with this run's settings ------------------------------------
-    def deconv(self) -> None:
-        c = self.cfg.deconv
-        images, _ = self.batch(c.num_images)
-        recipes.deconv_snapshot(self.net, images, chosen_maps(self.net, list(c.layers), c.maps_per_layer,
-                                                              self.cfg.seed), self)
 
-    def top9(self) -> None:
-        c = self.cfg.top9
-        dataset = self.dataset if c.max_images is None else Subset(self.dataset, range(min(c.max_images, self.size)))
-        maps = chosen_maps(self.net, list(c.layers), c.maps_per_layer, self.cfg.seed)
-        recipes.top_k(self.net, dataset, maps, c.k, self.device, self, self.inputs.class_names)
+# -- the analyses: the recipes of zfexp.recipes with this run's settings (``cfg.<name>``) -----------------------
+def deconv(job: Analysis) -> None:
+    c = job.cfg.deconv
+    images, _ = job.batch(c.num_images)
+    recipes.deconv_snapshot(job.net, images, chosen_maps(job.net, list(c.layers), c.maps_per_layer, job.cfg.seed),
+                            job.sink)
 
-    def occlusion(self) -> None:
-        c = self.cfg.occlusion
-        images, labels = self.batch(c.num_images, seed_offset=1)
-        recipes.occlusion(self.net, images, labels, self.inputs, self, c.feature_layer, c.patch, c.stride,
-                          c.batch_size, truth="true" if self.labelled else "predicted")
 
-    def invariance(self) -> None:
-        c = self.cfg.invariance
-        images, labels = self.batch(c.num_images, seed_offset=2)
-        recipes.invariance(self.net, images, labels, list(c.transforms), list(c.layers), self.inputs, self)
+def top9(job: Analysis) -> None:
+    c = job.cfg.top9
+    dataset = job.dataset if c.max_images is None else Subset(job.dataset, range(min(c.max_images, job.size)))
+    maps = chosen_maps(job.net, list(c.layers), c.maps_per_layer, job.cfg.seed)
+    recipes.top_k(job.net, dataset, maps, c.k, job.device, job.sink, job.inputs.class_names)
 
-    def correspondence(self) -> None:
-        c = self.cfg.correspondence
-        if self.labelled:
-            chosen = images_of_class(self.dataset, c.class_index, c.num_images)
-            if len(chosen) < 2:
-                raise InvalidValueError(f"correspondence.class_index={c.class_index}: fewer than 2 images of that "
-                                        "class")
-            images, _ = stack_dataset(self.dataset, chosen)
-        else:
-            images, _ = stack_dataset(self.dataset, range(min(c.num_images, self.size)))
-        images = images.to(self.device)
-        height, width = images.shape[-2:]
-        parts = {name: [_box(frac, height, width)] * len(images) for name, frac in c.parts.items()}
-        recipes.correspondence_table(self.net, images, parts, list(c.layers), self.inputs, self, c.n_random,
-                                     self.cfg.seed)
+
+def occlusion(job: Analysis) -> None:
+    c = job.cfg.occlusion
+    images, labels = job.batch(c.num_images, seed_offset=1)
+    recipes.occlusion(job.net, images, labels, job.inputs, job.sink, c.feature_layer, c.patch, c.stride,
+                      c.batch_size, truth="true" if job.labelled else "predicted")
+
+
+def invariance(job: Analysis) -> None:
+    c = job.cfg.invariance
+    images, labels = job.batch(c.num_images, seed_offset=2)
+    recipes.invariance(job.net, images, labels, list(c.transforms), list(c.layers), job.inputs, job.sink)
+
+
+def correspondence(job: Analysis) -> None:
+    c = job.cfg.correspondence
+    if job.labelled:
+        chosen = images_of_class(job.dataset, c.class_index, c.num_images)
+        if len(chosen) < 2:
+            raise InvalidValueError(f"correspondence.class_index={c.class_index}: fewer than 2 images of that class")
+        images, _ = stack_dataset(job.dataset, chosen)
+    else:
+        images, _ = stack_dataset(job.dataset, range(min(c.num_images, job.size)))
+    images = images.to(job.device)
+    height, width = images.shape[-2:]
+    parts = {name: [_box(frac, height, width)] * len(images) for name, frac in c.parts.items()}
+    recipes.correspondence_table(job.net, images, parts, list(c.layers), job.inputs, job.sink, c.n_random,
+                                 job.cfg.seed)
+
+
+# ``analyses=[...]`` names these, in the order they run; ``check_config`` validates against them.
+ANALYSES: dict[str, Callable[[Analysis], None]] = {
+    "deconv": deconv, "top9": top9, "occlusion": occlusion, "invariance": invariance,
+    "correspondence": correspondence}
 
 
 def images_of_class(dataset: Dataset, class_index: int, count: int) -> list[int]:
@@ -243,8 +235,7 @@ def analyze(cfg: DictConfig, run: Run) -> None:
         pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path", trusted=trust_option(cfg))
         net = pretrained_network(pretrained).to(device)
         datamodule = instantiate(data_config(cfg, pretrained), _convert_="all")
-        if pretrained.mean_image is not None and datamodule.preprocess.mean_image:
-            datamodule.mean = pretrained.mean_image  # the inputs normalised as the network was trained
+        normalise_as_pretrained(datamodule, pretrained)
         datamodule.prepare_data()
         datamodule.setup("test")
         if str(cfg.images) == "test":
@@ -255,11 +246,12 @@ def analyze(cfg: DictConfig, run: Run) -> None:
             labelled = False
         inputs = Inputs.of_datamodule(datamodule)
     resolve_layers(cfg, net, tuple(dataset[0][0].shape))
-    job = Analysis(cfg, net, dataset, labelled, run.dir, run.open_loggers(cfg), device, inputs)
-    run.record["outputs"] = job.written
+    sink = RunSink(run.dir, run.open_loggers(cfg))
+    run.record["outputs"] = sink.written
+    job = Analysis(cfg, net, dataset, labelled, sink, device, inputs)
     with torch.no_grad():
         for name in cfg.analyses:
-            getattr(job, name)()
+            ANALYSES[name](job)
     log.info("analyses written to %s", run.dir)
 
 

@@ -1,7 +1,8 @@
 """Errors with messages meant for the user: each names the bad value or file and what would be valid.
 
 Every one of them is a :class:`UserError`; the entry points (``train.py``, ``zfexp.analyze``,
-``zfexp.features``) end on one with its message alone (see :func:`zfexp.runs.reporting.reported_errors`).
+``zfexp.features``, ``zfexp.sweep_results.summarize``) end on one with its message alone (see
+:func:`zfexp.runs.reporting.reported_errors`).
 """
 
 
@@ -36,3 +37,7 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 class MissingExtraError(UserError):
     """A choice whose package is not installed: a launcher preset's extra ([ray], [slurm]) or DALI's ([dali])."""
+
+
+class SweepDirError(UserError, FileNotFoundError):
+    """A sweep directory to summarise is missing, holds no job, or no job of it completed; the message names it."""

@@ -23,12 +23,12 @@ from zfexp.analysis.linear_probes import CLASSIFIERS, extract_features, probe_ac
 from zfexp.checks import positive_int
 from zfexp.data.few_shot import FewShotDataModule
 from zfexp.errors import InvalidValueError
-from zfexp.pretrained import check_compatible, load_pretrained, pretrained_network
+from zfexp.pretrained import check_compatible, load_pretrained, normalise_as_pretrained, pretrained_network
 from zfexp.runs.devices import check_device, device_of
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.outputs import write_table
 from zfexp.safe_load import trust_option
-from zfexp.sweeps.paper_numbers import TABLE7
+from zfexp.sweep_results.paper_numbers import TABLE7
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,7 @@ def features_by_layer(cfg: DictConfig, run: Run) -> None:
                                 f"{', '.join(n for n in layer_names if n != 'fc8')}")
     first = folds[0]
     check_compatible(pretrained, first.num_channels, first.input_size, key="ckpt_path")
-    if pretrained.mean_image is not None and first.preprocess.mean_image:
-        first.mean = pretrained.mean_image  # the inputs normalised as the network was trained, not the pool's mean
+    normalise_as_pretrained(first, pretrained)  # the checkpoint's mean image, not the pool's
     first.prepare_data()
     splits = [dm.split_indices for dm in folds]
     used = sorted({i for train, test in splits for i in (*train, *test)})

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from zfexp.checkpoints import read_checkpoint
+from zfexp.checkpoint_files import read_checkpoint
 from zfexp.errors import CheckpointError, InvalidValueError
 from zfexp.models.classifiers import build_classifier, classifier_name, with_lrn_convention
 from zfexp.module import ImageClassifier
@@ -29,7 +29,7 @@ class Pretrained:
     """What a ``train.py`` checkpoint gives a transfer run."""
 
     path: str
-    net: dict[str, Any]  # the network's config (builder and options), as ImageClassifier saved it
+    net: dict[str, Any]  # the network's config (builder and options), to rebuild it (:func:`saved_network`)
     in_channels: int
     input_size: int
     num_classes: int
@@ -49,9 +49,24 @@ def load_pretrained(path: str | Path, key: str = "pretrained_ckpt", trusted: boo
     state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
     # Lightning keeps a datamodule's state under its class name; ours holds the mean image.
     mean = next((v["mean_image"] for v in ckpt.values() if isinstance(v, dict) and "mean_image" in v), None)
-    net = with_lrn_convention(hparams["net"], "torch")  # a checkpoint naming no convention predates the key
-    return Pretrained(str(path), net, int(hparams["in_channels"]), int(hparams["input_size"]),
+    return Pretrained(str(path), saved_network(hparams["net"]), int(hparams["in_channels"]), int(hparams["input_size"]),
                       int(hparams["num_classes"]), state, mean, saved_data_config(ckpt))
+
+
+def saved_network(net: dict[str, Any]) -> dict[str, Any]:
+    """The network config a checkpoint saved, as the network its weights go into is rebuilt: a ZFNet-family
+    config naming no LRN convention predates the key and was trained with ``nn.LocalResponseNorm``'s
+    (:func:`~zfexp.models.classifiers.with_lrn_convention`); a builder's named weights (``model.weights=DEFAULT``)
+    are neither read nor kept, as the checkpoint holds the weights."""
+    net = with_lrn_convention(net, "torch")
+    return {**net, "weights": None} if "weights" in net else net
+
+
+def normalise_as_pretrained(datamodule, pretrained: Pretrained) -> None:
+    """The datamodule's inputs normalised as the checkpoint's network was trained: where both subtract a mean
+    image, the checkpoint's replaces the one the datamodule would compute from its own images."""
+    if pretrained.mean_image is not None and datamodule.preprocess.mean_image:
+        datamodule.mean = pretrained.mean_image
 
 
 def saved_data_config(ckpt: dict[str, Any]) -> dict[str, Any] | None:
@@ -117,15 +132,12 @@ def build_module(cfg: DictConfig, datamodule, trusted: bool = False) -> ImageCla
     from_scratch = bool(cfg.get("from_scratch", False))
     pretrained = load_pretrained(cfg.pretrained_ckpt, trusted=trusted)
     check_compatible(pretrained, datamodule.num_channels, datamodule.input_size)
-    # The checkpoint holds the weights: a builder's own (model.weights=DEFAULT) are neither read nor kept.
-    net = {**pretrained.net, "weights": None} if "weights" in pretrained.net else pretrained.net
-    module = ImageClassifier(net=net, **dims, **options, freeze=None if from_scratch else cfg.get("freeze"))
+    module = ImageClassifier(net=pretrained.net, **dims, **options, freeze=None if from_scratch else cfg.get("freeze"))
     if from_scratch:
         log.info("from scratch: the network of %s, randomly initialised, all layers trained", pretrained.path)
         return module
     copied = load_all_but_classifier_(module.net, pretrained)
-    if pretrained.mean_image is not None and datamodule.preprocess.mean_image:
-        datamodule.mean = pretrained.mean_image  # inputs normalised as in pretraining
+    normalise_as_pretrained(datamodule, pretrained)
     log.info("transfer: %d tensors from %s, new %s for %d classes, fixed: %s", len(copied), pretrained.path,
              classifier_name(module.net), datamodule.num_classes, ", ".join(module.frozen) or "nothing")
     return module

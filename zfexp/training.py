@@ -2,7 +2,7 @@
 record the run in ``metrics.json``.
 
 Kept apart from ``train.py`` so tests (and notebooks) call it with a config composed by Hydra's compose API.
-Where each step lives: the config checks in :mod:`zfexp.config_checks`, resuming in :mod:`zfexp.checkpoints`,
+Where each step lives: the config checks in :mod:`zfexp.config_checks`, resuming in :mod:`zfexp.checkpoint_files`,
 the seed in :mod:`zfexp.runs.seeding`, the module (with transfer from a checkpoint) in :mod:`zfexp.pretrained`,
 the W&B run's name and continuation in :mod:`zfexp.runs.loggers`.
 """
@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
-from zfexp.checkpoints import check_resumes, read_checkpoint, resolve_ckpt_path, training_lock
+from zfexp.checkpoint_files import check_resumes, read_checkpoint, resolve_ckpt_path, training_lock
 from zfexp.config_checks import check_ablation_row, check_train_config
 from zfexp.metrics import FIT_METRIC_PREFIXES, METRIC_KEYS
 from zfexp.pretrained import build_module

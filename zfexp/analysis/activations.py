@@ -43,7 +43,7 @@ def check_feature_layers(model: nn.Module, layers: Sequence[str], key: str | Non
 
 def _in_chain(model: nn.Module, layer: str, images: torch.Tensor) -> bool:
     """Whether hooks on leaf modules read ``layer``'s features: a conv or linear layer of a chain of modules."""
-    return isinstance(dict(model.named_modules())[layer], NAMED) and is_plain_chain(model, layer, images)
+    return is_plain_chain(model, layer, images, NAMED)
 
 
 @torch.no_grad()

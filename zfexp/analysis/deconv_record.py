@@ -64,7 +64,7 @@ def chain_prefix(model: nn.Module, layer: str, images: torch.Tensor) -> list[tup
     """The leaf modules up to conv ``layer``'s ReLU when the network is a chain of them up to there and every one
     is inverted here (:data:`INVERTIBLE`; a batch norm with running statistics, a conv with numeric padding and
     no groups); else ``None``: the network's own backward goes down (:mod:`~zfexp.analysis.deconv_graph`)."""
-    if not isinstance(dict(model.named_modules()).get(layer), nn.Conv2d) or not is_plain_chain(model, layer, images):
+    if not is_plain_chain(model, layer, images, (nn.Conv2d,)):
         return None
     prefix = forward_prefix(model, layer)
     for _name, module in prefix:

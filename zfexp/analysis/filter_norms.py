@@ -1,5 +1,6 @@
 """Filter renormalisation (Sec. 3): "we renormalize each filter in the convolutional layers whose RMS
-value exceeds a fixed radius of 1e-1 to this fixed radius"."""
+value exceeds a fixed radius of 1e-1 to this fixed radius"; and the filters' health that Fig. 6 looks at (their
+RMS, and the dead ones: never active)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from zfexp.analysis.activations import layer_activations
 from zfexp.analysis.network import invalid_layer
 from zfexp.errors import InvalidValueError
 
@@ -30,6 +32,21 @@ def conv_layers(model: nn.Module, layers: Iterable[str] | None = None, key: str 
 def filter_rms(weight: torch.Tensor) -> torch.Tensor:
     """RMS of each filter: ``[out, in, kh, kw]`` weights -> ``[out]``, ``sqrt(mean(w**2))`` over a filter."""
     return weight.detach().pow(2).flatten(1).mean(1).sqrt()
+
+
+@torch.no_grad()
+def filter_statistics(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Fig. 6's measures of every conv layer, from one forward of ``images [N, C, H, W]``:
+    ``filters/dead_frac/<conv>``, the fraction of its filters never active (no positive output after its ReLU
+    on any image), and ``filters/rms_mean/<conv>``, ``filters/rms_max/<conv>`` (:func:`filter_rms`)."""
+    convs = conv_layers(model)
+    acts = layer_activations(model, images, list(convs))  # [N, C, H, W] after each conv's ReLU
+    stats = {}
+    for name, conv in convs.items():
+        rms = filter_rms(conv.weight)
+        stats.update({f"filters/dead_frac/{name}": (acts[name].amax(dim=(0, 2, 3)) <= 0).float().mean().item(),
+                      f"filters/rms_mean/{name}": rms.mean().item(), f"filters/rms_max/{name}": rms.max().item()})
+    return stats
 
 
 @torch.no_grad()

@@ -130,5 +130,4 @@ def _is_chain(model: nn.Module, layer: str, size: tuple[int, int]) -> bool:
     weight = next(model.parameters())
     side = (min(size[0], 256), min(size[1], 256))  # whether the modules form a chain does not depend on the size
     probe = torch.zeros(1, _in_channels(model), *side, device=weight.device, dtype=weight.dtype)
-    modules = dict(model.named_modules())
-    return isinstance(modules.get(layer), nn.Conv2d) and is_plain_chain(model, layer, probe)
+    return is_plain_chain(model, layer, probe, (nn.Conv2d,))

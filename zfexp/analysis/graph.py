@@ -205,11 +205,15 @@ def features_end(leaves: list[tuple[str, nn.Module]], index: int) -> int:
 _CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def is_plain_chain(model: nn.Module, layer: str, images: torch.Tensor) -> bool:
-    """Whether ``model``'s forward on images like ``images [N, C, H, W]``, up to ``layer`` and the module after
-    it, applies its leaf modules one after the other in registration order, each on the previous one's output
-    (ZFNet, AlexNet, VGG): then the leaf modules alone compute the layer's features, as the windowed deconvnet
-    and the leaf geometry assume. Checked once per model, layer and image size, on one forward of zeros."""
+def is_plain_chain(model: nn.Module, layer: str, images: torch.Tensor,
+                   kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> bool:
+    """Whether ``layer`` is one of ``kinds`` and ``model``'s forward on images like ``images [N, C, H, W]``, up to
+    ``layer`` and the module after it, applies its leaf modules one after the other in registration order, each
+    on the previous one's output (ZFNet, AlexNet, VGG): then the leaf modules alone compute the layer's features,
+    as the windowed deconvnet, the leaf geometry and the hooks on leaf modules assume. The one place this is
+    decided; checked once per model, layer and image size, on one forward of zeros."""
+    if not isinstance(dict(model.named_modules()).get(layer), kinds):
+        return False
     key = (layer, tuple(images.shape[1:]))
     known = _CHAINS.setdefault(model, {})
     if key not in known:

@@ -54,23 +54,6 @@ def image_grid(tiles: torch.Tensor, normalise: str = "symmetric", pad: int = 1, 
     return grid
 
 
-def resize_tiles(tiles: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize ``[..., C, h, w]`` tiles to ``size x size`` (nearest: keeps the pixels of small inputs visible)."""
-    lead = tiles.shape[:-3]
-    flat = tiles.reshape(-1, *tiles.shape[-3:]).float()
-    return F.interpolate(flat, size=(size, size), mode="nearest").view(*lead, tiles.shape[-3], size, size)
-
-
-def crop_tiles(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], size: int | None = None) -> torch.Tensor:
-    """Crop ``images [N, C, H, W]`` to their inclusive ``(top, left, bottom, right)`` boxes and resize every
-    crop to ``size`` (default: the largest box side): ``[N, C, size, size]``."""
-    if size is None:
-        size = max(max(bottom - top, right - left) + 1 for top, left, bottom, right in boxes)
-    crops = [resize_tiles(img[:, top:bottom + 1, left:right + 1][None], size)[0]
-             for img, (top, left, bottom, right) in zip(images, boxes, strict=True)]
-    return torch.stack(crops)
-
-
 def side_by_side(left: torch.Tensor, right: torch.Tensor, gap: int = 4) -> torch.Tensor:
     """Two rendered images ``[C, H, W]`` next to each other (heights padded to match), white gap between."""
     h = max(left.shape[1], right.shape[1])

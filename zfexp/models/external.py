@@ -1,7 +1,8 @@
-"""Networks that are not ours, for ``zfexp.analyze network=...``: a torchvision classification builder by name
-(``vgg16``, ``alexnet``, ``resnet18``), a timm model (``timm/convnext_tiny``), any builder by dotted path, or a
-Hydra ``_target_`` mapping, with torchvision's weights by name (``weights=DEFAULT``), timm's by tag, weights
-from a state_dict file, or the builder's own (random) initialisation."""
+"""The network of ``zfexp.analyze network=...`` (any network not read from a ``train.py`` checkpoint, ZFNet's
+builders included): a torchvision classification builder by name (``vgg16``, ``alexnet``, ``resnet18``), a timm
+model (``timm/convnext_tiny``), any builder by dotted path, or a Hydra ``_target_`` mapping, with torchvision's
+weights by name (``weights=DEFAULT``), timm's by tag, weights from a state_dict file, or the builder's own
+(random) initialisation."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ only, Table 1 by ``zfexp.analyze`` only).
 
     Fig. 2  top_k            Fig. 4  deconv_snapshot     Fig. 5  invariance
     Fig. 6  filters          Fig. 7  occlusion           Table 1 correspondence_table
+    guided backpropagation beside the deconvnet (beyond the paper): guided_backprop
 """
 
 from zfexp.recipes.inputs import Inputs, occlusion_geometry
@@ -13,11 +14,12 @@ from zfexp.recipes.paper_figures import (
     correspondence_table,
     deconv_snapshot,
     filters,
+    guided_backprop,
     invariance,
     occlusion,
     top_k,
 )
 from zfexp.recipes.sink import Sink
 
-__all__ = ["Inputs", "Sink", "correspondence_table", "deconv_snapshot", "filters", "invariance", "occlusion",
-           "occlusion_geometry", "top_k"]
+__all__ = ["Inputs", "Sink", "correspondence_table", "deconv_snapshot", "filters", "guided_backprop", "invariance",
+           "occlusion", "occlusion_geometry", "top_k"]

@@ -12,11 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from zfexp.analysis import correspondence, invariance_curves, occlude_boxes, occlusion_maps, top_activations_by_layer
-from zfexp.analysis.activations import layer_activations
-from zfexp.analysis.filter_norms import conv_layers, filter_rms
+from zfexp.analysis.filter_norms import conv_layers, filter_statistics
 from zfexp.analysis.occlusion import OcclusionResult
+from zfexp.analysis.unit_crops import strongest_unit_tiles, top_k_tiles
 from zfexp.data.classes import class_name
-from zfexp.figures.feature_tiles import filter_grid, strongest_unit_tiles, top_k_sheet, top_k_table, top_k_tiles
+from zfexp.figures.feature_tiles import filter_grid, top_k_sheet, top_k_table
 from zfexp.figures.grid import image_grid
 from zfexp.figures.plots import invariance_figure, occlusion_figure
 from zfexp.recipes.inputs import Inputs, occlusion_geometry
@@ -34,6 +34,21 @@ def deconv_snapshot(net: nn.Module, images: torch.Tensor, maps: Mapping[str, lis
         tiles[layer] = strongest_unit_tiles(net, images, layer, chosen, rule=rule)
         sink.image(f"deconv/{layer}", image_grid(tiles[layer][None]),
                    f"{layer}: strongest unit of maps {chosen} over {len(images)} images, projected")
+    return tiles
+
+
+def guided_backprop(net: nn.Module, images: torch.Tensor, maps: Mapping[str, list[int]], sink: Sink,
+                    ) -> dict[str, torch.Tensor]:
+    """Guided backpropagation (Springenberg et al. 2015) beside the deconvnet: per layer, each chosen map's
+    strongest unit over ``images [N, C, H, W]`` projected by both rules: image ``guided_backprop/<layer>`` (rows:
+    the maps; the deconvnet's projection left, guided backpropagation's right). Returns the tiles
+    ``[K, 2, C, s, s]`` by layer."""
+    tiles = {}
+    for layer, chosen in maps.items():
+        tiles[layer] = torch.stack([strongest_unit_tiles(net, images, layer, chosen, rule=rule)
+                                    for rule in ("deconvnet", "guided")], dim=1)
+        sink.image(f"guided_backprop/{layer}", image_grid(tiles[layer]),
+                   f"{layer} maps {chosen}: deconvnet (left), guided backprop (right)")
     return tiles
 
 
@@ -89,13 +104,7 @@ def filters(net: nn.Module, layer: str, images: torch.Tensor, sink: Sink) -> dic
     """Fig. 6: ``layer``'s filters as image ``filters/<layer>``; per conv layer, the fraction of dead filters
     (never active on ``images``) and the filters' RMS, as scalars (returned too)."""
     sink.image(f"filters/{layer}", filter_grid(conv_layers(net, [layer])[layer].weight), f"{layer} filters")
-    convs = conv_layers(net)
-    acts = layer_activations(net, images, list(convs))  # one pass; [N, C, H, W] after each conv's ReLU
-    stats = {}
-    for name, conv in convs.items():
-        rms = filter_rms(conv.weight)
-        stats.update({f"filters/dead_frac/{name}": (acts[name].amax(dim=(0, 2, 3)) <= 0).float().mean().item(),
-                      f"filters/rms_mean/{name}": rms.mean().item(), f"filters/rms_max/{name}": rms.max().item()})
+    stats = filter_statistics(net, images)
     sink.scalars(stats)
     return stats
 

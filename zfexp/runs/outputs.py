@@ -1,7 +1,8 @@
 """Where analysis results go: a PNG or CSV under a run directory, and the same to every logger that takes it.
 
-Used by the callbacks (the trainer's run dir and loggers) and by ``zfexp.analyze`` (its own run dir and W&B
-run), so a figure looks the same whichever produced it.
+Used by the callbacks (the trainer's run dir and loggers, through ``callbacks.training_outputs.TrainingSink``)
+and by ``zfexp.analyze`` (its own run dir and W&B run, through :class:`RunSink`), so a figure looks the same
+whichever produced it.
 """
 
 from __future__ import annotations
@@ -98,6 +99,29 @@ def write_table(run_dir: str | Path, loggers: Sequence, key: str, rows: Sequence
     for logger in takers:
         logger.log_table(key=key, columns=columns + list(images), data=data, step=step)
     return path
+
+
+class RunSink:
+    """The recipes' sink (:class:`zfexp.recipes.Sink`) of a run that is not training (``zfexp.analyze``): each
+    image, figure and table saved under ``run_dir`` and logged to every one of ``loggers`` at ``step``, keyed as
+    the recipe keys it; ``written`` lists the files, in the order they were written."""
+
+    def __init__(self, run_dir: str | Path, loggers: Sequence, step: int = 0):
+        self.run_dir, self.loggers, self.step = Path(run_dir), list(loggers), step
+        self.written: list[str] = []
+
+    def image(self, key: str, image: torch.Tensor, caption: str) -> None:
+        self.written.append(str(write_image(self.run_dir, self.loggers, key, image, self.step, caption)))
+
+    def figure(self, key: str, fig, caption: str) -> None:
+        self.written.append(str(write_figure(self.run_dir, self.loggers, key, fig, self.step, caption)))
+
+    def table(self, key: str, rows: list[dict], images: dict[str, list[torch.Tensor]] | None = None) -> None:
+        self.written.append(str(write_table(self.run_dir, self.loggers, key, rows, self.step, images=images)))
+
+    def scalars(self, stats: dict[str, float]) -> None:
+        for logger in self.loggers:
+            logger.log_metrics(stats, step=self.step)
 
 
 def _plain(value):

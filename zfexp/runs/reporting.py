@@ -69,3 +69,14 @@ def reported_errors() -> Iterator[None]:
         if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         raise ReportedError(f"Error: {message}") from None  # Hydra would print an OmegaConf cause too
+
+
+@contextlib.contextmanager
+def reported_exit() -> Iterator[None]:
+    """The same for an entry point that Hydra does not run (``zfexp.sweep_results.summarize``): the paragraph on
+    stderr and exit status 1 instead of a traceback."""
+    try:
+        with reported_errors():
+            yield
+    except ReportedError as err:
+        raise SystemExit(str(err)) from None

@@ -1,8 +1,8 @@
 """Summarise a finished (or half-finished) multirun: our train / val errors per job beside the paper's row.
 
-    python -m zfexp.sweeps.summarize logs/train/multiruns/<time>            # prints the table
-    python -m zfexp.sweeps.summarize logs/train/multiruns/<time> --wandb    # and logs it to W&B
-    python -m zfexp.sweeps.summarize logs/train/multiruns/<time> --with logs/train/multiruns/<time2>  # pooled
+    python -m zfexp.sweep_results.summarize logs/train/multiruns/<time>            # prints the table
+    python -m zfexp.sweep_results.summarize logs/train/multiruns/<time> --wandb    # and logs it to W&B
+    python -m zfexp.sweep_results.summarize logs/train/multiruns/<time> --with logs/train/multiruns/<time2>  # pooled
 
 Writes ``summary.md``, ``summary.csv`` and ``summary.png`` (bar chart) into the sweep dir. A job without
 ``metrics.json`` (killed, or still running) is "unfinished", one whose status is not "completed" is "failed";
@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from zfexp.runs.outputs import write_csv
-from zfexp.sweeps.sweep_dir import SEED, Job, find_jobs, log_summary_to_wandb
-from zfexp.sweeps.transfer_summary import summarize_transfer
+from zfexp.runs.reporting import reported_exit
+from zfexp.sweep_results.sweep_dir import SEED, Job, find_jobs, log_summary_to_wandb
+from zfexp.sweep_results.transfer_summary import summarize_transfer
 
 METRICS = (("train/top1_err", "train top-1"), ("val/top1_err", "val top-1"), ("val/top5_err", "val top-5"))
 # Shown when some job has it: Fig. 6's dead layer-1 filters (FilterDiagnostics, as a fraction in metrics.json).
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="pool the jobs of another multirun of the same study (repeatable); "
                              "the summary is written to sweep_dir")
     args = parser.parse_args(argv)
-    summarize(args.sweep_dir, log_wandb=args.wandb, more_dirs=args.more_dirs)
+    with reported_exit():  # a user's mistake (a wrong directory) in one paragraph, no traceback
+        summarize(args.sweep_dir, log_wandb=args.wandb, more_dirs=args.more_dirs)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
-from zfexp.sweeps.paper_numbers import TABLE3, PaperRow
+from zfexp.errors import SweepDirError
+from zfexp.sweep_results.paper_numbers import TABLE3, PaperRow
 
 SEED = "seed="
 
@@ -52,7 +53,8 @@ def _job_config(path: Path) -> DictConfig:
     """A job's saved config, which Hydra writes as a mapping."""
     cfg = OmegaConf.load(path)
     if not isinstance(cfg, DictConfig):
-        raise ValueError(f"{path}: a job's config is a mapping, not a {type(cfg).__name__}")
+        raise SweepDirError(f"{path}: a job's config is a mapping, not a {type(cfg).__name__}; the file is not "
+                            "the one Hydra wrote: rerun that job, or move its directory out of the sweep")
     return cfg
 
 
@@ -86,10 +88,11 @@ def read_job(path: Path) -> Job:
 def find_jobs(sweep_dir: Path) -> list[Job]:
     """Every job directory (one with Hydra's ``.hydra/``) directly under ``sweep_dir``, in job order."""
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"{sweep_dir}: no such sweep directory; give logs/<task>/multiruns/<time>")
+        raise SweepDirError(f"{sweep_dir}: no such sweep directory; give logs/<task>/multiruns/<time>")
     dirs = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
     if not dirs:
-        raise FileNotFoundError(f"{sweep_dir}: no job directories (subfolders with .hydra/) in it")
+        raise SweepDirError(f"{sweep_dir}: no job directories (subfolders with .hydra/) in it; give the "
+                            "multirun's directory, logs/<task>/multiruns/<time>, not one of its jobs")
     return [read_job(p) for p in sorted(dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit()
                                                              else 0, p.name))]
 

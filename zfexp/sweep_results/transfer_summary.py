@@ -1,7 +1,7 @@
 """Tables 4 and 5 and Fig. 9 from a ``sweeps/transfer_curve`` multirun: mean per-class test accuracy by
 training images per class, pretrained (layers 1-7 fixed) beside from scratch, mean +- std over folds.
 
-Called by ``python -m zfexp.sweeps.summarize <sweep dir>`` when the sweep is ``transfer_curve``; writes
+Called by ``python -m zfexp.sweep_results.summarize <sweep dir>`` when the sweep is ``transfer_curve``; writes
 ``summary.md``, ``summary.csv`` and ``summary.png`` (the Fig. 9-style curve) into the sweep dir.
 """
 
@@ -11,9 +11,10 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from zfexp.errors import SweepDirError
 from zfexp.runs.outputs import write_csv
-from zfexp.sweeps.paper_numbers import TRANSFER
-from zfexp.sweeps.sweep_dir import log_summary_to_wandb
+from zfexp.sweep_results.paper_numbers import TRANSFER
+from zfexp.sweep_results.sweep_dir import log_summary_to_wandb
 
 METRIC = "test/mean_class_acc"
 PAPER_MODES = ("pretrained", "from scratch")  # the paper's two columns: layers 1-7 fixed, and from scratch
@@ -147,7 +148,8 @@ def summarize_transfer(sweep_dir: Path, jobs, log_wandb: bool = False) -> list[d
     values, failed = cells(jobs)
     rows = table(values, dataset)
     if not rows:
-        raise RuntimeError(f"{sweep_dir}: no job of the transfer sweep completed; see the jobs' metrics.json")
+        raise SweepDirError(f"{sweep_dir}: no job of the transfer sweep completed; each job's metrics.json says "
+                            "why (its error); rerun the sweep, or summarise when its jobs have finished")
     text = markdown(rows, dataset, failed)
     (sweep_dir / "summary.md").write_text(text)
     write_csv(sweep_dir / "summary.csv", rows)

@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
-from zfexp.checkpoints import LAST, LAST_STEP
+from zfexp.checkpoint_files import LAST, LAST_STEP
 from zfexp.checks import positive_int
 from zfexp.divergence import is_finite_model
 from zfexp.runs.config_groups import config_key
