@@ -3,11 +3,13 @@
 
     python3 bootstrap.py          # runtime environment in .venv
     python3 bootstrap.py --dev    # plus the test and benchmark extras
+    python3 bootstrap.py --dev --browser   # plus a headless browser for the atlas's browser test (-m slow)
 
 Steps, each skipped when already done:
 1. Debian packages, when apt-get is usable (root): `dataset-fashion-mnist` (the embedded
    default dataset, so no network is needed to train) and `python3-venv` where Python
-   lacks `ensurepip`. Without apt the datamodule downloads Fashion-MNIST instead.
+   lacks `ensurepip`. Without apt the datamodule downloads Fashion-MNIST instead. With `--browser`:
+   `chromium` and `chromium-driver`, which the atlas's browser test drives through selenium.
 2. A virtual environment in `.venv` (falls back to `virtualenv` when `venv` cannot bootstrap pip).
 3. `pip install -e .[extras]` into it: torch and torchvision from the package registry, and
    the rest of pyproject.toml. A stamp holding the hash of pyproject.toml makes re-runs instant.
@@ -57,8 +59,11 @@ def apt_install(packages: list[str]) -> bool:
     return run(cmd, env=env).returncode == 0
 
 
-def system_packages() -> None:
+def system_packages(browser: bool = False) -> None:
     wanted = []
+    if browser:
+        wanted += [name for name in ("chromium", "chromium-driver")
+                   if shutil.which("chromedriver" if name == "chromium-driver" else name) is None]
     if not FASHION_MNIST_DEB_DIR.is_dir():
         wanted.append("dataset-fashion-mnist")
     if not has_ensurepip():
@@ -113,10 +118,12 @@ def install_project(extras: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dev", action="store_true", help="also install the test/benchmark extras")
+    parser.add_argument("--browser", action="store_true",
+                        help="also Debian's chromium and chromium-driver and selenium (the atlas's browser test)")
     args = parser.parse_args()
-    system_packages()
+    system_packages(args.browser)
     create_venv()
-    install_project("dev" if args.dev else "")
+    install_project(",".join(extra for extra, wanted in (("dev", args.dev), ("browser", args.browser)) if wanted))
     log("ready: .venv/bin/python train.py experiment=quickstart")
 
 

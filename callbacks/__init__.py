@@ -1,5 +1,6 @@
 """Lightning callbacks: thin glue that schedules an analysis from ``zfexp`` and logs its result."""
 
+from callbacks.atlas import Atlas
 from callbacks.deconv_snapshots import DeconvSnapshots
 from callbacks.filter_diagnostics import FilterDiagnostics
 from callbacks.filter_renorm import FilterRenorm
@@ -10,5 +11,5 @@ from callbacks.occlusion_maps import OcclusionMaps
 from callbacks.top_activations import TopActivations
 from callbacks.training_speed import TrainingSpeed
 
-__all__ = ["BestCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "GuidedBackpropSnapshots",
+__all__ = ["Atlas", "BestCheckpoint", "DeconvSnapshots", "FilterDiagnostics", "FilterRenorm", "GuidedBackpropSnapshots",
            "InvarianceCurves", "OcclusionMaps", "ResumeCheckpoint", "TopActivations", "TrainingSpeed"]

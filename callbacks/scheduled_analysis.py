@@ -46,14 +46,18 @@ def is_quiet(trainer: L.Trainer) -> bool:
     return bool(trainer.sanity_checking or trainer.fast_dev_run)  # type: ignore[attr-defined]  # as above
 
 
-def eval_dataset(trainer: L.Trainer):
-    """The validation set of the trainer's datamodule (its images with the evaluation transform)."""
+def eval_dataset(trainer: L.Trainer, max_images: int | None = None):
+    """The validation set of the trainer's datamodule (its images with the evaluation transform); its first
+    ``max_images`` only, when given."""
     dm = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector, unannotated
     if hasattr(dm, "analysis_dataset"):  # one centre crop per image even with 10-crop evaluation
-        return dm.analysis_dataset("val")
-    dataset = getattr(dm, "data_val", None) if dm is not None else None
+        dataset = dm.analysis_dataset("val")
+    else:
+        dataset = getattr(dm, "data_val", None) if dm is not None else None
     if dataset is None:
         raise RuntimeError("analysis callbacks need a datamodule with a data_val dataset (call setup first)")
+    if max_images is not None and max_images < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(max_images))
     return dataset
 
 

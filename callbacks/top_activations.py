@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import lightning as L
-import torch
 
 from callbacks.network_layers import evaluating, layers_or_defaults, network_of
 from callbacks.scheduled_analysis import ScheduledAnalysis, eval_dataset
@@ -41,9 +40,7 @@ class TopActivations(ScheduledAnalysis):
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int | None) -> None:
         net = network_of(pl_module)
-        dataset = eval_dataset(trainer)
-        if self.max_images is not None:
-            dataset = torch.utils.data.Subset(dataset, range(min(self.max_images, len(dataset))))
+        dataset = eval_dataset(trainer, self.max_images)
         maps = chosen_maps(net, self.chosen_layers, self.maps_per_layer, self.seed)
         with evaluating(net):
             # Every layer's top-k from one pass over the validation images; the sheets, and the same as tables

@@ -13,6 +13,8 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
+import torchvision
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -77,11 +79,14 @@ def train_cmd(*overrides: str) -> list[str]:
 
 def run_entry_point(module: str) -> None:
     """Run an entry point as its command line does: ``"train"`` is ``python train.py``, a module
-    (``"zfexp.analyze"``) is ``python -m <module>``'s ``main()``."""
+    (``"zfexp.analyze"``) is ``python -m <module>``'s ``main()``, a package's (``"zfexp.atlas"``) its ``__main__``'s."""
     if module == "train":
         runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
-    else:
-        importlib.import_module(module).main()
+        return
+    target = importlib.import_module(module)
+    if hasattr(target, "__path__"):  # a package: python -m runs its __main__
+        target = importlib.import_module(f"{module}.__main__")
+    target.main()
 
 
 def run_in_process(module: str, *overrides: str) -> tuple[int, str]:
@@ -120,3 +125,29 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     train(compose_train(run, ["experiment=quickstart", *TINY_RUN, "logger=csv", "callbacks=default",
                               "callbacks.progress_bar=null", "test=false", "data.subset_size=128"]))
     return run / "checkpoints" / "last.ckpt"
+
+
+RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ResNet18_Weights.IMAGENET1K_V1
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub cache, and no way out: a download fails at once (connection refused)."""
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    for var in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    return home
+
+
+@pytest.fixture
+def cached_resnet18(torch_home) -> dict[str, torch.Tensor]:
+    """A resnet18 state_dict where torchvision keeps ResNet18_Weights.IMAGENET1K_V1 once downloaded."""
+    torch.manual_seed(7)
+    state = torchvision.models.resnet18().state_dict()
+    path = torch_home / "hub" / "checkpoints" / RESNET18_FILE
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return state

@@ -15,37 +15,12 @@ import torch
 import torchvision
 from torch import nn
 
-from tests.conftest import run_in_process
+from tests.conftest import RESNET18_FILE, run_in_process
 from zfexp.data.normalization import InputNormalization
 from zfexp.errors import CheckpointError, InvalidValueError, UnsafeFileError
 from zfexp.models.classifiers import adapt_input_channels, build_classifier, first_conv, torchvision_classifier
 from zfexp.models.external import load_network
 from zfexp.models.torchvision_weights import cached_file, names_weights
-
-RESNET18_FILE = "resnet18-f37072fd.pth"  # torchvision's file name for ResNet18_Weights.IMAGENET1K_V1
-
-
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch) -> Path:
-    """An empty torch hub cache, and no way out: a download fails at once (connection refused)."""
-    home = tmp_path / "torch_home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    for var in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    return home
-
-
-@pytest.fixture
-def cached_resnet18(torch_home) -> dict[str, torch.Tensor]:
-    """A resnet18 state_dict where torchvision keeps ResNet18_Weights.IMAGENET1K_V1 once downloaded."""
-    torch.manual_seed(7)
-    state = torchvision.models.resnet18().state_dict()
-    path = torch_home / "hub" / "checkpoints" / RESNET18_FILE
-    path.parent.mkdir(parents=True)
-    torch.save(state, path)
-    return state
 
 
 def test_named_weights_load_from_the_hub_cache_with_their_preprocessing_and_class_names(cached_resnet18):

@@ -14,15 +14,10 @@ numbers behind the occlusion, invariance and correspondence figures, also W&B ta
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any, cast
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch.utils.data import Dataset, Subset
 
 from zfexp import recipes
@@ -35,17 +30,13 @@ from zfexp.analysis.layer_choice import (
 )
 from zfexp.analysis.map_choice import chosen_maps
 from zfexp.data.classes import dataset_size, dataset_targets
-from zfexp.data.normalization import InputNormalization
-from zfexp.data.photos import ImageFiles, photo_transform
 from zfexp.data.sampling import probe_indices, stack_dataset
 from zfexp.errors import InvalidValueError
-from zfexp.models.external import load_network, named_weights_input
-from zfexp.pretrained import Pretrained, load_pretrained, normalise_as_pretrained, pretrained_network
 from zfexp.recipes import Inputs, Sink
 from zfexp.runs.devices import check_device, device_of
 from zfexp.runs.lifecycle import Run, hydra_entry_point, task_wrapper
 from zfexp.runs.outputs import RunSink
-from zfexp.safe_load import trust_option
+from zfexp.subjects import check_subject_config, describe_subject, load_subject
 
 log = logging.getLogger(__name__)
 
@@ -151,25 +142,7 @@ def check_config(cfg: DictConfig) -> None:
         raise InvalidValueError(f"invariance.transforms={list(cfg.invariance.transforms)} has {bad}; valid: "
                                 f"{', '.join(TRANSFORMS)}")
     check_device(cfg.device)
-    if (cfg.get("ckpt_path") is None) == (cfg.get("network") is None):
-        raise InvalidValueError(f"ckpt_path={cfg.get('ckpt_path')}, network={cfg.get('network')}: give one of them: "
-                                "ckpt_path=<a checkpoint of train.py>, or network=<vgg16, alexnet, a dotted path to a "
-                                "builder, or {_target_: ...}> (with weights=<DEFAULT, a name of torchvision's "
-                                "weights, a state_dict file, or none>)")
-    if cfg.get("network") is not None:
-        if str(cfg.images) == "test":
-            raise InvalidValueError("images=test: with network=..., there is no training run to take a test split "
-                                    "from; give images=<a folder of photographs>")
-        InputNormalization.from_config(_container(cfg.input),
-                                       named_weights_input(network=cfg.network, weights=cfg.get("weights")))
-    elif cfg.get("weights") is not None:
-        raise InvalidValueError(f"weights={cfg.weights}: only with network=...; a checkpoint holds its weights")
-    trust_option(cfg)
-
-
-def _container(group: DictConfig) -> dict[str, Any]:
-    """A config group (``input``) as a plain dict, interpolations resolved."""
-    return cast("dict[str, Any]", OmegaConf.to_container(group, resolve=True))  # a DictConfig's: a dict
+    check_subject_config(cfg)
 
 
 def resolve_layers(cfg: DictConfig, net: torch.nn.Module, image_shape: tuple[int, int, int]) -> None:
@@ -193,62 +166,18 @@ def resolve_layers(cfg: DictConfig, net: torch.nn.Module, image_shape: tuple[int
             check_read_layers(key, net, list(layers), image_shape)
 
 
-def data_config(cfg: DictConfig, pretrained: Pretrained) -> DictConfig:
-    """``data`` from the command line, else the one the checkpoint's run was trained with: its run's
-    ``config.yaml`` beside it, or the datamodule settings the checkpoint carries (a checkpoint moved out of its
-    run dir), with this machine's ``paths.data_dir`` where the saved root does not exist here."""
-    if cfg.get("data") is not None:
-        return cfg.data
-    run_config = Path(cfg.ckpt_path).resolve().parent.parent / "config.yaml"
-    if run_config.is_file():
-        return OmegaConf.load(run_config).data
-    if pretrained.data is None:
-        raise InvalidValueError(f"data: not given, {run_config} (the checkpoint run's config) does not exist and the "
-                                "checkpoint carries no datamodule settings; pass data=<fashion_mnist|cifar10|imagenet> "
-                                "to say which data the model was trained on")
-    data = dict(pretrained.data)
-    if not Path(str(data.get("root", ""))).expanduser().exists():
-        log.info("data.root=%s (the checkpoint's) is not on this machine: %s instead", data.get("root"),
-                 cfg.paths.data_dir)
-        data["root"] = cfg.paths.data_dir
-    return OmegaConf.create(data)
-
-
 @task_wrapper("analyze.json")
 def analyze(cfg: DictConfig, run: Run) -> None:
     """The analyses of ``cfg.analyses`` on a checkpoint; what was written goes to ``<run dir>/analyze.json``."""
     check_config(cfg)
     device = device_of(cfg.device)
-    network = cfg.get("network")
-    run.record.update(ckpt_path=cfg.get("ckpt_path"), weights=cfg.get("weights"), images=str(cfg.images),
-                      network=OmegaConf.to_container(network) if isinstance(network, DictConfig) else network,
-                      analyses=list(cfg.analyses))
-    if network is not None:
-        loaded = load_network(network, cfg.get("weights"), trust_option(cfg))
-        net = loaded.net.to(device).eval()
-        # The input config's null values: the named weights' own preprocessing, else ImageNet's.
-        normalization = InputNormalization.from_config(_container(cfg.input), loaded.input)
-        run.record["input"] = asdict(normalization)
-        dataset = ImageFiles(os.path.expanduser(str(cfg.images)), normalization.transform())
-        labelled, inputs = False, Inputs.of_normalization(normalization, loaded.class_names)
-    else:
-        pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path", trusted=trust_option(cfg))
-        net = pretrained_network(pretrained).to(device)
-        datamodule = instantiate(data_config(cfg, pretrained), _convert_="all")
-        normalise_as_pretrained(datamodule, pretrained)
-        datamodule.prepare_data()
-        datamodule.setup("test")
-        if str(cfg.images) == "test":
-            dataset, labelled = datamodule.analysis_dataset("test"), True
-        else:
-            dataset = ImageFiles(os.path.expanduser(str(cfg.images)),
-                                 photo_transform(datamodule.preprocess, datamodule.mean, datamodule.num_channels))
-            labelled = False
-        inputs = Inputs.of_datamodule(datamodule)
-    resolve_layers(cfg, net, tuple(dataset[0][0].shape))
+    run.record.update(describe_subject(cfg), analyses=list(cfg.analyses))
+    subject = load_subject(cfg, device)
+    run.record.update(subject.record)
+    resolve_layers(cfg, subject.net, subject.image_shape)
     sink = RunSink(run.dir, run.open_loggers(cfg))
     run.record["outputs"] = sink.written
-    job = Analysis(cfg, net, dataset, labelled, sink, device, inputs)
+    job = Analysis(cfg, subject.net, subject.dataset, subject.labelled, sink, device, subject.inputs)
     with torch.no_grad():
         for name in cfg.analyses:
             ANALYSES[name](job)

@@ -4,6 +4,9 @@ they see (Fig. 2). Tensors in, tensors out; ``zfexp.figures.feature_tiles`` lays
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -60,21 +63,39 @@ def strongest_unit_tiles(net: nn.Module, images: torch.Tensor, layer: str, maps:
     return crop_tiles(proj.cpu(), boxes, tile_size(net, layer, images))
 
 
-def top_k_tiles(net: nn.Module, dataset, layer: str, top: TopActivationsResult,
-                device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def units_per_batch(image_shape: Sequence[int], budget: int = 1 << 22) -> int:
+    """How many units to project at once: ``budget`` input elements (16 MiB of float32 images), at least one and
+    at most 256 (28 px: 256; 224 px RGB: 27)."""
+    return max(1, min(256, budget // math.prod(image_shape)))
+
+
+def top_k_tiles(net: nn.Module, dataset, layer: str, top: TopActivationsResult, device: torch.device | str,
+                shown: Callable[[torch.Tensor], torch.Tensor] | None = None, batch: int | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fig. 2's pieces: ``(projections, patches, predicted)``; the first two ``[K, k, C, s, s]``: per chosen map
-    and rank, the unit's deconv projection and the image patch it sees, cropped to its receptive field;
-    ``predicted [K, k]``: the network's most probable class for each image. ``dataset[i]`` is
-    ``(image [C, H, W], label)``."""
-    projections, patches, predicted = [], [], []
+    and rank, the unit's deconv projection and the image patch it sees (``shown(images)`` when given: the
+    pixels as a person sees them), cropped to its receptive field; ``predicted [K, k]``: the network's most
+    probable class for each image. ``dataset[i]`` is ``(image [C, H, W], label)``.
+
+    The ``K * k`` units go down the deconvnet ``batch`` at a time (default :func:`units_per_batch`), whatever
+    map they belong to, each with its own image and channel."""
+    maps, k = top.indices.shape
+    indices = top.indices.flatten().tolist()  # [K * k], map-major
+    channels = top.channels.repeat_interleave(k)  # [K * k]
+    positions = top.positions.flatten(0, 1).tolist()  # [K * k] of (row, col)
+    first = dataset[indices[0]][0]
+    image_size, size = _image_size(first), tile_size(net, layer, first[None])
+    batch = batch or units_per_batch(first.shape)
     deconv = DeconvNet(net)
-    for j, channel in enumerate(top.channels.tolist()):
-        images = torch.stack([dataset[int(i)][0] for i in top.indices[j]])
+    projections, patches, predicted = [], [], []
+    for start in range(0, len(indices), batch):
+        chunk = slice(start, start + batch)
+        images = torch.stack([dataset[i][0] for i in indices[chunk]]).to(device)  # [B, C, H, W]
         with torch.no_grad():
-            predicted.append(net(images.to(device)).argmax(1).cpu())
-        proj = deconv.project_units(images.to(device), layer, [channel] * len(images)).cpu()
-        boxes = [receptive_field(net, layer, tuple(p), _image_size(images)) for p in top.positions[j].tolist()]
-        size = tile_size(net, layer, images)
+            predicted.append(net(images).argmax(1).cpu())
+        proj = deconv.project_units(images, layer, channels[chunk].to(images.device)).cpu()
+        boxes = [receptive_field(net, layer, (row, col), image_size) for row, col in positions[chunk]]
         projections.append(crop_tiles(proj, boxes, size))
-        patches.append(crop_tiles(images, boxes, size))
-    return torch.stack(projections), torch.stack(patches), torch.stack(predicted)
+        patches.append(crop_tiles((shown(images) if shown is not None else images).cpu(), boxes, size))
+    unflat = lambda parts: torch.cat(parts).unflatten(0, (maps, k))  # noqa: E731
+    return unflat(projections), unflat(patches), unflat(predicted)
