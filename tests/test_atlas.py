@@ -20,8 +20,9 @@ from tests.helpers.wandb_records import media_steps
 from zfexp.analysis.activations import layer_activations
 from zfexp.analysis.deconv import DeconvNet
 from zfexp.analysis.geometry import receptive_field
+from zfexp.analysis.top_k import TopActivationsResult
 from zfexp.analysis.unit_crops import crop_tiles, tile_size
-from zfexp.atlas import atlas_layers
+from zfexp.atlas import UnitChunk, layer_chunks, top_k_every_map
 from zfexp.models import zfnet_small
 
 LAYERS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
@@ -41,11 +42,20 @@ def random_net_and_images(n: int = 48) -> tuple[torch.nn.Module, TensorDataset]:
 def test_the_units_of_a_map_are_its_brute_force_top_k_and_each_projection_is_the_deconvnets():
     net, dataset = random_net_and_images()
     images, labels = dataset.tensors
-    layers = atlas_layers(net, dataset, ["conv2", "conv5"], 9, torch.device("cpu"), lambda x: x, labelled=True,
-                          batch_size=20)  # three batches: the running top-k across batch boundaries
+    cpu = torch.device("cpu")
+    top = top_k_every_map(net, dataset, ["conv2", "conv5"], 9, cpu, batch_size=20)  # the top-k across batches
     deconv = DeconvNet(net)
-    for layer in layers:
-        acts = layer_activations(net, images, [layer.name])[layer.name]  # [N, K, H, W]
+    for name in ("conv2", "conv5"):  # chunks of 5 maps: the last one shorter (64 maps)
+        chunks = list(layer_chunks(net, dataset, name, top[name], cpu, lambda x: x, True, name == "conv2", 5))
+        assert [c.first for c in chunks] == list(range(0, 64, 5)) and chunks[-1].maps == 4
+        layer = UnitChunk(name, 0, TopActivationsResult(**{k: torch.cat([vars(c.top)[k] for c in chunks])
+                                                           for k in vars(top[name])}),
+                          *(torch.cat([getattr(c, k) for c in chunks])
+                            for k in ("projections", "crops", "predicted", "labels")), None)
+        filters = torch.cat([c.filters for c in chunks]) if name == "conv2" else None
+        if filters is not None:
+            assert torch.equal(filters, net.conv2.weight.detach())
+        acts = layer_activations(net, images, [name])[name]  # [N, K, H, W]
         per_image, where = acts.flatten(2).max(2)  # [N, K]: each image counts once per map, at its maximum
         values, order = per_image.sort(dim=0, descending=True)
         assert layer.maps == acts.shape[1] and layer.top.channels.tolist() == list(range(acts.shape[1]))
@@ -57,14 +67,14 @@ def test_the_units_of_a_map_are_its_brute_force_top_k_and_each_projection_is_the
         assert torch.equal(layer.labels, labels[layer.top.indices])
         with torch.no_grad():
             assert torch.equal(layer.predicted, net(images).argmax(1)[layer.top.indices])
-        size = tile_size(net, layer.name, images)
+        size = tile_size(net, name, images)
         for j in range(0, layer.maps, 7):
             for r in (0, 4, 8):
                 index = int(layer.top.indices[j, r])
                 row, col = divmod(int(where[index, j]), acts.shape[-1])
                 assert layer.top.positions[j, r].tolist() == [row, col]
-                box = receptive_field(net, layer.name, (row, col), (28, 28))
-                projection = deconv.project(images[index:index + 1], layer.name, [j])[0]  # [1, C, H, W]
+                box = receptive_field(net, name, (row, col), (28, 28))
+                projection = deconv.project(images[index:index + 1], name, [j])[0]  # [1, C, H, W]
                 torch.testing.assert_close(layer.projections[j, r], crop_tiles(projection, [box], size)[0],
                                            rtol=1e-4, atol=1e-6)
                 torch.testing.assert_close(layer.crops[j, r], crop_tiles(images[index:index + 1], [box], size)[0])
@@ -132,19 +142,28 @@ def test_the_command_on_a_checkpoint_writes_a_page_for_every_map_its_tables_and_
     assert f"activation {unit['activation']:.4g}" in page and f"true: {unit['true']}" in page
     assert 'href="map_0002.html"' in page and 'href="map_0004.html"' in page and 'href="index.html"' in page
     index = (site / "index.html").read_text()
-    assert "experiment" in index or "model" in index  # the run's config.yaml
+    assert "The run's config</h2>" in index and "task_name: train" in index  # the training run's config.yaml
+    assert "The run's metrics</h2>" in index and "<th>train/top1_err</th>" in index
     # A W&B table per layer, image cells included; a CSV of the numbers.
     (wandb_file,) = (tmp_path / "run").glob("wandb/offline-run-*/run-*.wandb")
     assert set(media_steps(wandb_file)) == {f"atlas/{layer}" for layer in widths}
     assert (tmp_path / "run" / "tables" / "atlas_conv5.csv").read_text().count("\n") == 1 + 16
-    (cached,) = cache.glob("top9_*.pt")
-    assert record["cache"] == str(cached)
+    key = record["cache_key"]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"top9_{key}_{layer}.pt" for layer in widths)
 
-    # A second atlas of the same network and images skips the pass: the same units.
+    # Another atlas of the same network and images reads the layers it asks for from the cache: the same units.
     caplog.set_level("INFO")
-    again = atlas(compose_config("atlas", tmp_path / "again", [*overrides, "layers=[conv1,conv2,conv3,conv4,conv5]"]))
-    assert again["cache"] == str(cached) and "read from" in caplog.text
-    assert json.loads((tmp_path / "again" / "atlas" / "atlas.json").read_text())["layers"] == summary["layers"]
+    again = atlas(compose_config("atlas", tmp_path / "again", [*overrides, "layers=[conv5,conv2]", "logger=csv"]))
+    assert again["cache_key"] == key and "the top-9 of every map of conv5, conv2 read from" in caplog.text
+    assert json.loads((tmp_path / "again" / "atlas" / "atlas.json").read_text())["layers"] == {
+        layer: summary["layers"][layer] for layer in ("conv5", "conv2")}
+    # Other images (50 of the split's, another 50), another top-k: a key of their own each, a pass each.
+    keys = {key}
+    for other in (["max_images=50"], ["max_images=50", "seed=1"], ["top_k=4"]):
+        changed = atlas(compose_config("atlas", tmp_path / "_".join(other), [*overrides, *other, "logger=csv",
+                                                                            "layers=[conv1]"]))
+        assert changed["cache_key"] not in keys, other
+        keys.add(changed["cache_key"])
 
 
 def test_a_layer_that_cannot_be_drawn_stops_before_any_work(tiny_checkpoint, tmp_path):
@@ -173,7 +192,9 @@ def test_a_torchvision_network_with_named_weights_gets_its_atlas_with_imagenet_c
     net = torchvision.models.resnet18()  # the layers zfexp.analyze draws at 64 px, every map of each
     assert record["layers"] == {layer: net.get_submodule(layer).out_channels for layer in
                                 ["conv1", "layer2.0.conv1", "layer3.0.conv1", "layer3.1.conv2", "layer4.1.conv2"]}
-    site_links(out / "atlas")
+    links, images = site_links(out / "atlas")
+    maps = sum(record["layers"].values())
+    assert images == maps * (1 + 2 * 2) + 64 and links > 3 * maps  # a tile, 2 patches and 2 projections a map
     names = torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"]
     summary = json.loads((out / "atlas" / "atlas.json").read_text())
     predicted = {u["predicted"] for layer in summary["layers"].values() for m in layer["maps"] for u in m["units"]}
@@ -192,6 +213,8 @@ def test_the_callback_writes_the_atlas_at_the_end_of_fit(tmp_path):
     assert len(list((run / "atlas" / "conv5").glob("map_*.html"))) == 16
     site_links(run / "atlas")
     assert (run / "tables" / "atlas_conv5_final.csv").is_file()
+    index = (run / "atlas" / "index.html").read_text()
+    assert "The run's config</h2>" in index and "<th>train/top1_err</th>" in index and "64 validation images" in index
 
 
 @pytest.mark.slow
@@ -235,3 +258,14 @@ def test_the_site_opens_from_disk_in_a_headless_browser(tiny_checkpoint, tmp_pat
         assert browser.current_url.endswith("conv5/index.html")
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize("layers, words", [("conv5", "give a list of layer names"), ([], "at least one layer"),
+                                           (["conv1", "conv1"], "each once")])
+def test_a_list_of_layers_that_is_no_list_empty_or_repeated_is_named_by_its_key(layers, words):
+    from zfexp.atlas.units import check_layer_list
+    from zfexp.errors import InvalidValueError
+
+    with pytest.raises(InvalidValueError, match=rf"^callbacks\.atlas\.layers=.*{words}"):
+        check_layer_list("callbacks.atlas.layers", layers)
+    check_layer_list("callbacks.atlas.layers", None)  # the defaults

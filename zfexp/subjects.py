@@ -39,7 +39,7 @@ class Subject:
     dataset: Dataset
     labelled: bool
     inputs: Inputs
-    record: dict[str, Any]  # what loading found (a network's input settings), for the run's record
+    record: dict[str, Any]  # what loading found (a network's input settings, a checkpoint's data settings)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -79,7 +79,8 @@ def describe_subject(cfg: DictConfig) -> dict[str, Any]:
 
 def load_subject(cfg: DictConfig, device: torch.device) -> Subject:
     """The network and images ``cfg`` names (checked by :func:`check_subject_config`)."""
-    network, record = cfg.get("network"), {}
+    network = cfg.get("network")
+    record: dict[str, Any] = {}
     if network is not None:
         loaded = load_network(network, cfg.get("weights"), trust_option(cfg))
         # The input config's null values: the named weights' own preprocessing, else ImageNet's.
@@ -90,7 +91,9 @@ def load_subject(cfg: DictConfig, device: torch.device) -> Subject:
                        Inputs.of_normalization(normalization, loaded.class_names), record)
     pretrained = load_pretrained(cfg.ckpt_path, key="ckpt_path", trusted=trust_option(cfg))
     net = pretrained_network(pretrained).to(device)
-    datamodule = instantiate(data_config(cfg, pretrained), _convert_="all")
+    data = data_config(cfg, pretrained)
+    record["data"] = OmegaConf.to_container(data, resolve=True)  # the data settings used, wherever they came from
+    datamodule = instantiate(data, _convert_="all")
     normalise_as_pretrained(datamodule, pretrained)
     datamodule.prepare_data()
     datamodule.setup("test")

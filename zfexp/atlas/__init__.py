@@ -7,6 +7,6 @@ layer and per map, opened from disk or any web server) and as W&B tables (a row 
 In training, ``callbacks.atlas`` (``callbacks=[paper,atlas]``) writes the same at the end of fit."""
 
 from zfexp.atlas.build import write_atlas
-from zfexp.atlas.units import AtlasLayer, atlas_layers
+from zfexp.atlas.units import AtlasLayer, UnitChunk, layer_chunks, top_k_every_map
 
-__all__ = ["AtlasLayer", "atlas_layers", "write_atlas"]
+__all__ = ["AtlasLayer", "UnitChunk", "layer_chunks", "top_k_every_map", "write_atlas"]

@@ -1,7 +1,10 @@
 """The atlas as a static site: plain HTML and PNG files that open from disk (``file://``) or through any web
 server, with nothing fetched from anywhere. ``index.html`` lists the layers; a page per layer shows every map as
 a tile (its strongest unit's projection); a page per map shows its top-k units as Fig. 2 does, each unit's
-image patch beside its projection, with the activation and the image's true and predicted classes."""
+image patch beside its projection, with the activation and the image's true and predicted classes.
+
+The pictures of a chunk of maps are written as soon as they are computed (:func:`write_unit_images`); the pages
+need only the numbers (:func:`write_layer_pages`, :func:`write_index`) and name the pictures by convention."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zfexp.atlas.units import AtlasLayer
+from zfexp.atlas.units import AtlasLayer, UnitChunk
 from zfexp.data.classes import class_name
 from zfexp.figures.grid import normalise_tiles
 
@@ -62,25 +65,75 @@ def page(title: str, body: str, depth: int, links: Sequence[str] = ()) -> str:
             f"<style>{STYLE}</style></head><body>\n<nav>{nav}</nav>\n{body}\n</body></html>\n")
 
 
-def write_site(out: Path, layers: Sequence[AtlasLayer], class_names: Sequence[str] | None, about: Mapping[str, Any],
-               run_config: str | None = None, metrics: Mapping[str, Any] | None = None) -> list[Path]:
-    """Write the atlas of ``layers`` under ``out``: ``index.html``, ``<layer>/index.html``,
-    ``<layer>/map_NNNN.html`` and their PNGs under ``<layer>/img/``. ``about``: what the atlas looks at (the
-    checkpoint or network, the images), shown on the index with the run's ``config.yaml`` text and
-    ``metrics``. Returns the pages written."""
-    out.mkdir(parents=True, exist_ok=True)
-    pages = [_write_index(out, layers, about, run_config, metrics)]
-    for layer in layers:
-        pages.extend(_write_layer(out / layer_dir(layer.name), layer, class_names))
-    (out / "atlas.json").write_text(json.dumps(_summary(layers, class_names, about), indent=1))
-    return pages
+def write_unit_images(folder: Path, chunk: UnitChunk) -> None:
+    """The PNGs of ``chunk``'s maps under ``folder/img/``: per map its tile (the strongest unit's projection),
+    each unit's patch and projection, and its filter where the chunk has them."""
+    images = folder / "img"
+    images.mkdir(parents=True, exist_ok=True)
+    projections = normalise_tiles(chunk.projections, "symmetric")  # each projection scaled on its own
+    crops = chunk.crops.clamp(0, 1)
+    filters = normalise_tiles(chunk.filters.unsqueeze(1), "symmetric")[:, 0] if chunk.filters is not None else None
+    for i in range(chunk.maps):
+        j = chunk.first + i
+        save_tile(projections[i, 0], images / f"tile_{j:04d}.png")
+        for r in range(projections.shape[1]):
+            save_tile(crops[i, r], images / f"unit_{j:04d}_{r}_patch.png")
+            save_tile(projections[i, r], images / f"unit_{j:04d}_{r}_projection.png")
+        if filters is not None:
+            save_tile(filters[i], images / f"filter_{j:04d}.png")
 
 
-def _write_index(out: Path, layers: Sequence[AtlasLayer], about: Mapping[str, Any], run_config: str | None,
-                 metrics: Mapping[str, Any] | None) -> Path:
+def write_layer_pages(folder: Path, layer: AtlasLayer, class_names: Sequence[str] | None) -> list[Path]:
+    """``folder/index.html`` (every map as a tile, in map order, with its strongest activation) and a page per
+    map; returns the pages written."""
+    tiles, written = [], []
+    for j, channel in enumerate(layer.top.channels.tolist()):
+        tiles.append(f"<div class=\"tile\"><a href=\"{map_page(j)}\"><img src=\"img/tile_{j:04d}.png\" "
+                     f"alt=\"map {channel}\">{channel}</a><br>{float(layer.top.values[j, 0]):.3g}</div>")
+        written.append(_write_map(folder, layer, j, class_names))
+    body = (f"<h1>{html.escape(layer.name)}: {layer.maps} maps</h1>\n<p>Each map's strongest unit over the images, "
+            "projected to pixels by the deconvnet and cropped to its receptive field; the number is its "
+            "activation. A tile opens the map's top units.</p>\n<div class=\"tiles\">" + "".join(tiles) + "</div>")
+    index = folder / "index.html"
+    index.write_text(page(layer.name, body, 1, [f"<a href=\"index.html\">{html.escape(layer.name)}</a>"]))
+    return [index, *written]
+
+
+def _write_map(folder: Path, layer: AtlasLayer, j: int, class_names: Sequence[str] | None) -> Path:
+    channel, k = int(layer.top.channels[j]), layer.top.values.shape[1]
+    links = [f"<a href=\"index.html\">{html.escape(layer.name)}</a>"]
+    if j > 0:
+        links.append(f"<a href=\"{map_page(j - 1)}\">&larr; map {int(layer.top.channels[j - 1])}</a>")
+    if j + 1 < layer.maps:
+        links.append(f"<a href=\"{map_page(j + 1)}\">map {int(layer.top.channels[j + 1])} &rarr;</a>")
+    units = []
+    for r in range(k):
+        truth = ("true: " + html.escape(class_name(int(layer.labels[j, r]), class_names)) + "<br>"
+                 if layer.labels is not None else "")
+        predicted = html.escape(class_name(int(layer.predicted[j, r]), class_names))
+        row, col = (int(v) for v in layer.top.positions[j, r])
+        units.append(
+            f"<figure class=\"unit\"><img src=\"img/unit_{j:04d}_{r}_patch.png\" alt=\"image patch\"> "
+            f"<img src=\"img/unit_{j:04d}_{r}_projection.png\" alt=\"projection\"><figcaption>#{r + 1}: activation "
+            f"{float(layer.top.values[j, r]):.4g}<br>{truth}predicted: {predicted}<br>image "
+            f"{int(layer.top.indices[j, r])}, unit at ({row}, {col})</figcaption></figure>")
+    weights = (f"<p>The filter: <img src=\"img/filter_{j:04d}.png\" alt=\"filter\" style=\"width:84px;height:84px\">"
+               "</p>\n" if layer.filters else "")
+    body = (f"<h1>{html.escape(layer.name)}, map {channel}</h1>\n{weights}"
+            f"<p>The top {k} units over the images: each image patch (left) beside the unit's deconvnet projection "
+            f"(right), as in Fig. 2.</p>\n<div class=\"units\">" + "".join(units) + "</div>")
+    path = folder / map_page(j)
+    path.write_text(page(f"{layer.name} map {channel}", body, 1, links))
+    return path
+
+
+def write_index(out: Path, layers: Sequence[AtlasLayer], about: Mapping[str, Any], run_config: str | None = None,
+                metrics: Mapping[str, Any] | None = None) -> Path:
+    """``out/index.html``: what the atlas looks at (``about``), its layers (a link each), and the run's
+    ``metrics`` and ``config.yaml`` text where known."""
     rows = "".join(
         f"<tr><td><a href=\"{layer_dir(layer.name)}/index.html\">{html.escape(layer.name)}</a></td>"
-        f"<td>{layer.maps}</td><td>{layer.top.values.shape[1]}</td><td>{layer.projections.shape[-1]} px</td>"
+        f"<td>{layer.maps}</td><td>{layer.top.values.shape[1]}</td><td>{layer.tile} px</td>"
         f"<td>{float(layer.top.values[:, 0].max()):.4g}</td></tr>" for layer in layers)
     facts = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in about.items())
     header = "".join(f"<th>{name}</th>" for name in ("layer", "maps", "top-k", "receptive field (at most the image)",
@@ -93,6 +146,7 @@ def _write_index(out: Path, layers: Sequence[AtlasLayer], about: Mapping[str, An
         body += f"<h2>The run's metrics</h2>\n<table>{shown}</table>\n"
     if run_config:
         body += "<h2>The run's config</h2>\n<pre>" + html.escape(run_config) + "</pre>\n"
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "index.html"
     path.write_text(page("atlas", body, 0))
     return path
@@ -103,61 +157,9 @@ def _value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _write_layer(folder: Path, layer: AtlasLayer, class_names: Sequence[str] | None) -> list[Path]:
-    images = folder / "img"
-    images.mkdir(parents=True, exist_ok=True)
-    projections = normalise_tiles(layer.projections, "symmetric")  # each projection scaled on its own
-    crops = layer.crops.clamp(0, 1)
-    filters = normalise_tiles(layer.filters.unsqueeze(1), "symmetric")[:, 0] if layer.filters is not None else None
-    tiles, written = [], []
-    for j, channel in enumerate(layer.top.channels.tolist()):
-        tile = save_tile(projections[j, 0], images / f"tile_{j:04d}.png")
-        tiles.append(f"<div class=\"tile\"><a href=\"{map_page(j)}\"><img src=\"img/{tile}\" alt=\"map {channel}\">"
-                     f"{channel}</a><br>{float(layer.top.values[j, 0]):.3g}</div>")
-        written.append(_write_map(folder, layer, j, projections[j], crops[j], filters, class_names))
-    body = (f"<h1>{html.escape(layer.name)}: {layer.maps} maps</h1>\n<p>Each map's strongest unit over the images, "
-            "projected to pixels by the deconvnet and cropped to its receptive field; the number is its "
-            "activation. A tile opens the map's top units.</p>\n<div class=\"tiles\">" + "".join(tiles) + "</div>")
-    index = folder / "index.html"
-    index.write_text(page(layer.name, body, 1, [f"<a href=\"index.html\">{html.escape(layer.name)}</a>"]))
-    return [index, *written]
-
-
-def _write_map(folder: Path, layer: AtlasLayer, j: int, projections: torch.Tensor, crops: torch.Tensor,
-               filters: torch.Tensor | None, class_names: Sequence[str] | None) -> Path:
-    channel, k = int(layer.top.channels[j]), layer.top.values.shape[1]
-    links = [f"<a href=\"index.html\">{html.escape(layer.name)}</a>"]
-    if j > 0:
-        links.append(f"<a href=\"{map_page(j - 1)}\">&larr; map {int(layer.top.channels[j - 1])}</a>")
-    if j + 1 < layer.maps:
-        links.append(f"<a href=\"{map_page(j + 1)}\">map {int(layer.top.channels[j + 1])} &rarr;</a>")
-    units = []
-    for r in range(k):
-        crop = save_tile(crops[r], folder / "img" / f"unit_{j:04d}_{r}_patch.png")
-        projection = save_tile(projections[r], folder / "img" / f"unit_{j:04d}_{r}_projection.png")
-        truth = ("true: " + html.escape(class_name(int(layer.labels[j, r]), class_names)) + "<br>"
-                 if layer.labels is not None else "")
-        predicted = html.escape(class_name(int(layer.predicted[j, r]), class_names))
-        row, col = (int(v) for v in layer.top.positions[j, r])
-        units.append(
-            f"<figure class=\"unit\"><img src=\"img/{crop}\" alt=\"image patch\"> "
-            f"<img src=\"img/{projection}\" alt=\"projection\"><figcaption>#{r + 1}: activation "
-            f"{float(layer.top.values[j, r]):.4g}<br>{truth}predicted: {predicted}<br>image "
-            f"{int(layer.top.indices[j, r])}, unit at ({row}, {col})</figcaption></figure>")
-    weights = ""
-    if filters is not None:
-        name = save_tile(filters[j], folder / "img" / f"filter_{j:04d}.png")
-        weights = f"<p>The filter: <img src=\"img/{name}\" alt=\"filter\" style=\"width:84px;height:84px\"></p>\n"
-    body = (f"<h1>{html.escape(layer.name)}, map {channel}</h1>\n{weights}"
-            f"<p>The top {k} units over the images: each image patch (left) beside the unit's deconvnet projection "
-            f"(right), as in Fig. 2.</p>\n<div class=\"units\">" + "".join(units) + "</div>")
-    path = folder / map_page(j)
-    path.write_text(page(f"{layer.name} map {channel}", body, 1, links))
-    return path
-
-
-def _summary(layers: Sequence[AtlasLayer], class_names: Sequence[str] | None, about: Mapping[str, Any]) -> dict:
-    """The atlas's numbers as JSON: per layer and map, each unit's image index, position, activation, classes."""
+def write_summary(out: Path, layers: Sequence[AtlasLayer], class_names: Sequence[str] | None,
+                  about: Mapping[str, Any]) -> Path:
+    """``out/atlas.json``: per layer and map, each unit's image index, position, activation and classes."""
     def unit(layer: AtlasLayer, j: int, r: int) -> dict:
         row = {"image": int(layer.top.indices[j, r]), "activation": float(layer.top.values[j, r]),
                "position": [int(v) for v in layer.top.positions[j, r]],
@@ -166,8 +168,11 @@ def _summary(layers: Sequence[AtlasLayer], class_names: Sequence[str] | None, ab
             row["true"] = class_name(int(layer.labels[j, r]), class_names)
         return row
 
-    return {"about": {k: str(v) for k, v in about.items()},
-            "layers": {layer.name: {"folder": layer_dir(layer.name), "maps": [
-                {"map": int(c), "page": f"{layer_dir(layer.name)}/{map_page(j)}",
-                 "units": [unit(layer, j, r) for r in range(layer.top.values.shape[1])]}
-                for j, c in enumerate(layer.top.channels.tolist())]} for layer in layers}}
+    summary = {"about": {k: str(v) for k, v in about.items()},
+               "layers": {layer.name: {"folder": layer_dir(layer.name), "maps": [
+                   {"map": int(c), "page": f"{layer_dir(layer.name)}/{map_page(j)}",
+                    "units": [unit(layer, j, r) for r in range(layer.top.values.shape[1])]}
+                   for j, c in enumerate(layer.top.channels.tolist())]} for layer in layers}}
+    path = out / "atlas.json"
+    path.write_text(json.dumps(summary, indent=1))
+    return path

@@ -12,6 +12,13 @@ from zfexp.analysis.top_k import TopActivationsResult
 from zfexp.figures.grid import image_grid, side_by_side
 
 
+def unit_grid(tiles: torch.Tensor, normalise: str) -> torch.Tensor:
+    """``[k, C, s, s]`` tiles in a square block, ``ceil(sqrt(k))`` on a side (Fig. 2's 3x3), each normalised on
+    its own (``normalise``: ``image_grid``'s): an image ``[3, H, W]``."""
+    side = math.ceil(math.sqrt(tiles.shape[0]))
+    return image_grid(_block(tiles, side), normalise=normalise)
+
+
 def top_k_sheet(projections: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
     """Fig. 2 from :func:`top_k_tiles`' ``[K, k, C, s, s]`` pieces: one block per map, ``ceil(sqrt(k))`` on a
     side; the projections on the left, the image patches they come from on the right."""
