@@ -92,7 +92,8 @@ def top_k_tiles(net: nn.Module, dataset, layer: str, top: TopActivationsResult, 
     projections, patches, predicted = [], [], []
     for start in range(0, len(indices), batch):
         chunk = slice(start, start + batch)
-        images = torch.stack([dataset[i][0] for i in indices[chunk]]).to(device)  # [B, C, H, W]
+        loaded = {i: dataset[i][0] for i in set(indices[chunk])}  # an image read once however many units it has
+        images = torch.stack([loaded[i] for i in indices[chunk]]).to(device)  # [B, C, H, W]
         with torch.no_grad():
             predicted.append(net(images).argmax(1).cpu())
         proj = deconv.project_units(images, layer, channels[chunk].to(images.device)).cpu()

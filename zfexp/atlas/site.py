@@ -40,12 +40,13 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 
 
 def layer_dir(layer: str) -> str:
-    """A layer's folder name: ``layer1.0.conv1`` stays, anything but letters, digits, ``.``, ``-``, ``_`` becomes
-    ``_``."""
+    """A layer's folder name: the layer's name (a module name has only letters, digits, ``_`` and ``.``, so
+    ``layer1.0.conv1`` stays and no two layers share a folder); anything else becomes ``_``."""
     return re.sub(r"[^\w.-]", "_", layer)
 
 
 def map_page(j: int) -> str:
+    """The page of the ``j``-th map of a layer (in map order), in the layer's folder."""
     return f"map_{j:04d}.html"
 
 
