@@ -269,3 +269,15 @@ def test_a_list_of_layers_that_is_no_list_empty_or_repeated_is_named_by_its_key(
     with pytest.raises(InvalidValueError, match=rf"^callbacks\.atlas\.layers=.*{words}"):
         check_layer_list("callbacks.atlas.layers", layers)
     check_layer_list("callbacks.atlas.layers", None)  # the defaults
+
+
+def test_a_corrupt_cache_file_is_passed_over_with_a_warning_and_written_again(tmp_path, caplog):
+    net, dataset = random_net_and_images(16)
+    cpu = torch.device("cpu")
+    first = top_k_every_map(net, dataset, ["conv1", "conv5"], 3, cpu, cache_dir=tmp_path, key="k")
+    (tmp_path / "top3_k_conv5.pt").write_bytes(b"not a torch file")
+    caplog.set_level("INFO")
+    again = top_k_every_map(net, dataset, ["conv1", "conv5"], 3, cpu, cache_dir=tmp_path, key="k")
+    assert "top3_k_conv5.pt cannot be read" in caplog.text and "of conv1 read from" in caplog.text
+    assert all(torch.equal(vars(first[layer])[k], vars(again[layer])[k]) for layer in first for k in vars(first[layer]))
+    assert torch.load(tmp_path / "top3_k_conv5.pt", weights_only=True)["values"].shape == (64, 3)  # rewritten

@@ -134,8 +134,7 @@ def top_k_every_map(net: nn.Module, dataset: Dataset, layers: Sequence[str], k: 
     """The top-``k`` units of every map of ``layers`` over ``dataset``, from one pass for the layers not in
     ``cache_dir`` under ``key`` (each layer in a file of its own, written after the pass)."""
     cached = {layer: cache_file(cache_dir, key, k, layer) for layer in layers} if cache_dir and key else {}
-    found = {layer: TopActivationsResult(**torch.load(path, map_location="cpu", weights_only=True))
-             for layer, path in cached.items() if path.is_file()}
+    found = {layer: result for layer, path in cached.items() if (result := _read_cached(path)) is not None}
     if found:
         log.info("atlas: the top-%d of every map of %s read from %s", k, ", ".join(found), cache_dir)
     missing = [layer for layer in layers if layer not in found]
@@ -146,6 +145,19 @@ def top_k_every_map(net: nn.Module, dataset: Dataset, layers: Sequence[str], k: 
             if layer in cached:
                 write_atomic(cached[layer], functools.partial(_save, vars(found[layer])))
     return {layer: found[layer] for layer in layers}
+
+
+def _read_cached(path: Path) -> TopActivationsResult | None:
+    """A layer's cached top-k (read with ``weights_only=True``), or ``None`` where there is none or the file
+    cannot be read (a cache is only a shortcut: the pass computes it again and the file is rewritten)."""
+    if not path.is_file():
+        return None
+    try:
+        return TopActivationsResult(**torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as err:  # truncated, not ours, or from an older layout
+        log.warning("atlas: %s cannot be read (%s: %s); its layer's top-k is computed again", path,
+                    type(err).__name__, err)
+        return None
 
 
 def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
