@@ -110,9 +110,11 @@ def test_the_unhandled_activation_is_logged_once_per_run(caplog):
     assert len(said) == 1 and "gelu" in said[0].getMessage()
 
 
-# ViT-B/16 (two minutes on two cores) and GoogLeNet are slow (test_auxiliary_heads_are_not_drawn_or_read checks
-# GoogLeNet's heads); the whole of torchvision (-m slow) runs every one of them too.
-@pytest.mark.parametrize("network, side", [("mobilenet_v3_small", 64), ("convnext_tiny", 64),
+# ViT-B/16 (two minutes on two cores), GoogLeNet and ConvNeXt are slow (test_auxiliary_heads_are_not_drawn_or_read
+# and test_convnext_fields_through_its_patchify_stem_layer_norm_and_depthwise_convs check their parts); the whole
+# of torchvision (-m slow) runs every one of them too.
+@pytest.mark.parametrize("network, side", [("mobilenet_v3_small", 64),
+                                           pytest.param("convnext_tiny", 64, marks=pytest.mark.slow),
                                            pytest.param("googlenet", 64, marks=pytest.mark.slow),
                                            pytest.param("vit_b_16", 224, marks=pytest.mark.slow)])
 def test_analyze_draws_every_figure(network, side, photos, tmp_path):

@@ -206,6 +206,7 @@ def test_fine_tuning_named_weights_keeps_all_but_the_classifier_and_a_checkpoint
     rebuilt.load_state_dict(net.state_dict())
 
 
+@pytest.mark.slow  # a whole fit; tests/test_every_network.py's slow training of three families proves the same path
 def test_train_a_torchvision_network_with_every_paper_callback_on_its_own_layers(tmp_path):
     out = tmp_path / "run"
     code, stderr = run_in_process(
