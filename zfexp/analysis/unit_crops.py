@@ -89,16 +89,21 @@ def top_k_tiles(net: nn.Module, dataset, layer: str, top: TopActivationsResult, 
     image_size, size = _image_size(first), tile_size(net, layer, first[None])
     batch = batch or units_per_batch(first.shape, device)
     deconv = DeconvNet(net)
-    projections, patches, predicted = [], [], []
+    classes: dict[int, int] = {}  # each image's predicted class, found once however many units it has
+    projections, patches = [], []
     for start in range(0, len(indices), batch):
         chunk = slice(start, start + batch)
-        loaded = {i: dataset[i][0] for i in set(indices[chunk])}  # an image read once however many units it has
+        loaded = {i: dataset[i][0] for i in set(indices[chunk])}  # an image read once per batch of units
+        new = [i for i in loaded if i not in classes]
+        if new:
+            with torch.no_grad():
+                found = net(torch.stack([loaded[i] for i in new]).to(device)).argmax(1).tolist()
+            classes.update(zip(new, found, strict=True))
         images = torch.stack([loaded[i] for i in indices[chunk]]).to(device)  # [B, C, H, W]
-        with torch.no_grad():
-            predicted.append(net(images).argmax(1).cpu())
         proj = deconv.project_units(images, layer, channels[chunk].to(images.device)).cpu()
         boxes = [receptive_field(net, layer, (row, col), image_size) for row, col in positions[chunk]]
         projections.append(crop_tiles(proj, boxes, size))
         patches.append(crop_tiles((shown(images) if shown is not None else images).cpu(), boxes, size))
-    unflat = lambda parts: torch.cat(parts).unflatten(0, (maps, k))  # noqa: E731
-    return unflat(projections), unflat(patches), unflat(predicted)
+    predicted = torch.tensor([classes[i] for i in indices]).view(maps, k)
+    return (torch.cat(projections).unflatten(0, (maps, k)), torch.cat(patches).unflatten(0, (maps, k)),
+            predicted)
